@@ -1,0 +1,700 @@
+//! The daemon's validated configuration.
+//!
+//! This module owns [`Config`], the channel table (which host Unix socket serves which
+//! cross-domain channel type), the parsers for the command-line values that fill them, and
+//! [`ConfigError`]. Everything here runs once at start-up, before any VMM connects.
+//!
+//! It must never touch the file system or the network: a path is checked for being present and
+//! non-empty, not for existing, because host services may start after the daemon. It must never
+//! panic on user input; every rejection is a [`ConfigError`] whose message names the flag and
+//! the value the user gave.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Channel names accepted in place of numbers in `--channel NAME:PATH`, with their numbers.
+///
+/// The numbers are the ones existing guests and hosts already use for these services. `camera`
+/// is defined by the protocol but no known guest uses it.
+pub const CHANNEL_NAMES: &[(&str, u32)] = &[
+    ("wayland", 1),
+    ("camera", 2),
+    ("pipewire", 0x10),
+    ("x11", 0x11),
+    ("dbus-session", 0x12),
+    ("dbus-system", 0x13),
+];
+
+/// Highest `--scanouts` value: the virtio-gpu configuration space describes at most 16 scanouts.
+pub const MAX_SCANOUTS: u32 = 16;
+
+/// Channel type 0: "no channel". A guest INITs with it to get a query-only context, so it can
+/// never name a host socket.
+const CHANNEL_TYPE_NONE: u32 = 0;
+
+/// Channel type 0xFFFFFFFF: magma's "internal socket" (a socket parked by UUID inside the host),
+/// never a configured path.
+const CHANNEL_TYPE_INTERNAL_SOCKET: u32 = u32::MAX;
+
+/// The flag whose values [`parse_channel_type`], [`parse_channel_spec`] and
+/// [`ChannelTable::insert`] report in their errors.
+const CHANNEL_FLAG: &str = "--channel";
+const WAYLAND_SOCK_FLAG: &str = "--wayland-sock";
+const SOCKET_PATH_FLAG: &str = "--socket-path";
+const SCANOUTS_FLAG: &str = "--scanouts";
+
+/// Channel type `--wayland-sock PATH` stands for.
+const WAYLAND_CHANNEL_TYPE: u32 = 1;
+
+/// Everything the daemon needs to serve one VMM.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the daemon listens for the VMM's vhost-user connection.
+    pub socket_path: PathBuf,
+    /// Channel type → host Unix socket.
+    pub channels: ChannelTable,
+    /// `num_scanouts` reported in the device configuration space (0..=[`MAX_SCANOUTS`]).
+    pub num_scanouts: u32,
+}
+
+/// Which host Unix socket a cross-domain context is connected to for each channel type.
+///
+/// Invariants kept by [`ChannelTable::insert`]: no type 0 or 0xFFFFFFFF, each type at most once,
+/// no empty path.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelTable {
+    paths: BTreeMap<u32, PathBuf>,
+}
+
+impl ChannelTable {
+    /// An empty table: guests can still create query-only contexts, but INIT with any channel
+    /// type fails.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps `channel_type` to the host socket at `path`.
+    ///
+    /// Rejects the reserved types 0 and 0xFFFFFFFF, a type that is already in the table, and an
+    /// empty path. Errors are reported as if the pair came from `--channel TYPE:PATH`.
+    pub fn insert(&mut self, channel_type: u32, path: PathBuf) -> Result<(), ConfigError> {
+        let value = format!("{channel_type}:{}", path.display());
+        check_reserved(channel_type).map_err(|e| e.in_argument(CHANNEL_FLAG, &value))?;
+        if path.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyPath {
+                flag: CHANNEL_FLAG,
+                value,
+            });
+        }
+        if self.paths.contains_key(&channel_type) {
+            return Err(ConfigError::DuplicateChannel {
+                flag: CHANNEL_FLAG,
+                value,
+                channel_type,
+            });
+        }
+        self.paths.insert(channel_type, path);
+        Ok(())
+    }
+
+    /// Parses one `--channel TYPE:PATH` argument and adds it to the table.
+    pub fn add_channel_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let (channel_type, path) = parse_channel_spec(arg)?;
+        self.insert(channel_type, path)
+            .map_err(|e| e.in_argument(CHANNEL_FLAG, arg))
+    }
+
+    /// Adds a `--wayland-sock PATH` argument, which means `--channel 1:PATH`.
+    pub fn add_wayland_sock_arg(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let value = path.display().to_string();
+        self.insert(WAYLAND_CHANNEL_TYPE, path.to_path_buf())
+            .map_err(|e| e.in_argument(WAYLAND_SOCK_FLAG, &value))
+    }
+
+    /// The host socket configured for `channel_type`, if any.
+    pub fn get(&self, channel_type: u32) -> Option<&Path> {
+        self.paths.get(&channel_type).map(PathBuf::as_path)
+    }
+
+    /// The capset's `supported_channels` word: bit `t` set for every configured type `t < 32`.
+    pub fn capset_mask(&self) -> u32 {
+        self.paths
+            .keys()
+            .filter_map(|&t| 1u32.checked_shl(t))
+            .fold(0, |mask, bit| mask | bit)
+    }
+
+    /// All configured channels, in increasing type order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Path)> {
+        self.paths.iter().map(|(&t, p)| (t, p.as_path()))
+    }
+
+    /// Number of configured channels.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// True if no channel is configured.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Configured types the capset's 32-bit mask cannot advertise (type >= 32). A guest that
+    /// knows such a number can still INIT with it.
+    pub fn unadvertised(&self) -> impl Iterator<Item = u32> + '_ {
+        self.paths.range(u32::BITS..).map(|(&t, _)| t)
+    }
+}
+
+/// The well-known name of a channel type, if it has one (`1` → `"wayland"`).
+pub fn channel_name(channel_type: u32) -> Option<&'static str> {
+    CHANNEL_NAMES
+        .iter()
+        .find(|&&(_, t)| t == channel_type)
+        .map(|&(name, _)| name)
+}
+
+/// Parses the TYPE part of `--channel TYPE:PATH`: a decimal number, a `0x`/`0X` hexadecimal
+/// number, or a name from [`CHANNEL_NAMES`] (any case). Rejects 0 and 0xFFFFFFFF, which are
+/// reserved (query-only contexts and magma's internal sockets).
+pub fn parse_channel_type(s: &str) -> Result<u32, ConfigError> {
+    let unknown = || ConfigError::UnknownChannelType {
+        flag: CHANNEL_FLAG,
+        value: s.to_owned(),
+        type_text: s.to_owned(),
+    };
+    if s.is_empty() {
+        return Err(ConfigError::EmptyChannelType {
+            flag: CHANNEL_FLAG,
+            value: s.to_owned(),
+        });
+    }
+    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None => (s, 10),
+    };
+    let channel_type = if !digits.is_empty() && digits.chars().all(|c| c.is_digit(radix)) {
+        // Only digits are left, so the one way this can fail is a value above u32::MAX.
+        u32::from_str_radix(digits, radix).map_err(|_| ConfigError::ChannelTypeOutOfRange {
+            flag: CHANNEL_FLAG,
+            value: s.to_owned(),
+            type_text: s.to_owned(),
+        })?
+    } else if radix == 10 {
+        CHANNEL_NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|&(_, t)| t)
+            .ok_or_else(unknown)?
+    } else {
+        return Err(unknown());
+    };
+    check_reserved(channel_type).map_err(|e| e.in_argument(CHANNEL_FLAG, s))?;
+    Ok(channel_type)
+}
+
+/// Parses a whole `--channel TYPE:PATH` value. The split is at the first `:`, so the path may
+/// contain colons.
+pub fn parse_channel_spec(s: &str) -> Result<(u32, PathBuf), ConfigError> {
+    let Some((type_text, path)) = s.split_once(':') else {
+        return Err(ConfigError::MissingSeparator {
+            flag: CHANNEL_FLAG,
+            value: s.to_owned(),
+        });
+    };
+    let channel_type = parse_channel_type(type_text).map_err(|e| e.in_argument(CHANNEL_FLAG, s))?;
+    if path.is_empty() {
+        return Err(ConfigError::EmptyPath {
+            flag: CHANNEL_FLAG,
+            value: s.to_owned(),
+        });
+    }
+    Ok((channel_type, PathBuf::from(path)))
+}
+
+/// Parses `--scanouts N`: a decimal number from 0 to [`MAX_SCANOUTS`].
+pub fn parse_scanouts(s: &str) -> Result<u32, ConfigError> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| (0..=MAX_SCANOUTS).contains(n) && s.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| ConfigError::InvalidScanouts {
+            flag: SCANOUTS_FLAG,
+            value: s.to_owned(),
+        })
+}
+
+/// Checks the `--socket-path PATH` value (present and non-empty; the daemon creates the socket).
+pub fn parse_socket_path(path: &Path) -> Result<PathBuf, ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(ConfigError::EmptyPath {
+            flag: SOCKET_PATH_FLAG,
+            value: String::new(),
+        });
+    }
+    Ok(path.to_path_buf())
+}
+
+fn check_reserved(channel_type: u32) -> Result<(), ConfigError> {
+    let reason = match channel_type {
+        CHANNEL_TYPE_NONE => ReservedReason::NoChannel,
+        CHANNEL_TYPE_INTERNAL_SOCKET => ReservedReason::InternalSocket,
+        _ => return Ok(()),
+    };
+    Err(ConfigError::ReservedChannelType {
+        flag: CHANNEL_FLAG,
+        value: channel_type.to_string(),
+        channel_type,
+        reason,
+    })
+}
+
+/// Why a channel type can never name a host socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservedReason {
+    /// Type 0: a guest INITs with it to get a query-only context.
+    NoChannel,
+    /// Type 0xFFFFFFFF: magma's internal sockets, handed over inside the host by UUID.
+    InternalSocket,
+}
+
+impl fmt::Display for ReservedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoChannel => {
+                "channel type 0 is reserved: it means 'no channel' (a query-only context)"
+            }
+            Self::InternalSocket => {
+                "channel type 0xffffffff is reserved for internal sockets, never a host path"
+            }
+        })
+    }
+}
+
+/// A rejected configuration. Each message starts with the flag and the value as given, e.g.
+/// `--channel '2:/a': channel type 2 is given twice`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--channel` without a `:`.
+    #[error("{flag} '{value}': expected TYPE:PATH, for example 2:/run/portal.sock")]
+    MissingSeparator { flag: &'static str, value: String },
+
+    /// `--channel :PATH`.
+    #[error("{flag} '{value}': the channel type before ':' is missing")]
+    EmptyChannelType { flag: &'static str, value: String },
+
+    /// A TYPE that is neither a number nor a known name.
+    #[error(
+        "{flag} '{value}': unknown channel type '{type_text}' (expected a number, 0x-hex, or one of {})",
+        channel_name_list()
+    )]
+    UnknownChannelType {
+        flag: &'static str,
+        value: String,
+        type_text: String,
+    },
+
+    /// A numeric TYPE above 0xFFFFFFFF.
+    #[error("{flag} '{value}': channel type '{type_text}' does not fit in 32 bits")]
+    ChannelTypeOutOfRange {
+        flag: &'static str,
+        value: String,
+        type_text: String,
+    },
+
+    /// TYPE 0 or 0xFFFFFFFF.
+    #[error("{flag} '{value}': {reason}")]
+    ReservedChannelType {
+        flag: &'static str,
+        value: String,
+        channel_type: u32,
+        reason: ReservedReason,
+    },
+
+    /// An empty PATH (`--channel 2:`, `--wayland-sock ''`, `--socket-path ''`).
+    #[error("{flag} '{value}': the socket path is empty")]
+    EmptyPath { flag: &'static str, value: String },
+
+    /// The same channel type twice, by number, by name or through `--wayland-sock`.
+    #[error(
+        "{flag} '{value}': channel type {channel_type} is given twice{}",
+        duplicate_hint(flag)
+    )]
+    DuplicateChannel {
+        flag: &'static str,
+        value: String,
+        channel_type: u32,
+    },
+
+    /// `--scanouts` not a number in 0..=16.
+    #[error("{flag} '{value}': expected a number from 0 to {MAX_SCANOUTS}")]
+    InvalidScanouts { flag: &'static str, value: String },
+
+    /// No way to reach the VMM was given.
+    #[error("no listening socket given: pass --socket-path PATH")]
+    NoListenSocket,
+}
+
+impl ConfigError {
+    /// The same error, reported against `flag` with the whole argument `value`.
+    fn in_argument(mut self, new_flag: &'static str, new_value: &str) -> Self {
+        match &mut self {
+            Self::MissingSeparator { flag, value }
+            | Self::EmptyChannelType { flag, value }
+            | Self::UnknownChannelType { flag, value, .. }
+            | Self::ChannelTypeOutOfRange { flag, value, .. }
+            | Self::ReservedChannelType { flag, value, .. }
+            | Self::EmptyPath { flag, value }
+            | Self::DuplicateChannel { flag, value, .. }
+            | Self::InvalidScanouts { flag, value } => {
+                *flag = new_flag;
+                new_value.clone_into(value);
+            }
+            Self::NoListenSocket => {}
+        }
+        self
+    }
+}
+
+fn channel_name_list() -> String {
+    let names: Vec<&str> = CHANNEL_NAMES.iter().map(|&(name, _)| name).collect();
+    names.join(", ")
+}
+
+fn duplicate_hint(flag: &str) -> &'static str {
+    if flag == WAYLAND_SOCK_FLAG {
+        " (--wayland-sock PATH is the same as --channel 1:PATH)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(specs: &[&str]) -> Result<ChannelTable, ConfigError> {
+        let mut t = ChannelTable::new();
+        for s in specs {
+            t.add_channel_arg(s)?;
+        }
+        Ok(t)
+    }
+
+    #[test]
+    fn decimal_types() {
+        assert_eq!(parse_channel_type("1").unwrap(), 1);
+        assert_eq!(parse_channel_type("2").unwrap(), 2);
+        assert_eq!(parse_channel_type("007").unwrap(), 7);
+        assert_eq!(parse_channel_type("4294967294").unwrap(), 0xFFFF_FFFE);
+    }
+
+    #[test]
+    fn hex_types() {
+        assert_eq!(parse_channel_type("0x10").unwrap(), 0x10);
+        assert_eq!(parse_channel_type("0X11").unwrap(), 0x11);
+        assert_eq!(parse_channel_type("0xaB").unwrap(), 0xab);
+        assert_eq!(parse_channel_type("0xFFFFFFFE").unwrap(), 0xFFFF_FFFE);
+    }
+
+    #[test]
+    fn names_in_any_case() {
+        for &(name, t) in CHANNEL_NAMES {
+            assert_eq!(parse_channel_type(name).unwrap(), t);
+            assert_eq!(parse_channel_type(&name.to_uppercase()).unwrap(), t);
+        }
+        assert_eq!(parse_channel_type("Wayland").unwrap(), 1);
+        assert_eq!(parse_channel_type("DBus-Session").unwrap(), 0x12);
+    }
+
+    #[test]
+    fn channel_names() {
+        assert_eq!(channel_name(1), Some("wayland"));
+        assert_eq!(channel_name(0x13), Some("dbus-system"));
+        assert_eq!(channel_name(3), None);
+    }
+
+    #[test]
+    fn unknown_types() {
+        for s in [
+            "foo",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "0x",
+            "0xg",
+            "0x+1",
+            "1_000",
+            "wayland0",
+            "dbus_session",
+        ] {
+            let e = parse_channel_type(s).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::UnknownChannelType { .. }),
+                "{s}: {e:?}"
+            );
+        }
+        let e = parse_channel_spec("foo:/x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--channel 'foo:/x': unknown channel type 'foo' (expected a number, 0x-hex, or one of \
+             wayland, camera, pipewire, x11, dbus-session, dbus-system)"
+        );
+    }
+
+    #[test]
+    fn overflowing_types() {
+        for s in ["4294967296", "0x100000000", "99999999999999999999999"] {
+            let e = parse_channel_type(s).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::ChannelTypeOutOfRange { .. }),
+                "{s}: {e:?}"
+            );
+        }
+        let e = parse_channel_spec("4294967296:/x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--channel '4294967296:/x': channel type '4294967296' does not fit in 32 bits"
+        );
+    }
+
+    #[test]
+    fn reserved_types() {
+        for s in ["0", "0x0", "00", "4294967295", "0xFFFFFFFF", "0xffffffff"] {
+            let e = parse_channel_type(s).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::ReservedChannelType { .. }),
+                "{s}: {e:?}"
+            );
+        }
+        let e = parse_channel_spec("0:/x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--channel '0:/x': channel type 0 is reserved: it means 'no channel' (a query-only \
+             context)"
+        );
+        let e = parse_channel_spec("0xFFFFFFFF:/x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--channel '0xFFFFFFFF:/x': channel type 0xffffffff is reserved for internal \
+             sockets, never a host path"
+        );
+        let mut t = ChannelTable::new();
+        assert!(matches!(
+            t.insert(0, "/x".into()),
+            Err(ConfigError::ReservedChannelType {
+                channel_type: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.insert(u32::MAX, "/x".into()),
+            Err(ConfigError::ReservedChannelType { .. })
+        ));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn specs() {
+        assert_eq!(
+            parse_channel_spec("2:/run/portal.sock").unwrap(),
+            (2, "/run/portal.sock".into())
+        );
+        assert_eq!(
+            parse_channel_spec("wayland:/run/user/1000/wayland-0")
+                .unwrap()
+                .0,
+            1
+        );
+        assert_eq!(
+            parse_channel_spec("0x10:rel/pw").unwrap(),
+            (0x10, "rel/pw".into())
+        );
+        // Split at the first ':'; the path keeps the rest.
+        assert_eq!(
+            parse_channel_spec("2:/a:b:c").unwrap(),
+            (2, "/a:b:c".into())
+        );
+    }
+
+    #[test]
+    fn missing_separator() {
+        for s in ["2", "/run/portal.sock", "wayland", ""] {
+            let e = parse_channel_spec(s).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::MissingSeparator { .. }),
+                "{s}: {e:?}"
+            );
+        }
+        assert_eq!(
+            parse_channel_spec("2").unwrap_err().to_string(),
+            "--channel '2': expected TYPE:PATH, for example 2:/run/portal.sock"
+        );
+    }
+
+    #[test]
+    fn empty_type() {
+        let e = parse_channel_spec(":/x").unwrap_err();
+        assert!(matches!(e, ConfigError::EmptyChannelType { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "--channel ':/x': the channel type before ':' is missing"
+        );
+        assert!(matches!(
+            parse_channel_type(""),
+            Err(ConfigError::EmptyChannelType { .. })
+        ));
+    }
+
+    #[test]
+    fn empty_path() {
+        let e = parse_channel_spec("2:").unwrap_err();
+        assert!(matches!(e, ConfigError::EmptyPath { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "--channel '2:': the socket path is empty");
+        let mut t = ChannelTable::new();
+        assert!(matches!(
+            t.insert(2, PathBuf::new()),
+            Err(ConfigError::EmptyPath { .. })
+        ));
+        let e = t.add_wayland_sock_arg(Path::new("")).unwrap_err();
+        assert_eq!(e.to_string(), "--wayland-sock '': the socket path is empty");
+        assert!(t.is_empty());
+        let e = parse_socket_path(Path::new("")).unwrap_err();
+        assert_eq!(e.to_string(), "--socket-path '': the socket path is empty");
+        assert_eq!(
+            parse_socket_path(Path::new("/tmp/g.sock")).unwrap(),
+            Path::new("/tmp/g.sock")
+        );
+    }
+
+    #[test]
+    fn duplicates() {
+        let e = table(&["2:/a", "2:/b"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--channel '2:/b': channel type 2 is given twice"
+        );
+        // The same type through a name and a number, or through hex.
+        let e = table(&["wayland:/a", "1:/b"]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::DuplicateChannel {
+                    channel_type: 1,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = table(&["0x10:/a", "PipeWire:/b"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--channel 'PipeWire:/b': channel type 16 is given twice"
+        );
+        let e = table(&["16:/a", "0x10:/a"]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::DuplicateChannel {
+                    channel_type: 16,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // --wayland-sock is --channel 1:PATH.
+        let mut t = table(&["1:/a"]).unwrap();
+        let e = t.add_wayland_sock_arg(Path::new("/w")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--wayland-sock '/w': channel type 1 is given twice (--wayland-sock PATH is the same \
+             as --channel 1:PATH)"
+        );
+        let mut t = ChannelTable::new();
+        t.add_wayland_sock_arg(Path::new("/w")).unwrap();
+        let e = t.add_channel_arg("wayland:/a").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::DuplicateChannel {
+                    channel_type: 1,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // The first mapping is kept.
+        assert_eq!(t.get(1), Some(Path::new("/w")));
+        assert_eq!(t.len(), 1);
+        // Different types may share a path.
+        assert_eq!(table(&["1:/a", "2:/a"]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn lookup_and_iteration() {
+        let t = table(&["0x11:/x11", "wayland:/wl", "2:/portal"]).unwrap();
+        assert_eq!(t.len(), 3);
+        assert!(!t.is_empty());
+        assert_eq!(t.get(1), Some(Path::new("/wl")));
+        assert_eq!(t.get(2), Some(Path::new("/portal")));
+        assert_eq!(t.get(0x11), Some(Path::new("/x11")));
+        assert_eq!(t.get(3), None);
+        let all: Vec<(u32, &Path)> = t.iter().collect();
+        assert_eq!(
+            all,
+            [
+                (1, Path::new("/wl")),
+                (2, Path::new("/portal")),
+                (0x11, Path::new("/x11"))
+            ]
+        );
+        assert!(ChannelTable::new().is_empty());
+        assert_eq!(ChannelTable::new().len(), 0);
+    }
+
+    #[test]
+    fn capset_mask_values() {
+        assert_eq!(ChannelTable::new().capset_mask(), 0);
+        assert_eq!(table(&["wayland:/a"]).unwrap().capset_mask(), 0x2);
+        assert_eq!(table(&["camera:/a"]).unwrap().capset_mask(), 0x4);
+        assert_eq!(table(&["pipewire:/a"]).unwrap().capset_mask(), 0x1_0000);
+        assert_eq!(table(&["x11:/a"]).unwrap().capset_mask(), 0x2_0000);
+        assert_eq!(table(&["dbus-session:/a"]).unwrap().capset_mask(), 0x4_0000);
+        assert_eq!(table(&["dbus-system:/a"]).unwrap().capset_mask(), 0x8_0000);
+        assert_eq!(table(&["31:/a"]).unwrap().capset_mask(), 0x8000_0000);
+        assert_eq!(
+            table(&["1:/a", "2:/b", "0x10:/c"]).unwrap().capset_mask(),
+            0x1_0006
+        );
+    }
+
+    #[test]
+    fn types_from_32_are_accepted_but_not_advertised() {
+        let t = table(&["32:/a", "1:/w", "0xFFFFFFFE:/b", "31:/c"]).unwrap();
+        assert_eq!(t.get(32), Some(Path::new("/a")));
+        assert_eq!(t.get(0xFFFF_FFFE), Some(Path::new("/b")));
+        assert_eq!(t.capset_mask(), 0x8000_0002);
+        assert_eq!(t.unadvertised().collect::<Vec<_>>(), [32, 0xFFFF_FFFE]);
+        assert_eq!(table(&["1:/w"]).unwrap().unadvertised().count(), 0);
+    }
+
+    #[test]
+    fn scanouts() {
+        for n in 0..=MAX_SCANOUTS {
+            assert_eq!(parse_scanouts(&n.to_string()).unwrap(), n);
+        }
+        assert_eq!(parse_scanouts("01").unwrap(), 1);
+        for s in ["17", "-1", "+1", "", "one", "0x1", "4294967296", " 1"] {
+            let e = parse_scanouts(s).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::InvalidScanouts { .. }),
+                "{s}: {e:?}"
+            );
+        }
+        assert_eq!(
+            parse_scanouts("17").unwrap_err().to_string(),
+            "--scanouts '17': expected a number from 0 to 16"
+        );
+    }
+}

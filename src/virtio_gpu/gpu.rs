@@ -1,0 +1,906 @@
+//! Device state and command dispatch. Everything here runs on the device's single event-loop
+//! thread; nothing blocks.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use log::{debug, info};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
+use vm_memory::{ByteValued, GuestAddress};
+
+use super::protocol::*;
+use super::sg::{range_is_valid, GuestMem, SgList};
+use crate::config::ChannelTable;
+use crate::cross_domain::{self, protocol as cd, Context, CtxError, Env, Lookup, ResourceView};
+use crate::guest_warn;
+use crate::ratelimit::RateLimiter;
+
+/// Bounds on what a guest may make the device hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_contexts: usize,
+    pub max_resources: usize,
+    /// Backing entries of one resource.
+    pub max_entries_per_resource: usize,
+    /// Backing entries over all resources.
+    pub max_total_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_contexts: 1024,
+            max_resources: 65536,
+            max_entries_per_resource: 1 << 18,
+            max_total_entries: 1 << 22,
+        }
+    }
+}
+
+/// Why a request was refused; each maps to a `RESP_ERR_*` code.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("request of {have} bytes is shorter than the {need} its command needs")]
+    ShortRequest { have: usize, need: usize },
+    #[error("unknown command {0:#x}")]
+    UnknownCommand(u32),
+    #[error("{0}")]
+    Unsupported(&'static str),
+    #[error("invalid resource id {0}")]
+    InvalidResource(u32),
+    #[error("resource id {0} already exists")]
+    ResourceExists(u32),
+    #[error("invalid context id {0}")]
+    InvalidContext(u32),
+    #[error("context id {0} already exists")]
+    ContextExists(u32),
+    #[error("invalid scanout id {0}")]
+    InvalidScanout(u32),
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(&'static str),
+    #[error("backing entry {index} ({addr:#x}+{len}) is not guest memory")]
+    BadEntry { index: usize, addr: u64, len: u32 },
+    #[error("limit reached: {0}")]
+    Limit(&'static str),
+    #[error("fence on ring {0}: cross-domain contexts have rings 0 and 1 only")]
+    BadRing(u8),
+    #[error("cross-domain: {0}")]
+    CrossDomain(#[from] CtxError),
+}
+
+impl GpuError {
+    /// The response type reported to the guest.
+    pub fn response(&self) -> u32 {
+        match self {
+            GpuError::InvalidResource(_) | GpuError::ResourceExists(_) => {
+                RESP_ERR_INVALID_RESOURCE_ID
+            }
+            GpuError::InvalidContext(_) | GpuError::ContextExists(_) => {
+                RESP_ERR_INVALID_CONTEXT_ID
+            }
+            GpuError::InvalidScanout(_) => RESP_ERR_INVALID_SCANOUT_ID,
+            GpuError::Limit(_) => RESP_ERR_OUT_OF_MEMORY,
+            GpuError::UnknownCommand(_) | GpuError::Unsupported(_) => RESP_ERR_UNSPEC,
+            GpuError::CrossDomain(e) => e.response(),
+            _ => RESP_ERR_INVALID_PARAMETER,
+        }
+    }
+}
+
+enum Kind {
+    TwoD { width: u32, height: u32 },
+    GuestBlob,
+}
+
+struct Resource {
+    kind: Kind,
+    backing: Option<SgList>,
+}
+
+impl Resource {
+    fn entries(&self) -> usize {
+        self.backing.as_ref().map_or(0, SgList::segments)
+    }
+}
+
+struct Ctx {
+    cd: Context,
+    attached: HashSet<u32>,
+}
+
+struct View<'a> {
+    resources: &'a HashMap<u32, Resource>,
+    attached: &'a HashSet<u32>,
+}
+
+impl ResourceView for View<'_> {
+    fn lookup(&self, res_id: u32) -> Lookup<'_> {
+        if !self.attached.contains(&res_id) {
+            return Lookup::NotAttached;
+        }
+        match self.resources.get(&res_id) {
+            None => Lookup::NotAttached,
+            Some(Resource {
+                backing: Some(sg), ..
+            }) => Lookup::Guest(sg),
+            Some(_) => Lookup::Unbacked,
+        }
+    }
+}
+
+struct Pending {
+    fence_id: u64,
+    head: u16,
+    len: u32,
+}
+
+/// A response body following the header.
+enum Resp {
+    NoData,
+    DisplayInfo,
+    CapsetInfo(RespCapsetInfo),
+    Capset(cd::Capabilities),
+    Uuid([u8; 16]),
+}
+
+/// Most entries returned by one epoll poll of the device's own sources.
+const EVENTS_PER_POLL: usize = 64;
+
+/// The device: resources, contexts, fence timelines and the epoll set of host fds.
+pub struct Gpu {
+    channels: Arc<ChannelTable>,
+    num_scanouts: u32,
+    limits: Limits,
+    resources: HashMap<u32, Resource>,
+    total_entries: usize,
+    contexts: HashMap<u32, Ctx>,
+    scanouts: [u32; MAX_SCANOUTS],
+    /// Deferred fenced responses per `(ctx_id, ring_idx)` timeline.
+    pending: HashMap<(u32, u8), VecDeque<Pending>>,
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+    scratch: cross_domain::Scratch,
+    limiter: RateLimiter,
+    req: SgList,
+    resp: SgList,
+    completions: Vec<(u16, u32)>,
+}
+
+impl Gpu {
+    /// A device with no resources or contexts.
+    pub fn new(channels: Arc<ChannelTable>, num_scanouts: u32, limits: Limits) -> std::io::Result<Self> {
+        Ok(Gpu {
+            channels,
+            num_scanouts: num_scanouts.min(MAX_SCANOUTS as u32),
+            limits,
+            resources: HashMap::new(),
+            total_entries: 0,
+            contexts: HashMap::new(),
+            scanouts: [0; MAX_SCANOUTS],
+            pending: HashMap::new(),
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?,
+            events: vec![EpollEvent::empty(); EVENTS_PER_POLL],
+            scratch: cross_domain::Scratch::default(),
+            limiter: RateLimiter::default(),
+            req: SgList::new(),
+            resp: SgList::new(),
+            completions: Vec::new(),
+        })
+    }
+
+    /// The epoll fd of host sources (channel sockets, pipes); readable when
+    /// [`Gpu::handle_host_events`] has work.
+    pub fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+
+    /// Number of live contexts.
+    pub fn context_count(&self) -> usize {
+        self.contexts.len()
+    }
+
+    /// Drop every resource and context (device reset or VMM disconnect). Pending fenced
+    /// responses are forgotten: their queue is gone.
+    pub fn reset(&mut self) {
+        let ids: Vec<u32> = self.contexts.keys().copied().collect();
+        for id in ids {
+            if let Some(mut ctx) = self.contexts.remove(&id) {
+                ctx.cd.teardown(&self.epoll);
+            }
+        }
+        self.resources.clear();
+        self.total_entries = 0;
+        self.pending.clear();
+        self.scanouts = [0; MAX_SCANOUTS];
+        self.completions.clear();
+    }
+
+    /// Completed deferred responses (control queue heads and lengths) to publish.
+    pub fn take_completions(&mut self) -> std::vec::Drain<'_, (u16, u32)> {
+        self.completions.drain(..)
+    }
+
+    /// True when deferred responses are waiting to be published.
+    pub fn has_completions(&self) -> bool {
+        !self.completions.is_empty()
+    }
+
+    /// Process one descriptor chain. Returns the number of bytes written into the chain when it
+    /// is complete now, or `None` when its response is deferred until a fence signals (it then
+    /// shows up in [`Gpu::take_completions`]).
+    pub fn process_chain<I>(&mut self, mem: &GuestMem, head: u16, descs: I, cursor: bool) -> Option<u32>
+    where
+        I: Iterator<Item = virtio_queue::desc::split::Descriptor>,
+    {
+        self.req.clear();
+        self.resp.clear();
+        let mut writable = false;
+        for d in descs {
+            let len = d.len() as usize;
+            if len == 0 {
+                continue;
+            }
+            if !range_is_valid(mem, d.addr().0, len) {
+                guest_warn!(
+                    self.limiter,
+                    "dropping descriptor chain {head}: buffer {:#x}+{len} is outside guest memory",
+                    d.addr().0
+                );
+                return Some(0);
+            }
+            if d.is_write_only() {
+                writable = true;
+                self.resp.push(d.addr(), len);
+            } else if writable {
+                guest_warn!(
+                    self.limiter,
+                    "dropping descriptor chain {head}: readable buffer after a writable one"
+                );
+                return Some(0);
+            } else {
+                self.req.push(d.addr(), len);
+            }
+        }
+        let hdr_len = std::mem::size_of::<CtrlHdr>();
+        if self.req.len() < hdr_len || self.resp.len() < hdr_len {
+            guest_warn!(
+                self.limiter,
+                "dropping descriptor chain {head}: request {} bytes, response buffer {} bytes",
+                self.req.len(),
+                self.resp.len()
+            );
+            return Some(0);
+        }
+        let hdr: CtrlHdr = match self.req.read_obj(mem, 0) {
+            Ok(h) => h,
+            Err(_) => return Some(0),
+        };
+        let need = response_size(hdr.type_);
+        let result = if self.resp.len() < need {
+            Err(GpuError::InvalidParameter("response buffer too small"))
+        } else if hdr.flags & FLAG_FENCE != 0
+            && hdr.flags & FLAG_INFO_RING_IDX != 0
+            && hdr.ring_idx > cd::CHANNEL_RING
+        {
+            Err(GpuError::BadRing(hdr.ring_idx))
+        } else if cursor && !matches!(hdr.type_, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) {
+            Err(GpuError::UnknownCommand(hdr.type_))
+        } else {
+            self.dispatch(mem, &hdr)
+        };
+        let (resp_type, body) = match result {
+            Ok(body) => (resp_type(&body), body),
+            Err(e) => {
+                guest_warn!(
+                    self.limiter,
+                    "{} (ctx {}): {e}",
+                    command_name(hdr.type_),
+                    hdr.ctx_id
+                );
+                (e.response(), Resp::NoData)
+            }
+        };
+        let len = match self.write_response(mem, &hdr, resp_type, &body) {
+            Ok(len) => len,
+            Err(e) => {
+                guest_warn!(self.limiter, "chain {head}: writing the response failed: {e}");
+                return Some(0);
+            }
+        };
+        let ok = resp_type < RESP_ERR_UNSPEC;
+        if ok && hdr.flags & FLAG_FENCE != 0 && !cursor {
+            return self.create_fence(mem, &hdr, head, len);
+        }
+        Some(len)
+    }
+
+    fn write_response(
+        &mut self,
+        mem: &GuestMem,
+        req: &CtrlHdr,
+        type_: u32,
+        body: &Resp,
+    ) -> Result<u32, super::sg::SgError> {
+        let mut hdr = CtrlHdr {
+            type_,
+            ..Default::default()
+        };
+        if req.flags & FLAG_FENCE != 0 {
+            hdr.flags = req.flags & (FLAG_FENCE | FLAG_INFO_RING_IDX);
+            hdr.fence_id = req.fence_id;
+            hdr.ctx_id = req.ctx_id;
+            hdr.ring_idx = req.ring_idx;
+        }
+        let h = std::mem::size_of::<CtrlHdr>();
+        let total = match body {
+            Resp::NoData => {
+                self.resp.write_obj(mem, 0, &hdr)?;
+                h
+            }
+            Resp::DisplayInfo => {
+                let mut r = RespDisplayInfo {
+                    hdr,
+                    ..Default::default()
+                };
+                if self.num_scanouts > 0 {
+                    r.pmodes[0].r = Rect {
+                        x: 0,
+                        y: 0,
+                        width: 1024,
+                        height: 768,
+                    };
+                }
+                self.resp.write_obj(mem, 0, &r)?;
+                std::mem::size_of::<RespDisplayInfo>()
+            }
+            Resp::CapsetInfo(info) => {
+                let r = RespCapsetInfo { hdr, ..*info };
+                self.resp.write_obj(mem, 0, &r)?;
+                std::mem::size_of::<RespCapsetInfo>()
+            }
+            Resp::Capset(caps) => {
+                self.resp.write_obj(mem, 0, &hdr)?;
+                self.resp.write_obj(mem, h, caps)?;
+                h + std::mem::size_of::<cd::Capabilities>()
+            }
+            Resp::Uuid(uuid) => {
+                let r = RespResourceUuid { hdr, uuid: *uuid };
+                self.resp.write_obj(mem, 0, &r)?;
+                std::mem::size_of::<RespResourceUuid>()
+            }
+        };
+        Ok(total as u32)
+    }
+
+    fn create_fence(&mut self, mem: &GuestMem, hdr: &CtrlHdr, head: u16, len: u32) -> Option<u32> {
+        if hdr.flags & FLAG_INFO_RING_IDX == 0 || hdr.ring_idx == cd::QUERY_RING {
+            // Global timeline and the query ring: the work is already done.
+            return Some(len);
+        }
+        let Some(ctx) = self.contexts.get_mut(&hdr.ctx_id) else {
+            return Some(len);
+        };
+        let timeline = (hdr.ctx_id, hdr.ring_idx);
+        self.pending.entry(timeline).or_default().push_back(Pending {
+            fence_id: hdr.fence_id,
+            head,
+            len,
+        });
+        ctx.cd.arm_poll(hdr.fence_id);
+        let mut env = Env {
+            mem,
+            epoll: &self.epoll,
+            channels: &self.channels,
+            scratch: &mut self.scratch,
+            limiter: &mut self.limiter,
+        };
+        if let Some(f) = ctx.cd.try_deliver(&mut env) {
+            Self::complete_timeline(&mut self.pending, &mut self.completions, timeline, f);
+        }
+        None
+    }
+
+    fn complete_timeline(
+        pending: &mut HashMap<(u32, u8), VecDeque<Pending>>,
+        completions: &mut Vec<(u16, u32)>,
+        timeline: (u32, u8),
+        fence_id: u64,
+    ) {
+        if let Some(q) = pending.get_mut(&timeline) {
+            q.retain(|p| {
+                if p.fence_id <= fence_id {
+                    completions.push((p.head, p.len));
+                    false
+                } else {
+                    true
+                }
+            });
+            if q.is_empty() {
+                pending.remove(&timeline);
+            }
+        }
+    }
+
+    fn complete_context(&mut self, ctx_id: u32) {
+        let keys: Vec<(u32, u8)> = self
+            .pending
+            .keys()
+            .filter(|(c, _)| *c == ctx_id)
+            .copied()
+            .collect();
+        for k in keys {
+            Self::complete_timeline(&mut self.pending, &mut self.completions, k, u64::MAX);
+        }
+    }
+
+    /// Handle readiness of host fds (channel sockets, pipes): deliver messages to contexts with
+    /// a pending POLL, flush output backlogs. Never blocks.
+    pub fn handle_host_events(&mut self, mem: &GuestMem) {
+        loop {
+            let n = match self.epoll.wait(&mut self.events, EpollTimeout::ZERO) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("epoll_wait on host fds failed: {e}");
+                    return;
+                }
+            };
+            for i in 0..n {
+                let ev = self.events[i];
+                let (ctx_id, src) = cross_domain::token_parts(ev.data());
+                let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+                    continue;
+                };
+                let mut env = Env {
+                    mem,
+                    epoll: &self.epoll,
+                    channels: &self.channels,
+                    scratch: &mut self.scratch,
+                    limiter: &mut self.limiter,
+                };
+                ctx.cd.on_event(&mut env, src, ev.events());
+                if let Some(f) = ctx.cd.try_deliver(&mut env) {
+                    Self::complete_timeline(
+                        &mut self.pending,
+                        &mut self.completions,
+                        (ctx_id, cd::CHANNEL_RING),
+                        f,
+                    );
+                }
+            }
+            if n < self.events.len() {
+                return;
+            }
+        }
+    }
+
+    fn body<T: ByteValued + Default>(&self, mem: &GuestMem) -> Result<T, GpuError> {
+        let need = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<T>();
+        if self.req.len() < need {
+            return Err(GpuError::ShortRequest {
+                have: self.req.len(),
+                need,
+            });
+        }
+        self.req
+            .read_obj(mem, std::mem::size_of::<CtrlHdr>())
+            .map_err(|_| GpuError::InvalidParameter("request not readable"))
+    }
+
+    fn dispatch(&mut self, mem: &GuestMem, hdr: &CtrlHdr) -> Result<Resp, GpuError> {
+        match hdr.type_ {
+            CMD_GET_DISPLAY_INFO => Ok(Resp::DisplayInfo),
+            CMD_GET_EDID => Err(GpuError::Unsupported("GET_EDID: F_EDID is not offered")),
+            CMD_RESOURCE_CREATE_2D => {
+                let b: ResourceCreate2d = self.body(mem)?;
+                if !is_2d_format(b.format) {
+                    return Err(GpuError::InvalidParameter("unknown 2D format"));
+                }
+                if b.width == 0 || b.height == 0 {
+                    return Err(GpuError::InvalidParameter("zero-sized 2D resource"));
+                }
+                self.insert_resource(
+                    b.resource_id,
+                    Resource {
+                        kind: Kind::TwoD {
+                            width: b.width,
+                            height: b.height,
+                        },
+                        backing: None,
+                    },
+                )?;
+                Ok(Resp::NoData)
+            }
+            CMD_RESOURCE_UNREF => {
+                let b: ResourceId = self.body(mem)?;
+                let res = self
+                    .resources
+                    .remove(&b.resource_id)
+                    .ok_or(GpuError::InvalidResource(b.resource_id))?;
+                self.total_entries -= res.entries();
+                for ctx in self.contexts.values_mut() {
+                    ctx.attached.remove(&b.resource_id);
+                }
+                for s in self.scanouts.iter_mut() {
+                    if *s == b.resource_id {
+                        *s = 0;
+                    }
+                }
+                Ok(Resp::NoData)
+            }
+            CMD_SET_SCANOUT => {
+                let b: SetScanout = self.body(mem)?;
+                self.check_scanout(b.scanout_id)?;
+                if b.resource_id != 0 {
+                    let (w, h) = self.dims_2d(b.resource_id)?;
+                    check_rect(&b.r, w, h)?;
+                }
+                self.scanouts[b.scanout_id as usize] = b.resource_id;
+                Ok(Resp::NoData)
+            }
+            CMD_RESOURCE_FLUSH => {
+                let b: ResourceFlush = self.body(mem)?;
+                self.existing(b.resource_id)?;
+                Ok(Resp::NoData)
+            }
+            CMD_TRANSFER_TO_HOST_2D => {
+                let b: TransferToHost2d = self.body(mem)?;
+                let (w, h) = self.dims_2d(b.resource_id)?;
+                check_rect(&b.r, w, h)?;
+                Ok(Resp::NoData)
+            }
+            CMD_RESOURCE_ATTACH_BACKING => {
+                let b: ResourceAttachBacking = self.body(mem)?;
+                self.existing(b.resource_id)?;
+                let base = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<ResourceAttachBacking>();
+                let sg = self.read_entries(mem, base, b.nr_entries)?;
+                let old = self.resources.get(&b.resource_id).map_or(0, Resource::entries);
+                self.check_entry_budget(sg.segments(), old)?;
+                self.total_entries = self.total_entries - old + sg.segments();
+                if let Some(r) = self.resources.get_mut(&b.resource_id) {
+                    r.backing = Some(sg);
+                }
+                Ok(Resp::NoData)
+            }
+            CMD_RESOURCE_DETACH_BACKING => {
+                let b: ResourceId = self.body(mem)?;
+                let r = self
+                    .resources
+                    .get_mut(&b.resource_id)
+                    .ok_or(GpuError::InvalidResource(b.resource_id))?;
+                let n = r.entries();
+                r.backing = None;
+                self.total_entries -= n;
+                Ok(Resp::NoData)
+            }
+            CMD_GET_CAPSET_INFO => {
+                let b: GetCapsetInfo = self.body(mem)?;
+                if b.capset_index != 0 {
+                    return Err(GpuError::InvalidParameter("capset index out of range"));
+                }
+                Ok(Resp::CapsetInfo(RespCapsetInfo {
+                    capset_id: CAPSET_CROSS_DOMAIN,
+                    capset_max_version: 0,
+                    capset_max_size: std::mem::size_of::<cd::Capabilities>() as u32,
+                    ..Default::default()
+                }))
+            }
+            CMD_GET_CAPSET => {
+                let b: GetCapset = self.body(mem)?;
+                if b.capset_id != CAPSET_CROSS_DOMAIN {
+                    return Err(GpuError::InvalidParameter("unknown capset id"));
+                }
+                Ok(Resp::Capset(cross_domain::capabilities(&self.channels)))
+            }
+            CMD_RESOURCE_ASSIGN_UUID => {
+                let b: ResourceId = self.body(mem)?;
+                self.existing(b.resource_id)?;
+                let mut uuid = [0u8; 16];
+                uuid[12..].copy_from_slice(&b.resource_id.to_be_bytes());
+                Ok(Resp::Uuid(uuid))
+            }
+            CMD_RESOURCE_CREATE_BLOB => {
+                let b: ResourceCreateBlob = self.body(mem)?;
+                self.create_blob(mem, hdr, &b)?;
+                Ok(Resp::NoData)
+            }
+            CMD_SET_SCANOUT_BLOB => {
+                let b: SetScanoutBlob = self.body(mem)?;
+                self.check_scanout(b.scanout_id)?;
+                if b.resource_id != 0 {
+                    self.existing(b.resource_id)?;
+                }
+                self.scanouts[b.scanout_id as usize] = b.resource_id;
+                Ok(Resp::NoData)
+            }
+            CMD_CTX_CREATE => {
+                let b: CtxCreate = self.body(mem)?;
+                self.create_context(hdr.ctx_id, &b)?;
+                Ok(Resp::NoData)
+            }
+            CMD_CTX_DESTROY => {
+                let mut ctx = self
+                    .contexts
+                    .remove(&hdr.ctx_id)
+                    .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
+                ctx.cd.teardown(&self.epoll);
+                self.complete_context(hdr.ctx_id);
+                debug!("ctx {}: destroyed", hdr.ctx_id);
+                Ok(Resp::NoData)
+            }
+            CMD_CTX_ATTACH_RESOURCE => {
+                let b: ResourceId = self.body(mem)?;
+                self.existing(b.resource_id)?;
+                let ctx = self
+                    .contexts
+                    .get_mut(&hdr.ctx_id)
+                    .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
+                ctx.attached.insert(b.resource_id);
+                Ok(Resp::NoData)
+            }
+            CMD_CTX_DETACH_RESOURCE => {
+                let b: ResourceId = self.body(mem)?;
+                let ctx = self
+                    .contexts
+                    .get_mut(&hdr.ctx_id)
+                    .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
+                if !ctx.attached.remove(&b.resource_id) {
+                    return Err(GpuError::InvalidResource(b.resource_id));
+                }
+                Ok(Resp::NoData)
+            }
+            CMD_RESOURCE_CREATE_3D => {
+                let _: ResourceCreate3d = self.body(mem)?;
+                Err(GpuError::Unsupported("RESOURCE_CREATE_3D: no 3D renderer"))
+            }
+            CMD_TRANSFER_TO_HOST_3D | CMD_TRANSFER_FROM_HOST_3D => {
+                let _: Transfer3d = self.body(mem)?;
+                Err(GpuError::Unsupported("3D transfers: no 3D renderer"))
+            }
+            CMD_SUBMIT_3D => {
+                let b: Submit3d = self.body(mem)?;
+                self.submit_3d(mem, hdr, &b)?;
+                Ok(Resp::NoData)
+            }
+            CMD_RESOURCE_MAP_BLOB => {
+                let b: ResourceMapBlob = self.body(mem)?;
+                self.existing(b.resource_id)?;
+                Err(GpuError::Unsupported(
+                    "RESOURCE_MAP_BLOB: guest blobs have no host memory to map",
+                ))
+            }
+            CMD_RESOURCE_UNMAP_BLOB => {
+                let b: ResourceId = self.body(mem)?;
+                self.existing(b.resource_id)?;
+                Err(GpuError::InvalidParameter("resource is not mapped"))
+            }
+            CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR => {
+                let b: UpdateCursor = self.body(mem)?;
+                self.check_scanout(b.pos.scanout_id)?;
+                if hdr.type_ == CMD_UPDATE_CURSOR && b.resource_id != 0 {
+                    self.existing(b.resource_id)?;
+                }
+                Ok(Resp::NoData)
+            }
+            other => Err(GpuError::UnknownCommand(other)),
+        }
+    }
+
+    fn existing(&self, id: u32) -> Result<&Resource, GpuError> {
+        self.resources.get(&id).ok_or(GpuError::InvalidResource(id))
+    }
+
+    fn dims_2d(&self, id: u32) -> Result<(u32, u32), GpuError> {
+        match self.existing(id)?.kind {
+            Kind::TwoD { width, height } => Ok((width, height)),
+            Kind::GuestBlob => Err(GpuError::InvalidParameter("resource is not a 2D resource")),
+        }
+    }
+
+    fn check_scanout(&self, id: u32) -> Result<(), GpuError> {
+        if id >= self.num_scanouts {
+            return Err(GpuError::InvalidScanout(id));
+        }
+        Ok(())
+    }
+
+    fn insert_resource(&mut self, id: u32, res: Resource) -> Result<(), GpuError> {
+        if id == 0 {
+            return Err(GpuError::InvalidResource(0));
+        }
+        if self.resources.contains_key(&id) {
+            return Err(GpuError::ResourceExists(id));
+        }
+        if self.resources.len() >= self.limits.max_resources {
+            return Err(GpuError::Limit("resources per VM"));
+        }
+        self.total_entries += res.entries();
+        self.resources.insert(id, res);
+        Ok(())
+    }
+
+    fn check_entry_budget(&self, new: usize, replacing: usize) -> Result<(), GpuError> {
+        if self.total_entries - replacing + new > self.limits.max_total_entries {
+            return Err(GpuError::Limit("backing entries per VM"));
+        }
+        Ok(())
+    }
+
+    fn read_entries(&self, mem: &GuestMem, base: usize, nr: u32) -> Result<SgList, GpuError> {
+        let nr = nr as usize;
+        if nr == 0 {
+            return Err(GpuError::InvalidParameter("no backing entries"));
+        }
+        if nr > self.limits.max_entries_per_resource {
+            return Err(GpuError::Limit("backing entries per resource"));
+        }
+        let entry = std::mem::size_of::<MemEntry>();
+        let need = base + nr * entry;
+        if self.req.len() < need {
+            return Err(GpuError::ShortRequest {
+                have: self.req.len(),
+                need,
+            });
+        }
+        let mut sg = SgList::new();
+        for i in 0..nr {
+            let e: MemEntry = self
+                .req
+                .read_obj(mem, base + i * entry)
+                .map_err(|_| GpuError::InvalidParameter("entries not readable"))?;
+            if e.length == 0 || !range_is_valid(mem, e.addr, e.length as usize) {
+                return Err(GpuError::BadEntry {
+                    index: i,
+                    addr: e.addr,
+                    len: e.length,
+                });
+            }
+            sg.push(GuestAddress(e.addr), e.length as usize);
+        }
+        Ok(sg)
+    }
+
+    fn create_blob(&mut self, mem: &GuestMem, _hdr: &CtrlHdr, b: &ResourceCreateBlob) -> Result<(), GpuError> {
+        if b.resource_id == 0 {
+            return Err(GpuError::InvalidResource(0));
+        }
+        if self.resources.contains_key(&b.resource_id) {
+            return Err(GpuError::ResourceExists(b.resource_id));
+        }
+        match b.blob_mem {
+            BLOB_MEM_GUEST => {}
+            BLOB_MEM_HOST3D | BLOB_MEM_HOST3D_GUEST => {
+                return Err(GpuError::Unsupported(
+                    "host-backed blobs are not supported yet (no host-visible region)",
+                ))
+            }
+            _ => return Err(GpuError::InvalidParameter("unknown blob_mem")),
+        }
+        let known = BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE | BLOB_FLAG_USE_CROSS_DEVICE;
+        if b.blob_flags & !known != 0 {
+            return Err(GpuError::InvalidParameter("unknown blob flags"));
+        }
+        let base = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<ResourceCreateBlob>();
+        let sg = self.read_entries(mem, base, b.nr_entries)?;
+        if b.size == 0 || b.size > sg.len() as u64 {
+            return Err(GpuError::InvalidParameter(
+                "blob size is zero or larger than its backing",
+            ));
+        }
+        self.check_entry_budget(sg.segments(), 0)?;
+        self.insert_resource(
+            b.resource_id,
+            Resource {
+                kind: Kind::GuestBlob,
+                backing: Some(sg),
+            },
+        )
+    }
+
+    fn create_context(&mut self, ctx_id: u32, b: &CtxCreate) -> Result<(), GpuError> {
+        if ctx_id == 0 {
+            return Err(GpuError::InvalidContext(0));
+        }
+        if self.contexts.contains_key(&ctx_id) {
+            return Err(GpuError::ContextExists(ctx_id));
+        }
+        let capset = b.context_init & CONTEXT_INIT_CAPSET_ID_MASK;
+        if capset != 0 && capset != CAPSET_CROSS_DOMAIN {
+            return Err(GpuError::InvalidParameter(
+                "only the cross-domain capset (5) is supported",
+            ));
+        }
+        if b.nlen as usize > b.debug_name.len() {
+            return Err(GpuError::InvalidParameter("debug name longer than 64 bytes"));
+        }
+        if self.contexts.len() >= self.limits.max_contexts {
+            return Err(GpuError::Limit("contexts per VM"));
+        }
+        let name = String::from_utf8_lossy(&b.debug_name[..b.nlen as usize]).into_owned();
+        debug!("ctx {ctx_id}: created ({name})");
+        self.contexts.insert(
+            ctx_id,
+            Ctx {
+                cd: Context::new(ctx_id, name),
+                attached: HashSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn submit_3d(&mut self, mem: &GuestMem, hdr: &CtrlHdr, b: &Submit3d) -> Result<(), GpuError> {
+        if b.padding != 0 {
+            return Err(GpuError::InvalidParameter("in-fences are not supported"));
+        }
+        let start = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<Submit3d>();
+        let len = b.size as usize;
+        if len > self.req.len() - start {
+            return Err(GpuError::InvalidParameter(
+                "command stream size exceeds the request",
+            ));
+        }
+        let ctx = self
+            .contexts
+            .get_mut(&hdr.ctx_id)
+            .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
+        let view = View {
+            resources: &self.resources,
+            attached: &ctx.attached,
+        };
+        let mut env = Env {
+            mem,
+            epoll: &self.epoll,
+            channels: &self.channels,
+            scratch: &mut self.scratch,
+            limiter: &mut self.limiter,
+        };
+        ctx.cd.submit(&mut env, &view, &self.req, start, len)?;
+        Ok(())
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        if !self.contexts.is_empty() {
+            info!("dropping {} context(s)", self.contexts.len());
+        }
+        self.reset();
+    }
+}
+
+fn resp_type(r: &Resp) -> u32 {
+    match r {
+        Resp::NoData => RESP_OK_NODATA,
+        Resp::DisplayInfo => RESP_OK_DISPLAY_INFO,
+        Resp::CapsetInfo(_) => RESP_OK_CAPSET_INFO,
+        Resp::Capset(_) => RESP_OK_CAPSET,
+        Resp::Uuid(_) => RESP_OK_RESOURCE_UUID,
+    }
+}
+
+/// Bytes the response to `cmd` needs.
+fn response_size(cmd: u32) -> usize {
+    let h = std::mem::size_of::<CtrlHdr>();
+    match cmd {
+        CMD_GET_DISPLAY_INFO => std::mem::size_of::<RespDisplayInfo>(),
+        CMD_GET_CAPSET_INFO => std::mem::size_of::<RespCapsetInfo>(),
+        CMD_GET_CAPSET => h + std::mem::size_of::<cd::Capabilities>(),
+        CMD_RESOURCE_ASSIGN_UUID => std::mem::size_of::<RespResourceUuid>(),
+        CMD_RESOURCE_MAP_BLOB => std::mem::size_of::<RespMapInfo>(),
+        _ => h,
+    }
+}
+
+fn is_2d_format(f: u32) -> bool {
+    // B8G8R8A8, B8G8R8X8, A8R8G8B8, X8R8G8B8, R8G8B8A8, X8B8G8R8, A8B8G8R8, R8G8B8X8.
+    matches!(f, 1 | 2 | 3 | 4 | 67 | 68 | 121 | 134)
+}
+
+fn check_rect(r: &Rect, w: u32, h: u32) -> Result<(), GpuError> {
+    let x_end = r.x.checked_add(r.width);
+    let y_end = r.y.checked_add(r.height);
+    match (x_end, y_end) {
+        (Some(x), Some(y)) if x <= w && y <= h => Ok(()),
+        _ => Err(GpuError::InvalidParameter("rectangle outside the resource")),
+    }
+}

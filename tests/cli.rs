@@ -1,0 +1,250 @@
+//! Command-line behaviour of the real binary: rejected configurations exit with status 2 and an
+//! error naming the flag and the value; `--help` and `--version` work.
+//!
+//! None of these tests lets the daemon start serving: every accepted command line here stops in
+//! clap (`--help`, `--version`), and every other one is invalid. The socket path points into a
+//! directory that does not exist, so even a daemon started by mistake could not listen, and
+//! each run is killed after a deadline rather than hanging the test suite.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-cross-domain");
+const SOCKET: &str = "/nonexistent-vhost-user-cross-domain-test/gpu.sock";
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Outcome {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the daemon binary");
+    let stdout = drain(child.stdout.take().expect("stdout pipe"));
+    let stderr = drain(child.stderr.take().expect("stderr pipe"));
+    let code = wait_with_deadline(&mut child, args);
+    Outcome {
+        code,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        // A read error leaves what was read so far; the assertions then show it.
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+fn wait_with_deadline(child: &mut Child, args: &[&str]) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the daemon binary") {
+            return status.code();
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{BIN} {args:?} still running after {DEADLINE:?}: it must not start serving");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs with a valid `--socket-path` plus `args`, and checks the configuration is rejected with
+/// exit status 2 and one error line naming `flag` and `value`.
+fn assert_rejected(args: &[&str], flag: &str, value: &str) -> String {
+    let mut all = vec!["--socket-path", SOCKET];
+    all.extend_from_slice(args);
+    let out = run(&all);
+    assert_eq!(out.code, Some(2), "{all:?}: stderr: {}", out.stderr);
+    assert!(
+        out.stderr.starts_with("vhost-user-cross-domain: error: "),
+        "{all:?}: stderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(flag),
+        "{all:?}: flag {flag} missing: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("'{value}'")),
+        "{all:?}: value '{value}' missing: {}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{all:?}: stdout: {}", out.stdout);
+    out.stderr
+}
+
+#[test]
+fn channel_without_colon() {
+    let err = assert_rejected(&["--channel", "2"], "--channel", "2");
+    assert!(err.contains("TYPE:PATH"), "{err}");
+    assert_rejected(
+        &["--channel", "/run/portal.sock"],
+        "--channel",
+        "/run/portal.sock",
+    );
+}
+
+#[test]
+fn unparsable_channel_type() {
+    let err = assert_rejected(&["--channel", "foo:/x"], "--channel", "foo:/x");
+    assert!(err.contains("unknown channel type 'foo'"), "{err}");
+    assert!(err.contains("wayland"), "names are listed: {err}");
+    assert_rejected(&["--channel", "0xzz:/x"], "--channel", "0xzz:/x");
+    assert_rejected(&["--channel", ":/x"], "--channel", ":/x");
+}
+
+#[test]
+fn channel_type_too_large() {
+    assert_rejected(
+        &["--channel", "4294967296:/x"],
+        "--channel",
+        "4294967296:/x",
+    );
+    assert_rejected(
+        &["--channel", "0x100000000:/x"],
+        "--channel",
+        "0x100000000:/x",
+    );
+}
+
+#[test]
+fn channel_type_zero() {
+    let err = assert_rejected(&["--channel", "0:/x"], "--channel", "0:/x");
+    assert!(err.contains("reserved"), "{err}");
+    assert_rejected(&["--channel", "0x0:/x"], "--channel", "0x0:/x");
+}
+
+#[test]
+fn channel_type_all_ones() {
+    let err = assert_rejected(
+        &["--channel", "0xFFFFFFFF:/x"],
+        "--channel",
+        "0xFFFFFFFF:/x",
+    );
+    assert!(err.contains("reserved"), "{err}");
+    assert_rejected(
+        &["--channel", "4294967295:/x"],
+        "--channel",
+        "4294967295:/x",
+    );
+}
+
+#[test]
+fn same_channel_type_twice() {
+    let err = assert_rejected(
+        &["--channel", "2:/a", "--channel", "2:/b"],
+        "--channel",
+        "2:/b",
+    );
+    assert!(err.contains("channel type 2 is given twice"), "{err}");
+    // By name and by number.
+    assert_rejected(
+        &["--channel", "wayland:/a", "--channel", "1:/b"],
+        "--channel",
+        "1:/b",
+    );
+    assert_rejected(
+        &["--channel", "0x10:/a", "--channel", "pipewire:/b"],
+        "--channel",
+        "pipewire:/b",
+    );
+}
+
+#[test]
+fn wayland_sock_conflicts_with_channel_1() {
+    for channel in ["1:/b", "wayland:/b", "0x1:/b"] {
+        let err = assert_rejected(
+            &["--wayland-sock", "/w", "--channel", channel],
+            "--wayland-sock",
+            "/w",
+        );
+        assert!(err.contains("channel type 1 is given twice"), "{err}");
+    }
+}
+
+#[test]
+fn empty_paths() {
+    let err = assert_rejected(&["--channel", "2:"], "--channel", "2:");
+    assert!(err.contains("empty"), "{err}");
+    assert_rejected(&["--channel", "wayland:"], "--channel", "wayland:");
+    assert_rejected(&["--wayland-sock", ""], "--wayland-sock", "");
+
+    let out = run(&["--socket-path", ""]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("--socket-path ''"), "{}", out.stderr);
+}
+
+#[test]
+fn scanouts_out_of_range() {
+    let err = assert_rejected(&["--scanouts", "17"], "--scanouts", "17");
+    assert!(err.contains("0 to 16"), "{err}");
+    assert_rejected(&["--scanouts", "many"], "--scanouts", "many");
+    assert_rejected(&["--scanouts=-1"], "--scanouts", "-1");
+}
+
+#[test]
+fn socket_path_is_required() {
+    let out = run(&["--channel", "2:/run/portal.sock"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("--socket-path"), "{}", out.stderr);
+}
+
+#[test]
+fn help() {
+    let out = run(&["--help"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for needle in [
+        "--socket-path",
+        "--channel",
+        "--wayland-sock",
+        "--scanouts",
+        "--version",
+        "--channel 2:/run/portal.sock",
+        "crosvm run --vhost-user gpu,socket=",
+        "max-queue-size=1024",
+        "vhost-user-test-device-pci",
+        "RUST_LOG",
+        "pipewire (0x10)",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "--help lacks {needle:?}:\n{}",
+            out.stdout
+        );
+    }
+
+    let short = run(&["-h"]);
+    assert_eq!(short.code, Some(0), "{}", short.stderr);
+    assert!(
+        short.stdout.contains("--channel <TYPE:PATH>"),
+        "{}",
+        short.stdout
+    );
+}
+
+#[test]
+fn version() {
+    let out = run(&["--version"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("vhost-user-cross-domain {}", env!("CARGO_PKG_VERSION"))
+    );
+}
