@@ -28,6 +28,8 @@ pub const CHANNEL_NAMES: &[(&str, u32)] = &[
 
 /// Highest `--scanouts` value: the virtio-gpu configuration space describes at most 16 scanouts.
 pub const MAX_SCANOUTS: u32 = 16;
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes including the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Channel type 0: "no channel". A guest INITs with it to get a query-only context, so it can
 /// never name a host socket.
@@ -83,6 +85,12 @@ impl ChannelTable {
         check_reserved(channel_type).map_err(|e| e.in_argument(CHANNEL_FLAG, &value))?;
         if path.as_os_str().is_empty() {
             return Err(ConfigError::EmptyPath {
+                flag: CHANNEL_FLAG,
+                value,
+            });
+        }
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(ConfigError::PathTooLong {
                 flag: CHANNEL_FLAG,
                 value,
             });
@@ -315,6 +323,10 @@ pub enum ConfigError {
     #[error("{flag} '{value}': the socket path is empty")]
     EmptyPath { flag: &'static str, value: String },
 
+    /// A PATH longer than a Unix socket address can hold.
+    #[error("{flag} '{value}': the socket path is longer than {MAX_SOCKET_PATH} bytes, the limit of a Unix socket address")]
+    PathTooLong { flag: &'static str, value: String },
+
     /// The same channel type twice, by number, by name or through `--wayland-sock`.
     #[error(
         "{flag} '{value}': channel type {channel_type} is given twice{}",
@@ -345,6 +357,7 @@ impl ConfigError {
             | Self::ChannelTypeOutOfRange { flag, value, .. }
             | Self::ReservedChannelType { flag, value, .. }
             | Self::EmptyPath { flag, value }
+            | Self::PathTooLong { flag, value }
             | Self::DuplicateChannel { flag, value, .. }
             | Self::InvalidScanouts { flag, value } => {
                 *flag = new_flag;
@@ -379,6 +392,16 @@ mod tests {
             t.add_channel_arg(s)?;
         }
         Ok(t)
+    }
+
+    #[test]
+    fn socket_path_length() {
+        let ok = format!("2:/{}", "a".repeat(MAX_SOCKET_PATH - 1));
+        assert!(table(&[&ok]).is_ok());
+        let long = format!("2:/{}", "a".repeat(MAX_SOCKET_PATH));
+        let e = table(&[&long]).unwrap_err();
+        assert!(matches!(e, ConfigError::PathTooLong { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("--channel '2:/aaa"), "{e}");
     }
 
     #[test]

@@ -120,9 +120,8 @@ Examples:
     vhost-user-cross-domain --socket-path /run/vm1/gpu.sock \\
         --channel wayland:$XDG_RUNTIME_DIR/wayland-0 --channel 2:/run/portal.sock
 
-  Start crosvm against it (the device's queues hold at most 1024 entries and crosvm's
-  default is 32768, so max-queue-size is required):
-    crosvm run --vhost-user gpu,socket=/run/vm1/gpu.sock,max-queue-size=1024 ...
+  Start crosvm against it:
+    crosvm run --vhost-user gpu,socket=/run/vm1/gpu.sock ...
 
   QEMU 11 (only its generic vhost-user test device passes the needed GPU features on):
     qemu-system-x86_64 -m 4G -object memory-backend-memfd,id=mem,size=4G,share=on \\

@@ -1,0 +1,24 @@
+//! Test frontend: a fake VMM and a tiny virtio-gpu guest driver that talk to the daemon only
+//! through vhost-user, as a VMM would.
+//!
+//! - [`daemon`]: start the real daemon binary on a temporary socket; host channel sockets.
+//! - [`vmm`]: `TestVm` — guest memory (memfd), the vhost-user handshake, queue plumbing,
+//!   config space and hand-written messages (GPU_SET_SOCKET).
+//! - [`virtq`]: split virtqueues written in guest memory, with descriptor/buffer recycling.
+//! - [`gpu`]: virtio-gpu and cross-domain request encoders, response decoders and the
+//!   `CrossDomainContext` helper.
+//!
+//! Integration tests include this with `mod support;`; the benchmark program with
+//! `#[path = "../tests/support/mod.rs"] mod support;`. Each includer uses a different subset,
+//! hence the blanket `dead_code` allowance.
+#![allow(dead_code, unused_imports)]
+
+pub mod daemon;
+pub mod gpu;
+pub mod virtq;
+pub mod vmm;
+
+pub use daemon::*;
+pub use gpu::*;
+pub use virtq::*;
+pub use vmm::*;
