@@ -465,7 +465,9 @@ impl Context {
             scratch.iov.clear();
             stream.iovecs(env.mem, data_off, data_len, &mut scratch.iov)?;
             scratch.raw.clear();
-            scratch.raw.extend(scratch.fds.iter().map(|f| f.as_raw_fd()));
+            scratch
+                .raw
+                .extend(scratch.fds.iter().map(|f| f.as_raw_fd()));
             let sent = match cdio::send_with_fds(
                 chan.sock.as_fd(),
                 &scratch.iov,
@@ -525,13 +527,7 @@ impl Context {
             env.epoll
                 .add(&fd, EpollEvent::new(CHANNEL_EVENTS, token(ctx_id, id)))
                 .map_err(|e| CtxError::HostIo(e.into()))?;
-            self.items.insert(
-                id,
-                Item::ReadPipe {
-                    fd,
-                    readable: true,
-                },
-            );
+            self.items.insert(id, Item::ReadPipe { fd, readable: true });
         }
         Ok(())
     }
@@ -620,7 +616,9 @@ impl Context {
                 Item::ReadPipe { fd, .. } => {
                     let _ = epoll.delete(fd);
                 }
-                Item::WritePipe { fd, armed: true, .. } => {
+                Item::WritePipe {
+                    fd, armed: true, ..
+                } => {
                     let _ = epoll.delete(fd);
                 }
                 _ => {}
@@ -657,14 +655,18 @@ impl Context {
                 chan.readable = true;
             }
             if writable && chan.out_armed {
-                match chan.out.flush(chan.sock.as_fd(), true, &mut env.scratch.cmsg) {
+                match chan
+                    .out
+                    .flush(chan.sock.as_fd(), true, &mut env.scratch.cmsg)
+                {
                     Ok(Flush::Pending) => {}
                     Ok(Flush::Done) => {
                         chan.out_armed = false;
                         if chan.eof {
                             let _ = env.epoll.delete(&chan.sock);
                         } else {
-                            let mut ev = EpollEvent::new(CHANNEL_EVENTS, token(ctx_id, SRC_CHANNEL));
+                            let mut ev =
+                                EpollEvent::new(CHANNEL_EVENTS, token(ctx_id, SRC_CHANNEL));
                             let _ = env.epoll.modify(&chan.sock, &mut ev);
                         }
                     }
@@ -678,7 +680,8 @@ impl Context {
                         if chan.eof {
                             let _ = env.epoll.delete(&chan.sock);
                         } else {
-                            let mut ev = EpollEvent::new(CHANNEL_EVENTS, token(ctx_id, SRC_CHANNEL));
+                            let mut ev =
+                                EpollEvent::new(CHANNEL_EVENTS, token(ctx_id, SRC_CHANNEL));
                             let _ = env.epoll.modify(&chan.sock, &mut ev);
                         }
                     }
@@ -783,11 +786,9 @@ impl Context {
                 for fd in fds {
                     let kind = cdio::classify(fd.as_fd());
                     let (ty, size, item) = match kind {
-                        FdKind::Memory { size } => (
-                            ID_TYPE_VIRTGPU_BLOB,
-                            size as u32,
-                            Item::Memory { fd, size },
-                        ),
+                        FdKind::Memory { size } => {
+                            (ID_TYPE_VIRTGPU_BLOB, size as u32, Item::Memory { fd, size })
+                        }
                         FdKind::WritePipe => {
                             if let Err(e) = cdio::set_nonblocking(fd.as_fd()) {
                                 warn!("ctx {ctx_id}: refusing write pipe: {e}");
@@ -981,9 +982,9 @@ fn connect_nonblocking(path: &Path) -> stdio::Result<OwnedFd> {
     let addr = UnixAddr::new(path)?;
     match connect(fd.as_raw_fd(), &addr) {
         Ok(()) => Ok(fd),
-        Err(nix::errno::Errno::EAGAIN) => Err(stdio::Error::other(
-            "the service's listen backlog is full",
-        )),
+        Err(nix::errno::Errno::EAGAIN) => {
+            Err(stdio::Error::other("the service's listen backlog is full"))
+        }
         Err(e) => Err(e.into()),
     }
 }

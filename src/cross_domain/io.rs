@@ -314,7 +314,12 @@ impl Backlog {
     }
 
     /// Send as much as the peer takes, with `sendmsg` (sockets) or `write` (pipes).
-    pub fn flush(&mut self, fd: BorrowedFd<'_>, socket: bool, cmsg: &mut CmsgBuf) -> io::Result<Flush> {
+    pub fn flush(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        socket: bool,
+        cmsg: &mut CmsgBuf,
+    ) -> io::Result<Flush> {
         while let Some(chunk) = self.chunks.front_mut() {
             let rest = &chunk.data[chunk.sent..];
             let iov = [libc::iovec {
@@ -378,11 +383,9 @@ mod tests {
     }
 
     fn tempfile_in_memory() -> std::fs::File {
-        let fd = nix::sys::memfd::memfd_create(
-            c"classify-test",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-        )
-        .unwrap();
+        let fd =
+            nix::sys::memfd::memfd_create(c"classify-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .unwrap();
         std::fs::File::from(fd)
     }
 

@@ -11,6 +11,6 @@ pub mod io;
 pub mod protocol;
 
 pub use context::{
-    capabilities, token_parts, Context, CtxError, Env, Lookup, ResourceView, Scratch, MAX_ITEMS,
-    MAX_BACKLOG_BYTES,
+    capabilities, token_parts, Context, CtxError, Env, Lookup, ResourceView, Scratch,
+    MAX_BACKLOG_BYTES, MAX_ITEMS,
 };

@@ -75,9 +75,7 @@ impl GpuError {
             GpuError::InvalidResource(_) | GpuError::ResourceExists(_) => {
                 RESP_ERR_INVALID_RESOURCE_ID
             }
-            GpuError::InvalidContext(_) | GpuError::ContextExists(_) => {
-                RESP_ERR_INVALID_CONTEXT_ID
-            }
+            GpuError::InvalidContext(_) | GpuError::ContextExists(_) => RESP_ERR_INVALID_CONTEXT_ID,
             GpuError::InvalidScanout(_) => RESP_ERR_INVALID_SCANOUT_ID,
             GpuError::Limit(_) => RESP_ERR_OUT_OF_MEMORY,
             GpuError::UnknownCommand(_) | GpuError::Unsupported(_) => RESP_ERR_UNSPEC,
@@ -168,7 +166,11 @@ pub struct Gpu {
 
 impl Gpu {
     /// A device with no resources or contexts.
-    pub fn new(channels: Arc<ChannelTable>, num_scanouts: u32, limits: Limits) -> std::io::Result<Self> {
+    pub fn new(
+        channels: Arc<ChannelTable>,
+        num_scanouts: u32,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
         Ok(Gpu {
             channels,
             num_scanouts: num_scanouts.min(MAX_SCANOUTS as u32),
@@ -228,7 +230,13 @@ impl Gpu {
     /// Process one descriptor chain. Returns the number of bytes written into the chain when it
     /// is complete now, or `None` when its response is deferred until a fence signals (it then
     /// shows up in [`Gpu::take_completions`]).
-    pub fn process_chain<I>(&mut self, mem: &GuestMem, head: u16, descs: I, cursor: bool) -> Option<u32>
+    pub fn process_chain<I>(
+        &mut self,
+        mem: &GuestMem,
+        head: u16,
+        descs: I,
+        cursor: bool,
+    ) -> Option<u32>
     where
         I: Iterator<Item = virtio_queue::desc::split::Descriptor>,
     {
@@ -303,7 +311,10 @@ impl Gpu {
         let len = match self.write_response(mem, &hdr, resp_type, &body) {
             Ok(len) => len,
             Err(e) => {
-                guest_warn!(self.limiter, "chain {head}: writing the response failed: {e}");
+                guest_warn!(
+                    self.limiter,
+                    "chain {head}: writing the response failed: {e}"
+                );
                 return Some(0);
             }
         };
@@ -381,11 +392,14 @@ impl Gpu {
             return Some(len);
         };
         let timeline = (hdr.ctx_id, hdr.ring_idx);
-        self.pending.entry(timeline).or_default().push_back(Pending {
-            fence_id: hdr.fence_id,
-            head,
-            len,
-        });
+        self.pending
+            .entry(timeline)
+            .or_default()
+            .push_back(Pending {
+                fence_id: hdr.fence_id,
+                head,
+                len,
+            });
         ctx.cd.arm_poll(hdr.fence_id);
         let mut env = Env {
             mem,
@@ -552,9 +566,13 @@ impl Gpu {
             CMD_RESOURCE_ATTACH_BACKING => {
                 let b: ResourceAttachBacking = self.body(mem)?;
                 self.existing(b.resource_id)?;
-                let base = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<ResourceAttachBacking>();
+                let base =
+                    std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<ResourceAttachBacking>();
                 let sg = self.read_entries(mem, base, b.nr_entries)?;
-                let old = self.resources.get(&b.resource_id).map_or(0, Resource::entries);
+                let old = self
+                    .resources
+                    .get(&b.resource_id)
+                    .map_or(0, Resource::entries);
                 self.check_entry_budget(sg.segments(), old)?;
                 self.total_entries = self.total_entries - old + sg.segments();
                 if let Some(r) = self.resources.get_mut(&b.resource_id) {
@@ -760,7 +778,12 @@ impl Gpu {
         Ok(sg)
     }
 
-    fn create_blob(&mut self, mem: &GuestMem, _hdr: &CtrlHdr, b: &ResourceCreateBlob) -> Result<(), GpuError> {
+    fn create_blob(
+        &mut self,
+        mem: &GuestMem,
+        _hdr: &CtrlHdr,
+        b: &ResourceCreateBlob,
+    ) -> Result<(), GpuError> {
         if b.resource_id == 0 {
             return Err(GpuError::InvalidResource(0));
         }
@@ -811,7 +834,9 @@ impl Gpu {
             ));
         }
         if b.nlen as usize > b.debug_name.len() {
-            return Err(GpuError::InvalidParameter("debug name longer than 64 bytes"));
+            return Err(GpuError::InvalidParameter(
+                "debug name longer than 64 bytes",
+            ));
         }
         if self.contexts.len() >= self.limits.max_contexts {
             return Err(GpuError::Limit("contexts per VM"));

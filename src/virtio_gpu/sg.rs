@@ -2,9 +2,7 @@
 //! chain, and the backing pages of guest blobs (rings). Every access is bounds-checked against
 //! the list and against guest memory; nothing here trusts a guest-supplied address or length.
 
-use vm_memory::{
-    Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice,
-};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 /// Guest memory as the device sees it.
 pub type GuestMem = GuestMemoryMmap<()>;

@@ -94,7 +94,8 @@ impl DaemonBuilder {
     }
 
     pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
-        self.env.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self.env
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
         self
     }
 
@@ -268,6 +269,14 @@ impl Daemon {
         self.try_status().is_none()
     }
 
+    /// Panics (with the log) if the daemon has exited, e.g. crashed during the test.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        if let Some(st) = self.try_status() {
+            panic!("daemon is not running ({st})\n{}", self.log_banner());
+        }
+    }
+
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -325,8 +334,8 @@ pub fn channel_listener(dir: &Path) -> (PathBuf, UnixListener) {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let path = dir.join(format!("channel-{}-{n}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+    let listener =
+        UnixListener::bind(&path).unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
     (path, listener)
 }
 

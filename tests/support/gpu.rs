@@ -331,10 +331,7 @@ impl CreateBlob {
         put32(&mut v, self.res_id);
         put32(&mut v, self.blob_mem);
         put32(&mut v, self.blob_flags);
-        put32(
-            &mut v,
-            self.nr_entries.unwrap_or(self.entries.len() as u32),
-        );
+        put32(&mut v, self.nr_entries.unwrap_or(self.entries.len() as u32));
         put64(&mut v, self.blob_id);
         put64(&mut v, self.size);
         v
@@ -360,11 +357,7 @@ impl CreateBlob {
 }
 
 /// SUBMIT_3D header part (32 bytes): hdr, size @24, padding @28; the stream follows.
-pub fn req_submit_3d_hdr(
-    ctx_id: u32,
-    cmds_len: u32,
-    fence: Option<(u64, Option<u8>)>,
-) -> Vec<u8> {
+pub fn req_submit_3d_hdr(ctx_id: u32, cmds_len: u32, fence: Option<(u64, Option<u8>)>) -> Vec<u8> {
     let (flags, fence_id, ring) = fence_fields(fence);
     let mut v = hdr(CMD_SUBMIT_3D, flags, fence_id, ctx_id, ring).to_vec();
     put32(&mut v, cmds_len);
@@ -420,7 +413,12 @@ pub fn cd_init_v24(
 }
 
 /// INIT, magma 36-byte form: 20-byte form + internal_socket_uuid[16] @20.
-pub fn cd_init_36(query_ring: u32, channel_ring: u32, channel_type: u32, uuid: [u8; 16]) -> Vec<u8> {
+pub fn cd_init_36(
+    query_ring: u32,
+    channel_ring: u32,
+    channel_type: u32,
+    uuid: [u8; 16],
+) -> Vec<u8> {
     let mut v = cd_init(query_ring, channel_ring, channel_type);
     v[2..4].copy_from_slice(&36u16.to_le_bytes());
     v.extend_from_slice(&uuid);
@@ -443,7 +441,10 @@ pub fn cd_send(data: &[u8], ids: &[(u32, u32)]) -> Vec<u8> {
         ids.len()
     );
     let size = CD_SR_DATA + data.len();
-    assert!(size <= usize::from(u16::MAX), "SEND of {size} bytes overflows cmd_size");
+    assert!(
+        size <= usize::from(u16::MAX),
+        "SEND of {size} bytes overflows cmd_size"
+    );
     let mut v = vec![0u8; size];
     v[..8].copy_from_slice(&cd_header(CD_CMD_SEND, size as u16));
     v[CD_SR_NUM_IDS..CD_SR_NUM_IDS + 4].copy_from_slice(&(ids.len() as u32).to_le_bytes());
@@ -459,7 +460,10 @@ pub fn cd_send(data: &[u8], ids: &[(u32, u32)]) -> Vec<u8> {
 /// WRITE: identifier @8, hang_up @12, opaque_data_size @16, pad @20, data @24.
 pub fn cd_write(id: u32, data: &[u8], hang_up: bool) -> Vec<u8> {
     let size = CD_RW_HEADER + data.len();
-    assert!(size <= usize::from(u16::MAX), "WRITE of {size} bytes overflows cmd_size");
+    assert!(
+        size <= usize::from(u16::MAX),
+        "WRITE of {size} bytes overflows cmd_size"
+    );
     let mut v = cd_header(CD_CMD_WRITE, size as u16).to_vec();
     put32(&mut v, id);
     put32(&mut v, u32::from(hang_up));
@@ -515,7 +519,14 @@ pub struct ImageRequirements {
 
 pub fn parse_image_requirements(b: &[u8]) -> ImageRequirements {
     assert!(b.len() >= CD_IMAGE_REQUIREMENTS_SIZE);
-    let arr = |off: usize| [le32(b, off), le32(b, off + 4), le32(b, off + 8), le32(b, off + 12)];
+    let arr = |off: usize| {
+        [
+            le32(b, off),
+            le32(b, off + 4),
+            le32(b, off + 8),
+            le32(b, off + 12),
+        ]
+    };
     ImageRequirements {
         strides: arr(0),
         offsets: arr(16),
@@ -557,7 +568,10 @@ pub fn decode_channel_msg(ring: &[u8]) -> ChannelMsg {
     }
     match ring[0] {
         CD_CMD_RECEIVE => {
-            assert!(ring.len() >= CD_SR_DATA, "RECEIVE header does not fit the ring");
+            assert!(
+                ring.len() >= CD_SR_DATA,
+                "RECEIVE header does not fit the ring"
+            );
             let n = le32(ring, CD_SR_NUM_IDS) as usize;
             let size = le32(ring, CD_SR_DATA_SIZE) as usize;
             assert!(
@@ -584,7 +598,10 @@ pub fn decode_channel_msg(ring: &[u8]) -> ChannelMsg {
             }
         }
         CD_CMD_READ => {
-            assert!(ring.len() >= CD_RW_HEADER, "READ header does not fit the ring");
+            assert!(
+                ring.len() >= CD_RW_HEADER,
+                "READ header does not fit the ring"
+            );
             let size = le32(ring, 16) as usize;
             assert!(
                 CD_RW_HEADER + size <= ring.len(),
@@ -830,18 +847,18 @@ impl TestVm {
                 break;
             }
         }
-        assert_eq!(done, data.len(), "write past the end of blob {}", blob.res_id);
+        assert_eq!(
+            done,
+            data.len(),
+            "write past the end of blob {}",
+            blob.res_id
+        );
     }
 
     /// SUBMIT_3D, sent like Linux (32-byte header buffer + command-stream buffer), without
     /// waiting. `fence`: `(fence_id, Some(ring))` → FENCE|INFO_RING_IDX + ring_idx;
     /// `(fence_id, None)` → FENCE on the global timeline. Returns the head.
-    pub fn submit_3d(
-        &mut self,
-        ctx_id: u32,
-        cmds: &[u8],
-        fence: Option<(u64, Option<u8>)>,
-    ) -> u16 {
+    pub fn submit_3d(&mut self, ctx_id: u32, cmds: &[u8], fence: Option<(u64, Option<u8>)>) -> u16 {
         let h = req_submit_3d_hdr(ctx_id, cmds.len() as u32, fence);
         if cmds.is_empty() {
             self.submit(CONTROLQ, &[&h], &[HDR_SIZE as u32])
@@ -883,10 +900,16 @@ impl CrossDomainContext {
         assert_ok(&vm.ctx_create(ctx_id, CAPSET_CROSS_DOMAIN), "CTX_CREATE");
         let q = vm.next_resource_id();
         let query_ring = vm.create_guest_blob(q, CD_RING_SIZE);
-        assert_ok(&vm.ctx_attach(ctx_id, q), "CTX_ATTACH_RESOURCE (query ring)");
+        assert_ok(
+            &vm.ctx_attach(ctx_id, q),
+            "CTX_ATTACH_RESOURCE (query ring)",
+        );
         let c = vm.next_resource_id();
         let channel_ring = vm.create_guest_blob(c, CD_RING_SIZE);
-        assert_ok(&vm.ctx_attach(ctx_id, c), "CTX_ATTACH_RESOURCE (channel ring)");
+        assert_ok(
+            &vm.ctx_attach(ctx_id, c),
+            "CTX_ATTACH_RESOURCE (channel ring)",
+        );
         CrossDomainContext {
             ctx_id,
             query_ring,
@@ -897,11 +920,7 @@ impl CrossDomainContext {
     /// [`Self::create`] + INIT(query ring, channel ring, channel_type), asserting OK.
     pub fn open(vm: &mut TestVm, ctx_id: u32, channel_type: u32) -> Self {
         let ctx = Self::create(vm, ctx_id);
-        let init = cd_init(
-            ctx.query_ring.res_id,
-            ctx.channel_ring.res_id,
-            channel_type,
-        );
+        let init = cd_init(ctx.query_ring.res_id, ctx.channel_ring.res_id, channel_type);
         assert_ok(&ctx.submit(vm, &init), "cross-domain INIT");
         ctx
     }
@@ -944,12 +963,8 @@ impl CrossDomainContext {
     /// POLL + wait; panics on timeout.
     pub fn recv(&self, vm: &mut TestVm, timeout: Duration) -> ChannelMsg {
         let head = self.poll_next(vm);
-        self.wait_poll(vm, head, timeout).unwrap_or_else(|| {
-            panic!(
-                "ctx {}: no channel message within {timeout:?}",
-                self.ctx_id
-            )
-        })
+        self.wait_poll(vm, head, timeout)
+            .unwrap_or_else(|| panic!("ctx {}: no channel message within {timeout:?}", self.ctx_id))
     }
 
     /// SEND (unfenced), asserting OK.

@@ -1,9 +1,9 @@
 //! A fake VMM: guest memory in a memfd, the vhost-user handshake a VMM performs, and the
 //! two virtio-gpu queues (controlq 0, cursorq 1) driven from guest memory.
 //!
-//! Everything goes through the vhost-user socket exactly as QEMU or crosvm would send it;
-//! the only message written by hand is GPU_SET_SOCKET, which the `vhost` crate's `Frontend`
-//! has no method for.
+//! Everything goes through the vhost-user socket as QEMU or crosvm would send it, mostly via
+//! the `vhost` crate's `Frontend`. Two messages are written by hand: GPU_SET_SOCKET (the
+//! `Frontend` has no method for it) and GET_CONFIG (the `Frontend` hangs on an error reply).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -47,7 +47,8 @@ pub const DEFAULT_ACK_MASK: u64 = VIRTIO_F_VERSION_1
 pub const CONTROLQ: usize = 0;
 pub const CURSORQ: usize = 1;
 
-/// vhost-user request code of GPU_SET_SOCKET.
+/// vhost-user request codes sent by hand.
+pub const VHOST_USER_GET_CONFIG: u32 = 24;
 pub const VHOST_USER_GPU_SET_SOCKET: u32 = 33;
 /// vhost-user header flags.
 pub const VHOST_USER_VERSION: u32 = 0x1;
@@ -256,7 +257,10 @@ impl TestVm {
     }
 
     fn handshake(opts: TestVmBuilder, stream: UnixStream) -> io::Result<TestVm> {
-        assert!(opts.mem_size >= 4 * MIB, "guest memory must be at least 4 MiB");
+        assert!(
+            opts.mem_size >= 4 * MIB,
+            "guest memory must be at least 4 MiB"
+        );
         assert_eq!(opts.mem_base % 4096, 0, "mem_base must be page aligned");
         let conn = stream.try_clone()?;
         let mut frontend = Frontend::from_stream(stream, 2);
@@ -283,11 +287,8 @@ impl TestVm {
         let mut queue_num = None;
         let mut backend_req = None;
         if backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-            protocol_features = step(
-                "GET_PROTOCOL_FEATURES",
-                frontend.get_protocol_features(),
-            )?
-            .bits();
+            protocol_features =
+                step("GET_PROTOCOL_FEATURES", frontend.get_protocol_features())?.bits();
             acked_protocol_features = protocol_features & opts.protocol_mask;
             step(
                 "SET_PROTOCOL_FEATURES",
@@ -417,10 +418,7 @@ impl TestVm {
             self.queues[q].reset(&self.mem);
             let size = self.queues[q].size();
             let (desc, avail, used) = self.queues[q].addrs();
-            step(
-                "SET_VRING_NUM",
-                self.frontend.set_vring_num(q, size),
-            )?;
+            step("SET_VRING_NUM", self.frontend.set_vring_num(q, size))?;
             let config = VringConfigData {
                 queue_max_size: size,
                 queue_size: size,
@@ -430,10 +428,7 @@ impl TestVm {
                 avail_ring_addr: self.host_addr(avail),
                 log_addr: None,
             };
-            step(
-                "SET_VRING_ADDR",
-                self.frontend.set_vring_addr(q, &config),
-            )?;
+            step("SET_VRING_ADDR", self.frontend.set_vring_addr(q, &config))?;
             step("SET_VRING_BASE", self.frontend.set_vring_base(q, 0))?;
             step(
                 "SET_VRING_CALL",
@@ -444,10 +439,7 @@ impl TestVm {
                 self.frontend.set_vring_kick(q, self.queues[q].kick_fd()),
             )?;
             if self.acked_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-                step(
-                    "SET_VRING_ENABLE",
-                    self.frontend.set_vring_enable(q, true),
-                )?;
+                step("SET_VRING_ENABLE", self.frontend.set_vring_enable(q, true))?;
             }
         }
         Ok(())
@@ -529,15 +521,38 @@ impl TestVm {
 
     // ---- config space ------------------------------------------------------------------
 
-    /// GET_CONFIG(offset, size) with flags 0 (as QEMU sends it).
+    /// GET_CONFIG(offset, size) with flags 0, as QEMU sends it. Written by hand: the `vhost`
+    /// crate's `Frontend::get_config` blocks forever on the backend's error reply (a config
+    /// header with size 0 and no payload). An error reply becomes `Err`.
     pub fn try_get_config(&mut self, offset: u32, size: u32) -> io::Result<Vec<u8>> {
-        let buf = vec![0u8; size as usize];
-        step(
-            "GET_CONFIG",
-            self.frontend
-                .get_config(offset, size, VhostUserConfigFlags::empty(), &buf),
-        )
-        .map(|(_, payload)| payload)
+        let mut payload = Vec::with_capacity(12 + size as usize);
+        payload.extend_from_slice(&offset.to_le_bytes());
+        payload.extend_from_slice(&size.to_le_bytes());
+        payload.extend_from_slice(&0u32.to_le_bytes());
+        payload.resize(12 + size as usize, 0);
+        self.send_raw(VHOST_USER_GET_CONFIG, VHOST_USER_VERSION, &payload, &[])?;
+        let (req, flags, reply) = self.recv_raw(DEFAULT_TIMEOUT)?;
+        if req != VHOST_USER_GET_CONFIG || flags & VHOST_USER_REPLY == 0 || reply.len() < 12 {
+            return Err(io::Error::other(format!(
+                "GET_CONFIG: unexpected reply (request {req}, flags {flags:#x}, {} bytes)",
+                reply.len()
+            )));
+        }
+        let r_off = u32::from_le_bytes(reply[0..4].try_into().unwrap());
+        let r_size = u32::from_le_bytes(reply[4..8].try_into().unwrap());
+        if r_size == 0 {
+            return Err(io::Error::other(
+                "GET_CONFIG: backend reported an error (size 0)",
+            ));
+        }
+        if r_off != offset || r_size != size || reply.len() != 12 + size as usize {
+            return Err(io::Error::other(format!(
+                "GET_CONFIG({offset}, {size}): reply has offset {r_off}, size {r_size}, {} \
+                 payload bytes",
+                reply.len() - 12
+            )));
+        }
+        Ok(reply[12..].to_vec())
     }
 
     pub fn get_config(&mut self, offset: u32, size: u32) -> Vec<u8> {
@@ -676,7 +691,10 @@ impl TestVm {
 
     /// Returns memory from [`Self::alloc`]; panics on an address it did not hand out.
     pub fn free(&mut self, gpa: u64) {
-        assert!(self.heap.free(gpa), "free of {gpa:#x}, which is not allocated");
+        assert!(
+            self.heap.free(gpa),
+            "free of {gpa:#x}, which is not allocated"
+        );
     }
 
     pub fn write_mem(&self, gpa: u64, data: &[u8]) {
