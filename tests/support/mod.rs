@@ -4,6 +4,7 @@
 //! - [`daemon`]: start the real daemon binary on a temporary socket; host channel sockets.
 //! - [`vmm`]: `TestVm` — guest memory (memfd), the vhost-user handshake, queue plumbing,
 //!   config space and hand-written messages (GPU_SET_SOCKET).
+//! - [`host`]: the host service's side of a channel: fds over `SCM_RIGHTS`, memfds, pipes.
 //! - [`virtq`]: split virtqueues written in guest memory, with descriptor/buffer recycling.
 //! - [`gpu`]: virtio-gpu and cross-domain request encoders, response decoders and the
 //!   `CrossDomainContext` helper.
@@ -15,10 +16,12 @@
 
 pub mod daemon;
 pub mod gpu;
+pub mod host;
 pub mod virtq;
 pub mod vmm;
 
 pub use daemon::*;
 pub use gpu::*;
+pub use host::*;
 pub use virtq::*;
 pub use vmm::*;

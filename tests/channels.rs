@@ -1,0 +1,413 @@
+//! Cross-domain channels end to end through vhost-user: bytes, pipes and fds both ways, host
+//! hang-up, several contexts, and VMM reconnects.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+struct Setup {
+    daemon: Daemon,
+    vm: TestVm,
+    listeners: Vec<(u32, UnixListener)>,
+}
+
+/// A daemon with one host listener per channel type, and a connected VM.
+fn setup(types: &[u32]) -> Setup {
+    let dir = temp_dir();
+    let mut args: Vec<String> = Vec::new();
+    let mut listeners = Vec::new();
+    for &t in types {
+        let (path, l): (PathBuf, UnixListener) = channel_listener(dir.path());
+        args.push("--channel".into());
+        args.push(format!("{t}:{}", path.display()));
+        listeners.push((t, l));
+    }
+    let daemon = Daemon::start_in(dir, args);
+    let vm = TestVm::connect(daemon.socket_path());
+    Setup {
+        daemon,
+        vm,
+        listeners,
+    }
+}
+
+impl Setup {
+    /// Opens a context on `channel_type` and accepts the daemon's connection on the host side.
+    fn open(&mut self, ctx_id: u32, channel_type: u32) -> (CrossDomainContext, UnixStream) {
+        let ctx = CrossDomainContext::open(&mut self.vm, ctx_id, channel_type);
+        let l = &self
+            .listeners
+            .iter()
+            .find(|(t, _)| *t == channel_type)
+            .expect("listener")
+            .1;
+        let host = accept_timeout(l, T).expect("the daemon did not connect the channel");
+        host.set_nonblocking(false).unwrap();
+        (ctx, host)
+    }
+}
+
+fn expect_receive(msg: ChannelMsg) -> (Vec<(u32, u32, u32)>, Vec<u8>) {
+    match msg {
+        ChannelMsg::Receive { ids, data } => (ids, data),
+        other => panic!("expected RECEIVE, got {other:?}"),
+    }
+}
+
+#[test]
+fn bytes_guest_to_host_in_order() {
+    let mut s = setup(&[2]);
+    let (ctx, mut host) = s.open(1, 2);
+    let mut expected = Vec::new();
+    for (i, len) in [1usize, 100, 3744, 1, 3744, 100].into_iter().enumerate() {
+        let data = pattern(len, i as u32);
+        ctx.send(&mut s.vm, &data, &[]);
+        expected.extend_from_slice(&data);
+    }
+    let got = read_exact_timeout(&mut host, expected.len(), T);
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn bytes_host_to_guest_lock_step() {
+    let mut s = setup(&[2]);
+    let (ctx, mut host) = s.open(1, 2);
+    for (i, len) in [1usize, 100, 3744, 1, 3744, 100].into_iter().enumerate() {
+        let data = pattern(len, 100 + i as u32);
+        host.write_all(&data).unwrap();
+        let (ids, got) = expect_receive(ctx.recv(&mut s.vm, T));
+        assert!(ids.is_empty());
+        assert_eq!(got, data, "message {i} of {len} bytes");
+    }
+}
+
+#[test]
+fn bytes_host_to_guest_stream_is_split_at_3744() {
+    let mut s = setup(&[2]);
+    let (ctx, mut host) = s.open(1, 2);
+    let data = pattern(50_000, 7);
+    host.write_all(&data).unwrap();
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        let (ids, chunk) = expect_receive(ctx.recv(&mut s.vm, T));
+        assert!(ids.is_empty());
+        assert!(
+            !chunk.is_empty() && chunk.len() <= 3744,
+            "chunk of {}",
+            chunk.len()
+        );
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, data);
+}
+
+#[test]
+fn poll_waits_until_the_host_writes() {
+    let mut s = setup(&[2]);
+    let (ctx, mut host) = s.open(1, 2);
+    let head = ctx.poll_next(&mut s.vm);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!s.vm.is_done(CONTROLQ, head), "POLL completed without data");
+    // Other requests are served while the POLL is pending.
+    assert_resp(
+        &s.vm.get_capset_info(0),
+        RESP_OK_CAPSET_INFO,
+        "GET_CAPSET_INFO during POLL",
+    );
+    host.write_all(b"late").unwrap();
+    let (_, data) = expect_receive(ctx.wait_poll(&mut s.vm, head, T).expect("POLL"));
+    assert_eq!(data, b"late");
+}
+
+#[test]
+fn read_pipe_streams_one_mib_to_the_guest() {
+    let mut s = setup(&[2]);
+    let (ctx, host) = s.open(1, 2);
+    let pipe_id = CD_READ_PIPE_ID_BASE + 1;
+    ctx.send(
+        &mut s.vm,
+        b"give me data",
+        &[(pipe_id, CD_ID_TYPE_READ_PIPE)],
+    );
+    let (data, mut fds) = recv_with_fds(&host, 4096, T);
+    assert_eq!(data, b"give me data");
+    assert_eq!(fds.len(), 1, "the write end of the pipe");
+    let payload = pattern(1 << 20, 3);
+    let writer = {
+        let fd: OwnedFd = fds.pop().unwrap();
+        let payload = payload.clone();
+        std::thread::spawn(move || {
+            let mut w = std::fs::File::from(fd);
+            w.write_all(&payload).unwrap();
+        })
+    };
+    let mut got = Vec::new();
+    loop {
+        match ctx.recv(&mut s.vm, T) {
+            ChannelMsg::Read { id, hang_up, data } => {
+                assert_eq!(id, pipe_id);
+                assert!(data.len() <= 4072);
+                got.extend_from_slice(&data);
+                if hang_up {
+                    assert!(data.is_empty());
+                    break;
+                }
+            }
+            other => panic!("expected READ, got {other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(got.len(), payload.len());
+    assert_eq!(got, payload);
+    // The next read pipe gets the next id; a wrong prediction is refused.
+    let r = ctx.try_send(&mut s.vm, b"x", &[(pipe_id + 5, CD_ID_TYPE_READ_PIPE)]);
+    assert_resp(&r, RESP_ERR_INVALID_PARAMETER, "mispredicted read pipe id");
+}
+
+#[test]
+fn write_pipe_carries_one_mib_to_the_host() {
+    let mut s = setup(&[2]);
+    let (ctx, host) = s.open(1, 2);
+    let (mut r, w) = pipe();
+    send_with_fds(&host, b"here is a pipe", &[w.as_raw_fd()]);
+    drop(w);
+    let (ids, data) = expect_receive(ctx.recv(&mut s.vm, T));
+    assert_eq!(data, b"here is a pipe");
+    assert_eq!(ids.len(), 1);
+    let (id, ty, size) = ids[0];
+    assert_eq!(ty, CD_ID_TYPE_WRITE_PIPE, "write pipes are type 4");
+    assert_eq!(size, 0);
+    assert_eq!(id, 2, "first item id");
+    let payload = pattern(1 << 20, 9);
+    let reader = std::thread::spawn(move || read_to_end_timeout(&mut r, T));
+    let chunks: Vec<&[u8]> = payload.chunks(4072).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        ctx.write(&mut s.vm, id, c, i == chunks.len() - 1);
+    }
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), payload.len());
+    assert_eq!(got, payload);
+    // The item is gone after hang_up.
+    assert_resp(
+        &ctx.try_write(&mut s.vm, id, b"more", false),
+        RESP_ERR_INVALID_PARAMETER,
+        "WRITE after hang_up",
+    );
+}
+
+#[test]
+fn host_fds_become_identifiers_and_unsupported_fds_are_refused() {
+    let mut s = setup(&[2]);
+    let (ctx, host) = s.open(1, 2);
+    let mem = memfd_with(&pattern(5000, 1));
+    let (_r, w) = pipe();
+    let (pr, _pw) = pipe();
+    let efd = nix::sys::eventfd::EventFd::new().unwrap();
+    let (sa, _sb) = UnixStream::pair().unwrap();
+    send_with_fds(
+        &host,
+        b"fds",
+        &[
+            mem.as_raw_fd(),
+            efd.as_raw_fd(),
+            w.as_raw_fd(),
+            sa.as_raw_fd(),
+            pr.as_raw_fd(),
+        ],
+    );
+    let (ids, data) = expect_receive(ctx.recv(&mut s.vm, T));
+    assert_eq!(
+        data, b"fds",
+        "the message is delivered without the refused fds"
+    );
+    assert_eq!(
+        ids,
+        vec![
+            (2, CD_ID_TYPE_VIRTGPU_BLOB, 5000),
+            (3, CD_ID_TYPE_WRITE_PIPE, 0)
+        ]
+    );
+    assert!(s
+        .daemon
+        .wait_for_log("refused a eventfd", Duration::from_secs(2)));
+    assert!(s.daemon.log().contains("refused a socket"));
+    assert!(s.daemon.log().contains("refused a pipe read end"));
+}
+
+#[test]
+fn host_hang_up_gives_one_empty_receive_then_the_device_keeps_serving() {
+    let mut s = setup(&[2]);
+    let (ctx, host) = s.open(1, 2);
+    drop(host);
+    let (ids, data) = expect_receive(ctx.recv(&mut s.vm, T));
+    assert!(ids.is_empty() && data.is_empty(), "one empty RECEIVE");
+    // No endless stream of empty messages: the next POLL stays pending.
+    let head = ctx.poll_next(&mut s.vm);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !s.vm.is_done(CONTROLQ, head),
+        "second POLL after EOF completed"
+    );
+    assert!(s.daemon.log().contains("hung up"));
+    // Destroying the context completes the pending POLL; a new context works.
+    assert_ok(&s.vm.ctx_destroy(ctx.ctx_id), "CTX_DESTROY");
+    assert_ok(
+        &s.vm
+            .wait_for(CONTROLQ, head, T)
+            .expect("POLL completed by destroy"),
+        "POLL after destroy",
+    );
+    let (ctx2, mut host2) = s.open(2, 2);
+    ctx2.send(&mut s.vm, b"again", &[]);
+    assert_eq!(read_exact_timeout(&mut host2, 5, T), b"again");
+}
+
+#[test]
+fn two_contexts_on_two_channels_interleaved() {
+    let mut s = setup(&[2, 0x12]);
+    let (a, mut ha) = s.open(1, 2);
+    let (b, mut hb) = s.open(2, 0x12);
+    for i in 0..20u32 {
+        let da = pattern(10 + i as usize, i);
+        let db = pattern(3000 + i as usize, 1000 + i);
+        a.send(&mut s.vm, &da, &[]);
+        b.send(&mut s.vm, &db, &[]);
+        assert_eq!(read_exact_timeout(&mut hb, db.len(), T), db);
+        assert_eq!(read_exact_timeout(&mut ha, da.len(), T), da);
+        // Host replies cross over: both POLLs pending at once.
+        let pa = a.poll_next(&mut s.vm);
+        let pb = b.poll_next(&mut s.vm);
+        hb.write_all(&db[..100]).unwrap();
+        ha.write_all(&da).unwrap();
+        let (_, gb) = expect_receive(b.wait_poll(&mut s.vm, pb, T).unwrap());
+        let (_, ga) = expect_receive(a.wait_poll(&mut s.vm, pa, T).unwrap());
+        assert_eq!(ga, da);
+        assert_eq!(gb, &db[..100]);
+    }
+}
+
+#[test]
+fn query_only_context_and_unconfigured_channel() {
+    let mut s = setup(&[2]);
+    let ctx = CrossDomainContext::create(&mut s.vm, 1);
+    assert_ok(
+        &ctx.submit(
+            &mut s.vm,
+            &cd_init(ctx.query_ring.res_id, ctx.channel_ring.res_id, 0),
+        ),
+        "INIT channel_type 0",
+    );
+    assert_resp(
+        &ctx.try_send(&mut s.vm, b"x", &[]),
+        RESP_ERR_INVALID_PARAMETER,
+        "SEND on a query-only context",
+    );
+    let other = CrossDomainContext::create(&mut s.vm, 2);
+    let r = other.submit(
+        &mut s.vm,
+        &cd_init(other.query_ring.res_id, other.channel_ring.res_id, 3),
+    );
+    assert_resp(
+        &r,
+        RESP_ERR_INVALID_PARAMETER,
+        "INIT on an unconfigured type",
+    );
+    assert!(s
+        .daemon
+        .log()
+        .contains("channel type 0x3 is not configured"));
+}
+
+#[test]
+fn init_forms_16_24_and_36_bytes() {
+    let mut s = setup(&[2]);
+    let a = CrossDomainContext::create(&mut s.vm, 1);
+    assert_ok(
+        &a.submit(&mut s.vm, &cd_init_legacy(a.channel_ring.res_id, 2)),
+        "16-byte INIT",
+    );
+    let b = CrossDomainContext::create(&mut s.vm, 2);
+    assert_ok(
+        &b.submit(
+            &mut s.vm,
+            &cd_init_v24(b.query_ring.res_id, b.channel_ring.res_id, 2, 1),
+        ),
+        "24-byte INIT (muvm)",
+    );
+    let c = CrossDomainContext::create(&mut s.vm, 3);
+    assert_ok(
+        &c.submit(
+            &mut s.vm,
+            &cd_init_36(c.query_ring.res_id, c.channel_ring.res_id, 2, [7; 16]),
+        ),
+        "36-byte INIT (magma)",
+    );
+    let l = &s.listeners[0].1;
+    let mut hosts: Vec<UnixStream> = (0..3).map(|_| accept_timeout(l, T).unwrap()).collect();
+    for h in &mut hosts {
+        h.set_nonblocking(false).unwrap();
+    }
+    // Each works, including the legacy one whose single ring is both query and channel ring.
+    for (ctx, msg) in [(&a, b"legacy" as &[u8]), (&b, b"muvm"), (&c, b"magma")] {
+        ctx.send(&mut s.vm, msg, &[]);
+    }
+    let mut got: Vec<Vec<u8>> = hosts
+        .iter_mut()
+        .map(|h| {
+            let mut buf = [0u8; 16];
+            h.set_read_timeout(Some(T)).unwrap();
+            let n = h.read(&mut buf).unwrap();
+            buf[..n].to_vec()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![b"legacy".to_vec(), b"magma".to_vec(), b"muvm".to_vec()]
+    );
+    hosts[0].write_all(b"back").unwrap();
+    // Whichever context owns hosts[0], exactly one of them has a message now.
+    let mut delivered = 0;
+    for ctx in [&a, &b, &c] {
+        let head = ctx.poll_next(&mut s.vm);
+        if let Some(msg) = ctx.wait_poll(&mut s.vm, head, Duration::from_millis(500)) {
+            let (_, data) = expect_receive(msg);
+            assert_eq!(data, b"back");
+            delivered += 1;
+        }
+    }
+    assert_eq!(delivered, 1);
+}
+
+#[test]
+fn vmm_disconnect_and_reconnect() {
+    let dir = temp_dir();
+    let (path, l) = channel_listener(dir.path());
+    let daemon = Daemon::start_in(
+        dir,
+        ["--channel".to_string(), format!("2:{}", path.display())],
+    );
+    for session in 1..=3u32 {
+        let mut vm = TestVm::connect(daemon.socket_path());
+        let ctx = CrossDomainContext::open(&mut vm, 1, 2);
+        let mut host = accept_timeout(&l, T).expect("channel connection");
+        host.set_nonblocking(false).unwrap();
+        let msg = format!("session {session}");
+        ctx.send(&mut vm, msg.as_bytes(), &[]);
+        assert_eq!(read_exact_timeout(&mut host, msg.len(), T), msg.as_bytes());
+        // Leave a POLL in flight and a context open when the VMM goes away.
+        let _pending = ctx.poll_next(&mut vm);
+        vm.disconnect();
+        // The daemon drops the session's state: the host sees the channel close.
+        assert_eq!(read_to_end_timeout(&mut host, T), b"");
+        assert!(daemon.wait_for_log(&format!("session {session}: device state cleared"), T));
+    }
+}
