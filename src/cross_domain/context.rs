@@ -429,7 +429,7 @@ impl Context {
         let mut read_pipes: [Option<(u32, OwnedFd)>; MAX_IDENTIFIERS] =
             std::array::from_fn(|_| None);
         let mut next_pipe = self.last_read_pipe_id;
-        for i in 0..count {
+        for (i, slot) in read_pipes.iter_mut().enumerate().take(count) {
             let id = hdr.identifiers[i];
             match hdr.identifier_types[i] {
                 ID_TYPE_READ_PIPE => {
@@ -445,7 +445,7 @@ impl Context {
                         .map_err(|e| CtxError::HostIo(e.into()))?;
                     cdio::set_nonblocking(r.as_fd()).map_err(CtxError::HostIo)?;
                     scratch.fds.push(w);
-                    read_pipes[i] = Some((id, r));
+                    *slot = Some((id, r));
                 }
                 ID_TYPE_VIRTGPU_BLOB => match res.lookup(id) {
                     Lookup::NotAttached => return Err(CtxError::ResourceNotAttached(id)),
@@ -691,11 +691,7 @@ impl Context {
         }
         let mut remove = false;
         match self.items.get_mut(&src) {
-            Some(Item::ReadPipe { readable: r, .. }) => {
-                if readable {
-                    *r = true;
-                }
-            }
+            Some(Item::ReadPipe { readable: r, .. }) if readable => *r = true,
             Some(Item::WritePipe {
                 fd,
                 out,
@@ -727,11 +723,18 @@ impl Context {
         self.conn.as_ref()?;
         let channel_first = self.channel_first;
         self.channel_first = !self.channel_first;
-        let delivered = if channel_first {
-            self.try_channel(env) || self.try_pipes(env)
+        let order = if channel_first {
+            [true, false]
         } else {
-            self.try_pipes(env) || self.try_channel(env)
+            [false, true]
         };
+        let delivered = order.into_iter().any(|channel| {
+            if channel {
+                self.try_channel(env)
+            } else {
+                self.try_pipes(env)
+            }
+        });
         if delivered {
             self.poll_fence.take()
         } else {
