@@ -218,7 +218,6 @@ fn help() {
         "--version",
         "--channel 2:/run/portal.sock",
         "crosvm run --vhost-user gpu,socket=",
-        "max-queue-size=1024",
         "vhost-user-test-device-pci",
         "RUST_LOG",
         "pipewire (0x10)",
