@@ -21,6 +21,10 @@ struct Setup {
 
 /// A daemon with one host listener per channel type, and a connected VM.
 fn setup(types: &[u32]) -> Setup {
+    setup_with(types, TestVm::builder())
+}
+
+fn setup_with(types: &[u32], vm: TestVmBuilder) -> Setup {
     let dir = temp_dir();
     let mut args: Vec<String> = Vec::new();
     let mut listeners = Vec::new();
@@ -31,7 +35,7 @@ fn setup(types: &[u32]) -> Setup {
         listeners.push((t, l));
     }
     let daemon = Daemon::start_in(dir, args);
-    let vm = TestVm::connect(daemon.socket_path());
+    let vm = vm.connect(daemon.socket_path());
     Setup {
         daemon,
         vm,
@@ -410,4 +414,92 @@ fn vmm_disconnect_and_reconnect() {
         assert_eq!(read_to_end_timeout(&mut host, T), b"");
         assert!(daemon.wait_for_log(&format!("session {session}: device state cleared"), T));
     }
+}
+
+#[test]
+fn event_idx_traffic_both_ways() {
+    let mut s = setup_with(&[2], TestVm::builder().event_idx(true).queue_size(64));
+    assert!(s.vm.event_idx());
+    let (ctx, mut host) = s.open(1, 2);
+    for i in 0..500u32 {
+        let out = pattern(1 + (i as usize * 37) % 3744, i);
+        ctx.send(&mut s.vm, &out, &[]);
+        assert_eq!(read_exact_timeout(&mut host, out.len(), T), out);
+        let back = pattern(1 + (i as usize * 53) % 3744, 10_000 + i);
+        host.write_all(&back).unwrap();
+        let (_, got) = expect_receive(ctx.recv(&mut s.vm, T));
+        assert_eq!(got, back, "round {i}");
+    }
+}
+
+#[test]
+fn one_message_completes_every_pending_poll_up_to_its_fence() {
+    let mut s = setup(&[2]);
+    let (ctx, mut host) = s.open(1, 2);
+    let f1 = s.vm.next_fence_id();
+    let f2 = s.vm.next_fence_id();
+    let h1 = ctx.poll(&mut s.vm, f1);
+    let h2 = ctx.poll(&mut s.vm, f2);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!s.vm.is_done(CONTROLQ, h1) && !s.vm.is_done(CONTROLQ, h2));
+    host.write_all(b"one").unwrap();
+    let r2 = s.vm.wait_for(CONTROLQ, h2, T).expect("newer POLL");
+    let r1 = s.vm.wait_for(CONTROLQ, h1, T).expect("older POLL, same timeline");
+    let h = parse_hdr(&r1);
+    assert_eq!((h.fence_id, h.ring_idx), (f1, 1), "fence echoed");
+    assert_eq!(parse_hdr(&r2).fence_id, f2);
+    let (_, data) = expect_receive(ctx.read_channel(&s.vm));
+    assert_eq!(data, b"one");
+    // Exactly one message was consumed: the next POLL gets the next bytes.
+    host.write_all(b"two").unwrap();
+    let (_, data) = expect_receive(ctx.recv(&mut s.vm, T));
+    assert_eq!(data, b"two");
+}
+
+#[test]
+fn guest_reset_drops_contexts_and_closes_channels() {
+    let mut s = setup(&[2]);
+    let (ctx, mut host) = s.open(1, 2);
+    let _pending = ctx.poll_next(&mut s.vm);
+    s.vm.stop_queues();
+    assert_eq!(read_to_end_timeout(&mut host, T), b"", "channel closed by the reset");
+    s.vm.start_queues();
+    assert_resp(
+        &s.vm.ctx_destroy(1),
+        RESP_ERR_INVALID_CONTEXT_ID,
+        "the old context is gone",
+    );
+    let (ctx, mut host) = s.open(1, 2);
+    ctx.send(&mut s.vm, b"fresh", &[]);
+    assert_eq!(read_exact_timeout(&mut host, 5, T), b"fresh");
+}
+
+#[test]
+fn slow_host_service_gets_every_byte_and_a_flood_is_bounded() {
+    let mut s = setup(&[2]);
+    let (ctx, mut host) = s.open(1, 2);
+    // 4 MiB while the host reads nothing: far beyond the socket buffer, so the daemon queues.
+    let total = 4 << 20;
+    let data = pattern(total, 77);
+    for chunk in data.chunks(3744) {
+        ctx.send(&mut s.vm, chunk, &[]);
+    }
+    assert_eq!(read_exact_timeout(&mut host, total, T), data);
+    // Without a reader the queue is bounded: SEND eventually fails with OUT_OF_MEMORY ...
+    let chunk = pattern(3744, 5);
+    let mut sent = 0usize;
+    let err = loop {
+        let r = ctx.try_send(&mut s.vm, &chunk, &[]);
+        if resp_type(&r) != RESP_OK_NODATA {
+            break r;
+        }
+        sent += chunk.len();
+        assert!(sent < 64 << 20, "no bound on queued bytes");
+    };
+    assert_resp(&err, RESP_ERR_OUT_OF_MEMORY, "SEND to a host that does not read");
+    // ... and once the host drains, everything accepted arrives in order and SEND works again.
+    let got = read_exact_timeout(&mut host, sent, T);
+    assert!(got.chunks(3744).all(|c| c == chunk.as_slice()));
+    ctx.send(&mut s.vm, b"after", &[]);
+    assert_eq!(read_exact_timeout(&mut host, 5, T), b"after");
 }
