@@ -58,7 +58,12 @@ pub struct Config {
     pub channels: ChannelTable,
     /// `num_scanouts` reported in the device configuration space (0..=[`MAX_SCANOUTS`]).
     pub num_scanouts: u32,
+    /// Size in bytes of the host-visible shared memory region (shmid 1) offered to the VMM.
+    pub shm_size: u64,
 }
+
+/// Default size of the host-visible region: 8 GiB, as crosvm.
+pub const DEFAULT_SHM_SIZE: u64 = 8 << 30;
 
 /// Which host Unix socket a cross-domain context is connected to for each channel type.
 ///

@@ -11,7 +11,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::config::Config;
-use crate::device::{Backend, HOST_EVENT};
+use crate::device::{Backend, HOST_EVENT, SHUTDOWN_EVENT};
 
 /// Errors that end the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,6 @@ pub fn run(config: &Config) -> Result<(), Error> {
         "listening on {} for the VMM's vhost-user connection",
         config.socket_path.display()
     );
-    let channels = Arc::new(config.channels.clone());
     let mut session = 0u64;
     loop {
         session += 1;
@@ -57,6 +56,12 @@ pub fn run(config: &Config) -> Result<(), Error> {
         for h in &handlers {
             h.register_listener(backend.host_epoll_fd(), EventSet::IN, u64::from(HOST_EVENT))
                 .map_err(Error::Device)?;
+            h.register_listener(
+                backend.shutdown_fd(),
+                EventSet::IN,
+                u64::from(SHUTDOWN_EVENT),
+            )
+            .map_err(Error::Device)?;
         }
         daemon.start(&mut listener).map_err(Error::VhostUser)?;
         info!("session {session}: VMM connected");

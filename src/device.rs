@@ -3,10 +3,17 @@
 //!
 //! VMM quirks live here (QEMU's GPU_SET_SOCKET, SET_CONFIG of read-only fields, transport bits
 //! a frontend acks without asking), never in the protocol code.
+//!
+//! Threads: `vhost-user-backend` runs one worker thread that receives queue kicks and the
+//! readiness of the device's own epoll set (channel sockets, pipes); all device work happens
+//! there. The vhost-user request thread also calls into the backend (memory table updates,
+//! queue stops, resets), so the state sits behind one mutex. In steady state only the worker
+//! takes it, so it is never contended on the data path.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use log::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -20,8 +27,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::ChannelTable;
+use crate::config::Config;
 use crate::virtio_gpu::protocol::{
     VirtioGpuConfig, F_CONTEXT_INIT, F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL,
 };
@@ -37,6 +45,8 @@ pub const NUM_QUEUES: usize = 2;
 pub const MAX_QUEUE_SIZE: usize = 32768;
 /// Event id of the device's own epoll set (channel sockets, pipes) in the worker's epoll.
 pub const HOST_EVENT: u16 = NUM_QUEUES as u16 + 1;
+/// Event id of the shutdown request (see [`Backend::quiesce`]).
+pub const SHUTDOWN_EVENT: u16 = HOST_EVENT + 1;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -65,12 +75,19 @@ struct State {
 pub struct Backend {
     state: Mutex<State>,
     config: VirtioGpuConfig,
+    shutdown: EventFd,
+    quiesced: (Mutex<bool>, Condvar),
 }
 
 impl Backend {
     /// A backend for one VMM session.
-    pub fn new(channels: Arc<ChannelTable>, num_scanouts: u32) -> io::Result<Self> {
-        let gpu = Gpu::new(channels, num_scanouts, Limits::default())?;
+    pub fn new(config: &Config) -> io::Result<Self> {
+        let num_scanouts = config.num_scanouts;
+        let gpu = Gpu::new(
+            Arc::new(config.channels.clone()),
+            num_scanouts,
+            Limits::default(),
+        )?;
         Ok(Backend {
             state: Mutex::new(State {
                 gpu,
@@ -83,7 +100,30 @@ impl Backend {
                 num_capsets: 1,
                 ..Default::default()
             },
+            shutdown: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            quiesced: (Mutex::new(false), Condvar::new()),
         })
+    }
+
+    /// The fd to register with the worker's epoll under [`SHUTDOWN_EVENT`].
+    pub fn shutdown_fd(&self) -> i32 {
+        self.shutdown.as_raw_fd()
+    }
+
+    /// Shutdown with a live VMM: ask the worker thread to complete every pending fence (the
+    /// guest sees its POLLs return instead of hanging) and close every channel socket and
+    /// pipe, then wait up to `timeout` for it. Returns false on timeout (e.g. the worker is
+    /// stuck or was never started).
+    pub fn quiesce(&self, timeout: Duration) -> bool {
+        if self.shutdown.write(1).is_err() {
+            return false;
+        }
+        let (lock, cvar) = &self.quiesced;
+        let done = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (done, _) = cvar
+            .wait_timeout_while(done, timeout, |d| !*d)
+            .unwrap_or_else(|p| p.into_inner());
+        *done
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -276,6 +316,15 @@ impl VhostUserBackend for Backend {
                 let mem = atomic.memory();
                 st.gpu.handle_host_events(&mem);
                 Self::publish_completions(&mut st, vrings);
+            }
+            SHUTDOWN_EVENT => {
+                let _ = self.shutdown.read();
+                info!("shutting down: completing pending fences and closing channels");
+                st.gpu.complete_all_and_reset();
+                Self::publish_completions(&mut st, vrings);
+                let (lock, cvar) = &self.quiesced;
+                *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                cvar.notify_all();
             }
             other => warn!("unexpected device event {other}"),
         }

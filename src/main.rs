@@ -172,6 +172,7 @@ fn config_from_args(args: &Args) -> Result<Config, ConfigError> {
         socket_path,
         channels,
         num_scanouts,
+        shm_size: vhost_user_cross_domain::config::DEFAULT_SHM_SIZE,
     })
 }
 

@@ -444,7 +444,9 @@ fn one_message_completes_every_pending_poll_up_to_its_fence() {
     assert!(!s.vm.is_done(CONTROLQ, h1) && !s.vm.is_done(CONTROLQ, h2));
     host.write_all(b"one").unwrap();
     let r2 = s.vm.wait_for(CONTROLQ, h2, T).expect("newer POLL");
-    let r1 = s.vm.wait_for(CONTROLQ, h1, T).expect("older POLL, same timeline");
+    let r1 =
+        s.vm.wait_for(CONTROLQ, h1, T)
+            .expect("older POLL, same timeline");
     let h = parse_hdr(&r1);
     assert_eq!((h.fence_id, h.ring_idx), (f1, 1), "fence echoed");
     assert_eq!(parse_hdr(&r2).fence_id, f2);
@@ -462,7 +464,11 @@ fn guest_reset_drops_contexts_and_closes_channels() {
     let (ctx, mut host) = s.open(1, 2);
     let _pending = ctx.poll_next(&mut s.vm);
     s.vm.stop_queues();
-    assert_eq!(read_to_end_timeout(&mut host, T), b"", "channel closed by the reset");
+    assert_eq!(
+        read_to_end_timeout(&mut host, T),
+        b"",
+        "channel closed by the reset"
+    );
     s.vm.start_queues();
     assert_resp(
         &s.vm.ctx_destroy(1),
@@ -496,7 +502,11 @@ fn slow_host_service_gets_every_byte_and_a_flood_is_bounded() {
         sent += chunk.len();
         assert!(sent < 64 << 20, "no bound on queued bytes");
     };
-    assert_resp(&err, RESP_ERR_OUT_OF_MEMORY, "SEND to a host that does not read");
+    assert_resp(
+        &err,
+        RESP_ERR_OUT_OF_MEMORY,
+        "SEND to a host that does not read",
+    );
     // ... and once the host drains, everything accepted arrives in order and SEND works again.
     let got = read_exact_timeout(&mut host, sent, T);
     assert!(got.chunks(3744).all(|c| c == chunk.as_slice()));

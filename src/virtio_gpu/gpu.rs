@@ -217,6 +217,26 @@ impl Gpu {
         self.completions.clear();
     }
 
+    /// Shutdown with a live VMM: complete every pending fenced response (so the guest does not
+    /// wait forever), close every context's host sockets and pipes, and drop all resources.
+    /// The completions are left in [`Gpu::take_completions`] for the caller to publish.
+    pub fn complete_all_and_reset(&mut self) {
+        let ids: Vec<u32> = self.contexts.keys().copied().collect();
+        for id in ids {
+            if let Some(mut ctx) = self.contexts.remove(&id) {
+                ctx.cd.teardown(&self.epoll);
+            }
+            self.complete_context(id);
+        }
+        let leftovers: Vec<(u32, u8)> = self.pending.keys().copied().collect();
+        for k in leftovers {
+            Self::complete_timeline(&mut self.pending, &mut self.completions, k, u64::MAX);
+        }
+        self.resources.clear();
+        self.total_entries = 0;
+        self.scanouts = [0; MAX_SCANOUTS];
+    }
+
     /// Completed deferred responses (control queue heads and lengths) to publish.
     pub fn take_completions(&mut self) -> std::vec::Drain<'_, (u16, u32)> {
         self.completions.drain(..)

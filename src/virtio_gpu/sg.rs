@@ -106,7 +106,8 @@ impl SgList {
                 .ok_or(SgError::BadAddress(addr.0))?;
             let mut done = 0usize;
             for slice in mem.get_slices(start, take) {
-                let slice = slice.map_err(|_| SgError::BadAddress(start.0 + done as u64))?;
+                let slice =
+                    slice.map_err(|_| SgError::BadAddress(start.0.wrapping_add(done as u64)))?;
                 done += slice.len();
                 f(slice)?;
             }
