@@ -44,8 +44,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let mut session = 0u64;
     loop {
         session += 1;
-        let backend =
-            Arc::new(Backend::new(channels.clone(), config.num_scanouts).map_err(Error::Device)?);
+        let backend = Arc::new(Backend::new(config).map_err(Error::Device)?);
         let mut daemon = VhostUserDaemon::new(
             "vhost-user-cross-domain".to_string(),
             backend.clone(),
