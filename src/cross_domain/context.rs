@@ -89,6 +89,12 @@ pub enum CtxError {
     NotSendable(u32),
     #[error("unknown or wrong-type item {0:#x}")]
     UnknownItem(u32),
+    #[error("image requirements: {0}")]
+    Image(#[from] super::image::ImageError),
+    #[error("blob id {0:#x} names no image requirements or received memory")]
+    UnknownBlob(u32),
+    #[error("blob size {got} does not match the {expected} bytes of blob id {id:#x}")]
+    BlobSize { id: u32, expected: u64, got: u64 },
     #[error("file descriptors must travel with at least one data byte")]
     FdsWithoutData,
     #[error("too many items in this context (limit {MAX_ITEMS})")]
@@ -108,6 +114,10 @@ impl CtxError {
             CtxError::RingNotAttached(_)
             | CtxError::ResourceNotAttached(_)
             | CtxError::NotSendable(_) => gpu::RESP_ERR_INVALID_RESOURCE_ID,
+            CtxError::Image(super::image::ImageError::UnsupportedFormat(_)) => {
+                gpu::RESP_ERR_INVALID_PARAMETER
+            }
+            CtxError::Image(_) => gpu::RESP_ERR_OUT_OF_MEMORY,
             CtxError::TooManyItems | CtxError::BacklogFull(_) => gpu::RESP_ERR_OUT_OF_MEMORY,
             CtxError::Connect { .. }
             | CtxError::HostIo(_)
@@ -126,6 +136,8 @@ pub enum Lookup<'a> {
     Guest(&'a SgList),
     /// Attached, without guest pages (e.g. a 2D resource without backing).
     Unbacked,
+    /// Attached and backed by host memory (a memfd or dma-buf) that can be passed on.
+    Host(std::os::fd::BorrowedFd<'a>),
 }
 
 /// The resources visible to one context (implemented by the virtio-gpu layer).
@@ -167,8 +179,7 @@ struct Channel {
 }
 
 struct Connection {
-    /// Receives GET_IMAGE_REQUIREMENTS replies (shared-memory work, not handled yet).
-    #[allow(dead_code)]
+    /// Receives GET_IMAGE_REQUIREMENTS replies.
     query_ring: SgList,
     channel_ring: SgList,
     channel_type: u32,
@@ -177,12 +188,9 @@ struct Connection {
 
 enum Item {
     /// Seekable memory received from the host (memfd, dma-buf), waiting to become a blob.
-    Memory {
-        #[allow(dead_code)]
-        fd: OwnedFd,
-        #[allow(dead_code)]
-        size: u64,
-    },
+    Memory { fd: OwnedFd, size: u64 },
+    /// Stored GET_IMAGE_REQUIREMENTS reply: any number of blobs of exactly `size` bytes.
+    ImageRequirements { size: u64, map_info: u32 },
     /// A pipe write end received from the host; the guest WRITEs into it.
     WritePipe {
         fd: OwnedFd,
@@ -266,9 +274,7 @@ impl Context {
             }
             match hdr.cmd {
                 CMD_INIT => self.init(env, res, stream, off, size)?,
-                CMD_GET_IMAGE_REQUIREMENTS => {
-                    return Err(CtxError::Unsupported("GET_IMAGE_REQUIREMENTS"))
-                }
+                CMD_GET_IMAGE_REQUIREMENTS => self.image_requirements(env, stream, off, size)?,
                 CMD_POLL => {} // the accompanying ring-1 fence does the work
                 CMD_SEND => self.send(env, res, stream, off, size)?,
                 CMD_WRITE => self.write(env, stream, off, size)?,
@@ -304,7 +310,7 @@ impl Context {
                 size: sg.len(),
                 need,
             }),
-            Lookup::Unbacked => Err(CtxError::RingTooSmall { id, size: 0, need }),
+            Lookup::Unbacked | Lookup::Host(_) => Err(CtxError::RingTooSmall { id, size: 0, need }),
         }
     }
 
@@ -450,6 +456,10 @@ impl Context {
                 ID_TYPE_VIRTGPU_BLOB => match res.lookup(id) {
                     Lookup::NotAttached => return Err(CtxError::ResourceNotAttached(id)),
                     Lookup::Guest(_) | Lookup::Unbacked => return Err(CtxError::NotSendable(id)),
+                    Lookup::Host(fd) => {
+                        let fd = fd.try_clone_to_owned().map_err(CtxError::HostIo)?;
+                        scratch.fds.push(fd);
+                    }
                 },
                 other => return Err(CtxError::UnsupportedIdentifierType(other)),
             }
@@ -608,6 +618,76 @@ impl Context {
             }
         }
         Ok(())
+    }
+
+    fn image_requirements(
+        &mut self,
+        env: &mut Env<'_>,
+        stream: &SgList,
+        off: usize,
+        size: usize,
+    ) -> Result<(), CtxError> {
+        let q: GetImageRequirements = Self::fixed(env, stream, off, size)?;
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(CtxError::NotInitialized);
+        };
+        let mut reqs = super::image::requirements(
+            q.width,
+            q.height,
+            q.drm_format,
+            super::image::host_page_size(),
+        )?;
+        let id = alloc_item_id(&mut self.last_item_id, &self.items)?;
+        reqs.blob_id = id;
+        conn.query_ring.write_obj(env.mem, 0, &reqs)?;
+        self.items.insert(
+            id,
+            Item::ImageRequirements {
+                size: reqs.size,
+                map_info: reqs.map_info,
+            },
+        );
+        Ok(())
+    }
+
+    /// The host memory for RESOURCE_CREATE_BLOB(HOST3D, `blob_id`, `size`): a new memfd for
+    /// stored image requirements (which stay valid), or the received memory fd named by
+    /// `blob_id` (consumed). Returns the fd, its `map_info` cache type and whether it may be
+    /// mapped writable.
+    pub fn take_blob(&mut self, blob_id: u32, size: u64) -> Result<(OwnedFd, u32, bool), CtxError> {
+        match self.items.get(&blob_id) {
+            Some(&Item::ImageRequirements {
+                size: expected,
+                map_info,
+            }) => {
+                if size != expected {
+                    return Err(CtxError::BlobSize {
+                        id: blob_id,
+                        expected,
+                        got: size,
+                    });
+                }
+                let fd = new_memfd(size).map_err(CtxError::HostIo)?;
+                Ok((fd, map_info, true))
+            }
+            Some(Item::Memory { size: have, .. }) => {
+                let page = super::image::host_page_size();
+                let limit = have.div_ceil(page) * page;
+                if size == 0 || size > limit {
+                    return Err(CtxError::BlobSize {
+                        id: blob_id,
+                        expected: *have,
+                        got: size,
+                    });
+                }
+                let Some(Item::Memory { fd, .. }) = self.items.remove(&blob_id) else {
+                    return Err(CtxError::UnknownBlob(blob_id));
+                };
+                let writable = cdio::memory_writable(fd.as_fd());
+                Ok((fd, super::image::MAP_CACHE_CACHED, writable))
+            }
+            _ => Err(CtxError::UnknownBlob(blob_id)),
+        }
     }
 
     fn remove_item(&mut self, epoll: &Epoll, id: u32) {
@@ -972,6 +1052,18 @@ fn alloc_item_id(last: &mut u32, items: &HashMap<u32, Item>) -> Result<u32, CtxE
             return Ok(id);
         }
     }
+}
+
+/// A sealable memfd of `size` bytes for a blob created from image requirements.
+fn new_memfd(size: u64) -> stdio::Result<OwnedFd> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(
+        c"vhost-user-cross-domain-blob",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let len = i64::try_from(size).map_err(|_| stdio::Error::from_raw_os_error(libc::EFBIG))?;
+    nix::unistd::ftruncate(&fd, len)?;
+    Ok(fd)
 }
 
 fn connect_nonblocking(path: &Path) -> stdio::Result<OwnedFd> {

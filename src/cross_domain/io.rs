@@ -260,6 +260,21 @@ pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
     }
 }
 
+/// Whether memory behind `fd` may be mapped writable: opened read-write and not write-sealed
+/// (`F_SEAL_WRITE` or `F_SEAL_FUTURE_WRITE`). Anything else is mapped read-only.
+pub fn memory_writable(fd: BorrowedFd<'_>) -> bool {
+    let rw = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+        .map(|f| f & libc::O_ACCMODE == libc::O_RDWR)
+        .unwrap_or(false);
+    if !rw {
+        return false;
+    }
+    // SAFETY: F_GET_SEALS takes no pointer argument; on fds without seal support it fails
+    // with EINVAL, which means "no seals".
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals < 0 || seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) == 0
+}
+
 fn seekable_size(fd: BorrowedFd<'_>) -> FdKind {
     match nix::unistd::lseek(fd, 0, nix::unistd::Whence::SeekEnd) {
         Ok(size) if size >= 0 && size <= u32::MAX as i64 => {
@@ -376,10 +391,35 @@ mod tests {
         let mut f = tempfile_in_memory();
         f.write_all(&[7u8; 1234]).unwrap();
         assert_eq!(classify(f.as_fd()), FdKind::Memory { size: 1234 });
+        assert!(memory_writable(f.as_fd()));
+        // SAFETY: plain fcntl on an fd we own.
+        let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
+        assert_eq!(
+            r, -1,
+            "memfd created without MFD_ALLOW_SEALING refuses seals"
+        );
         let dir = std::fs::File::open("/").unwrap();
         assert_eq!(classify(dir.as_fd()), FdKind::Refused("directory"));
         let efd = nix::sys::eventfd::EventFd::new().unwrap();
         assert_eq!(classify(efd.as_fd()), FdKind::Refused("eventfd"));
+    }
+
+    #[test]
+    fn sealed_and_read_only_memory_is_not_writable() {
+        let fd = nix::sys::memfd::memfd_create(
+            c"sealed",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .unwrap();
+        let mut f = std::fs::File::from(fd);
+        f.write_all(&[1u8; 4096]).unwrap();
+        assert!(memory_writable(f.as_fd()));
+        // SAFETY: plain fcntl on an fd we own.
+        let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
+        assert_eq!(r, 0);
+        assert!(!memory_writable(f.as_fd()));
+        let ro = std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+        assert!(!memory_writable(ro.as_fd()));
     }
 
     fn tempfile_in_memory() -> std::fs::File {

@@ -7,6 +7,7 @@
 //! fence a delivered message completes.
 
 mod context;
+pub mod image;
 pub mod io;
 pub mod protocol;
 

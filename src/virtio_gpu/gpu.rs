@@ -1,7 +1,8 @@
 //! Device state and command dispatch. Everything here runs on the device's single event-loop
 //! thread; nothing blocks.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use log::{debug, info};
@@ -10,8 +11,11 @@ use vm_memory::{ByteValued, GuestAddress};
 
 use super::protocol::*;
 use super::sg::{range_is_valid, GuestMem, SgList};
+use super::ShmMapper;
 use crate::config::ChannelTable;
-use crate::cross_domain::{self, protocol as cd, Context, CtxError, Env, Lookup, ResourceView};
+use crate::cross_domain::{
+    self, image, protocol as cd, Context, CtxError, Env, Lookup, ResourceView,
+};
 use crate::guest_warn;
 use crate::ratelimit::RateLimiter;
 
@@ -66,6 +70,8 @@ pub enum GpuError {
     BadRing(u8),
     #[error("cross-domain: {0}")]
     CrossDomain(#[from] CtxError),
+    #[error("host-visible region: {0}")]
+    Map(std::io::Error),
 }
 
 impl GpuError {
@@ -78,7 +84,9 @@ impl GpuError {
             GpuError::InvalidContext(_) | GpuError::ContextExists(_) => RESP_ERR_INVALID_CONTEXT_ID,
             GpuError::InvalidScanout(_) => RESP_ERR_INVALID_SCANOUT_ID,
             GpuError::Limit(_) => RESP_ERR_OUT_OF_MEMORY,
-            GpuError::UnknownCommand(_) | GpuError::Unsupported(_) => RESP_ERR_UNSPEC,
+            GpuError::UnknownCommand(_) | GpuError::Unsupported(_) | GpuError::Map(_) => {
+                RESP_ERR_UNSPEC
+            }
             GpuError::CrossDomain(e) => e.response(),
             _ => RESP_ERR_INVALID_PARAMETER,
         }
@@ -88,6 +96,17 @@ impl GpuError {
 enum Kind {
     TwoD { width: u32, height: u32 },
     GuestBlob,
+    HostBlob(HostMem),
+}
+
+/// Host memory behind a HOST3D blob.
+struct HostMem {
+    fd: OwnedFd,
+    size: u64,
+    map_info: u32,
+    writable: bool,
+    /// Offset and length of the live mapping in the host-visible region.
+    mapped: Option<(u64, u64)>,
 }
 
 struct Resource {
@@ -119,6 +138,10 @@ impl ResourceView for View<'_> {
         match self.resources.get(&res_id) {
             None => Lookup::NotAttached,
             Some(Resource {
+                kind: Kind::HostBlob(h),
+                ..
+            }) => Lookup::Host(h.fd.as_fd()),
+            Some(Resource {
                 backing: Some(sg), ..
             }) => Lookup::Guest(sg),
             Some(_) => Lookup::Unbacked,
@@ -139,6 +162,7 @@ enum Resp {
     CapsetInfo(RespCapsetInfo),
     Capset(cd::Capabilities),
     Uuid([u8; 16]),
+    MapInfo(u32),
 }
 
 /// Most entries returned by one epoll poll of the device's own sources.
@@ -148,6 +172,10 @@ const EVENTS_PER_POLL: usize = 64;
 pub struct Gpu {
     channels: Arc<ChannelTable>,
     num_scanouts: u32,
+    shm_size: u64,
+    page_size: u64,
+    /// Live mappings in the host-visible region: offset → (length, resource id).
+    mappings: BTreeMap<u64, (u64, u32)>,
     limits: Limits,
     resources: HashMap<u32, Resource>,
     total_entries: usize,
@@ -169,11 +197,15 @@ impl Gpu {
     pub fn new(
         channels: Arc<ChannelTable>,
         num_scanouts: u32,
+        shm_size: u64,
         limits: Limits,
     ) -> std::io::Result<Self> {
         Ok(Gpu {
             channels,
             num_scanouts: num_scanouts.min(MAX_SCANOUTS as u32),
+            shm_size,
+            page_size: image::host_page_size(),
+            mappings: BTreeMap::new(),
             limits,
             resources: HashMap::new(),
             total_entries: 0,
@@ -211,6 +243,7 @@ impl Gpu {
             }
         }
         self.resources.clear();
+        self.mappings.clear();
         self.total_entries = 0;
         self.pending.clear();
         self.scanouts = [0; MAX_SCANOUTS];
@@ -233,6 +266,7 @@ impl Gpu {
             Self::complete_timeline(&mut self.pending, &mut self.completions, k, u64::MAX);
         }
         self.resources.clear();
+        self.mappings.clear();
         self.total_entries = 0;
         self.scanouts = [0; MAX_SCANOUTS];
     }
@@ -256,6 +290,7 @@ impl Gpu {
         head: u16,
         descs: I,
         cursor: bool,
+        mapper: &dyn ShmMapper,
     ) -> Option<u32>
     where
         I: Iterator<Item = virtio_queue::desc::split::Descriptor>,
@@ -314,7 +349,7 @@ impl Gpu {
         } else if cursor && !matches!(hdr.type_, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) {
             Err(GpuError::UnknownCommand(hdr.type_))
         } else {
-            self.dispatch(mem, &hdr)
+            self.dispatch(mem, &hdr, mapper)
         };
         let (resp_type, body) = match result {
             Ok(body) => (resp_type(&body), body),
@@ -398,6 +433,15 @@ impl Gpu {
                 let r = RespResourceUuid { hdr, uuid: *uuid };
                 self.resp.write_obj(mem, 0, &r)?;
                 std::mem::size_of::<RespResourceUuid>()
+            }
+            Resp::MapInfo(map_info) => {
+                let r = RespMapInfo {
+                    hdr,
+                    map_info: *map_info,
+                    padding: 0,
+                };
+                self.resp.write_obj(mem, 0, &r)?;
+                std::mem::size_of::<RespMapInfo>()
             }
         };
         Ok(total as u32)
@@ -521,7 +565,12 @@ impl Gpu {
             .map_err(|_| GpuError::InvalidParameter("request not readable"))
     }
 
-    fn dispatch(&mut self, mem: &GuestMem, hdr: &CtrlHdr) -> Result<Resp, GpuError> {
+    fn dispatch(
+        &mut self,
+        mem: &GuestMem,
+        hdr: &CtrlHdr,
+        mapper: &dyn ShmMapper,
+    ) -> Result<Resp, GpuError> {
         match hdr.type_ {
             CMD_GET_DISPLAY_INFO => Ok(Resp::DisplayInfo),
             CMD_GET_EDID => Err(GpuError::Unsupported("GET_EDID: F_EDID is not offered")),
@@ -547,6 +596,18 @@ impl Gpu {
             }
             CMD_RESOURCE_UNREF => {
                 let b: ResourceId = self.body(mem)?;
+                self.existing(b.resource_id)?;
+                if let Err(e) = self.unmap(b.resource_id, mapper) {
+                    // The guest is done with the resource either way; the region slot stays
+                    // reserved if the VMM kept the mapping.
+                    if !matches!(e, GpuError::InvalidParameter(_)) {
+                        guest_warn!(
+                            self.limiter,
+                            "unmapping resource {} on UNREF: {e}",
+                            b.resource_id
+                        );
+                    }
+                }
                 let res = self
                     .resources
                     .remove(&b.resource_id)
@@ -702,15 +763,14 @@ impl Gpu {
             }
             CMD_RESOURCE_MAP_BLOB => {
                 let b: ResourceMapBlob = self.body(mem)?;
-                self.existing(b.resource_id)?;
-                Err(GpuError::Unsupported(
-                    "RESOURCE_MAP_BLOB: guest blobs have no host memory to map",
-                ))
+                let map_info = self.map(b.resource_id, b.offset, mapper)?;
+                Ok(Resp::MapInfo(map_info))
             }
             CMD_RESOURCE_UNMAP_BLOB => {
                 let b: ResourceId = self.body(mem)?;
                 self.existing(b.resource_id)?;
-                Err(GpuError::InvalidParameter("resource is not mapped"))
+                self.unmap(b.resource_id, mapper)?;
+                Ok(Resp::NoData)
             }
             CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR => {
                 let b: UpdateCursor = self.body(mem)?;
@@ -731,7 +791,7 @@ impl Gpu {
     fn dims_2d(&self, id: u32) -> Result<(u32, u32), GpuError> {
         match self.existing(id)?.kind {
             Kind::TwoD { width, height } => Ok((width, height)),
-            Kind::GuestBlob => Err(GpuError::InvalidParameter("resource is not a 2D resource")),
+            _ => Err(GpuError::InvalidParameter("resource is not a 2D resource")),
         }
     }
 
@@ -798,10 +858,78 @@ impl Gpu {
         Ok(sg)
     }
 
+    /// RESOURCE_MAP_BLOB: place a host blob at `offset` of the host-visible region.
+    fn map(&mut self, res_id: u32, offset: u64, mapper: &dyn ShmMapper) -> Result<u32, GpuError> {
+        let page = self.page_size;
+        let res = self
+            .resources
+            .get(&res_id)
+            .ok_or(GpuError::InvalidResource(res_id))?;
+        let Kind::HostBlob(host) = &res.kind else {
+            return Err(GpuError::InvalidParameter(
+                "only host-backed (HOST3D) blobs can be mapped",
+            ));
+        };
+        if host.mapped.is_some() {
+            return Err(GpuError::InvalidParameter("resource is already mapped"));
+        }
+        let len = host.size.div_ceil(page) * page;
+        if offset % page != 0 {
+            return Err(GpuError::InvalidParameter(
+                "offset is not aligned to the host page size",
+            ));
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= self.shm_size => {
+                if let Some((&start, &(l, _))) = self.mappings.range(..end).next_back() {
+                    if start + l > offset {
+                        return Err(GpuError::InvalidParameter("range overlaps a live mapping"));
+                    }
+                }
+            }
+            _ => {
+                return Err(GpuError::InvalidParameter(
+                    "range exceeds the host-visible region",
+                ))
+            }
+        }
+        mapper
+            .map(host.fd.as_fd(), offset, len, host.writable)
+            .map_err(GpuError::Map)?;
+        let map_info = host.map_info;
+        if let Some(Resource {
+            kind: Kind::HostBlob(h),
+            ..
+        }) = self.resources.get_mut(&res_id)
+        {
+            h.mapped = Some((offset, len));
+        }
+        self.mappings.insert(offset, (len, res_id));
+        Ok(map_info)
+    }
+
+    /// RESOURCE_UNMAP_BLOB (and UNREF of a mapped blob).
+    fn unmap(&mut self, res_id: u32, mapper: &dyn ShmMapper) -> Result<(), GpuError> {
+        let Some(Resource {
+            kind: Kind::HostBlob(host),
+            ..
+        }) = self.resources.get_mut(&res_id)
+        else {
+            return Err(GpuError::InvalidParameter("resource is not mapped"));
+        };
+        let Some((offset, len)) = host.mapped else {
+            return Err(GpuError::InvalidParameter("resource is not mapped"));
+        };
+        mapper.unmap(offset, len).map_err(GpuError::Map)?;
+        host.mapped = None;
+        self.mappings.remove(&offset);
+        Ok(())
+    }
+
     fn create_blob(
         &mut self,
         mem: &GuestMem,
-        _hdr: &CtrlHdr,
+        hdr: &CtrlHdr,
         b: &ResourceCreateBlob,
     ) -> Result<(), GpuError> {
         if b.resource_id == 0 {
@@ -810,18 +938,19 @@ impl Gpu {
         if self.resources.contains_key(&b.resource_id) {
             return Err(GpuError::ResourceExists(b.resource_id));
         }
-        match b.blob_mem {
-            BLOB_MEM_GUEST => {}
-            BLOB_MEM_HOST3D | BLOB_MEM_HOST3D_GUEST => {
-                return Err(GpuError::Unsupported(
-                    "host-backed blobs are not supported yet (no host-visible region)",
-                ))
-            }
-            _ => return Err(GpuError::InvalidParameter("unknown blob_mem")),
-        }
         let known = BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE | BLOB_FLAG_USE_CROSS_DEVICE;
         if b.blob_flags & !known != 0 {
             return Err(GpuError::InvalidParameter("unknown blob flags"));
+        }
+        match b.blob_mem {
+            BLOB_MEM_GUEST => {}
+            BLOB_MEM_HOST3D => return self.create_host_blob(hdr, b),
+            BLOB_MEM_HOST3D_GUEST => {
+                return Err(GpuError::Unsupported(
+                    "HOST3D_GUEST blobs need a 3D renderer",
+                ))
+            }
+            _ => return Err(GpuError::InvalidParameter("unknown blob_mem")),
         }
         let base = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<ResourceCreateBlob>();
         let sg = self.read_entries(mem, base, b.nr_entries)?;
@@ -836,6 +965,41 @@ impl Gpu {
             Resource {
                 kind: Kind::GuestBlob,
                 backing: Some(sg),
+            },
+        )
+    }
+
+    /// RESOURCE_CREATE_BLOB(HOST3D): memory named by `blob_id` in the creating context.
+    fn create_host_blob(&mut self, hdr: &CtrlHdr, b: &ResourceCreateBlob) -> Result<(), GpuError> {
+        if b.nr_entries != 0 {
+            return Err(GpuError::InvalidParameter(
+                "host blobs take no backing entries",
+            ));
+        }
+        if b.size == 0 {
+            return Err(GpuError::InvalidParameter("zero-sized blob"));
+        }
+        let blob_id = u32::try_from(b.blob_id)
+            .map_err(|_| GpuError::InvalidParameter("blob_id does not fit 32 bits"))?;
+        if self.resources.len() >= self.limits.max_resources {
+            return Err(GpuError::Limit("resources per VM"));
+        }
+        let ctx = self
+            .contexts
+            .get_mut(&hdr.ctx_id)
+            .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
+        let (fd, map_info, writable) = ctx.cd.take_blob(blob_id, b.size)?;
+        self.insert_resource(
+            b.resource_id,
+            Resource {
+                kind: Kind::HostBlob(HostMem {
+                    fd,
+                    size: b.size,
+                    map_info,
+                    writable,
+                    mapped: None,
+                }),
+                backing: None,
             },
         )
     }
@@ -920,6 +1084,7 @@ fn resp_type(r: &Resp) -> u32 {
         Resp::CapsetInfo(_) => RESP_OK_CAPSET_INFO,
         Resp::Capset(_) => RESP_OK_CAPSET,
         Resp::Uuid(_) => RESP_OK_RESOURCE_UUID,
+        Resp::MapInfo(_) => RESP_OK_MAP_INFO,
     }
 }
 

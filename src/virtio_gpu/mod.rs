@@ -7,3 +7,16 @@ pub mod protocol;
 pub mod sg;
 
 pub use gpu::{Gpu, GpuError, Limits};
+
+use std::os::fd::BorrowedFd;
+
+/// Places host memory into the VMM's host-visible region (shmid 1). Implemented by the
+/// vhost-user layer (SHMEM_MAP/UNMAP on the backend channel); the virtio-gpu layer decides what
+/// is mapped where and checks every guest-supplied offset first.
+pub trait ShmMapper {
+    /// Map `len` bytes of `fd` (from offset 0) at `offset` in the region.
+    fn map(&self, fd: BorrowedFd<'_>, offset: u64, len: u64, writable: bool)
+        -> std::io::Result<()>;
+    /// Remove the mapping of `len` bytes at `offset`.
+    fn unmap(&self, offset: u64, len: u64) -> std::io::Result<()>;
+}
