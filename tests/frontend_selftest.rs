@@ -1,21 +1,31 @@
 //! Self-test of the test frontend in `tests/support` against an in-process vhost-user
 //! backend (`vhost_user_backend::VhostUserDaemon` with a mock device), so the frontend is
 //! known to work independently of the real daemon.
+//!
+//! The mock also offers SHMEM: its host-visible region (shmid 1) is 64 MiB unless a test picks
+//! another size, and a 32-byte command on the control queue (see [`shm_cmd`]) makes it map or
+//! unmap pages of its own memfd through the backend request channel.
 
 mod support;
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use support::*;
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost::vhost_user::{Backend, GpuBackend, Listener};
+use vhost::vhost_user::message::{
+    VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
+};
+use vhost::vhost_user::{
+    Backend, GpuBackend, Listener, VhostUserFrontendReqHandler, VhostUserProtocolFeatures as P,
+};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 const T: Duration = Duration::from_secs(5);
@@ -30,6 +40,26 @@ struct Mock {
     acked: u64,
     /// Signal the call eventfd (off = a buggy device that completes silently).
     signal: bool,
+    /// Size of the host-visible region reported in GET_SHMEM_CONFIG (0: none).
+    shm_size: u64,
+    /// The backend request channel from SET_BACKEND_REQ_FD.
+    backend: Option<Backend>,
+    /// What the mock maps into the region: MOCK_MEMFD_SIZE bytes of `pattern`.
+    memfd: File,
+}
+
+const MIB: u64 = 1 << 20;
+const MOCK_MEMFD_SIZE: u64 = MIB;
+const SHM_CMD_MAP: u8 = 1;
+const SHM_CMD_UNMAP: u8 = 2;
+
+/// The mock memfd's initial content.
+fn pattern(i: u64) -> u8 {
+    ((i % 251) as u8) ^ ((i / 4096) as u8)
+}
+
+fn pattern_range(start: u64, len: u64) -> Vec<u8> {
+    (start..start + len).map(pattern).collect()
 }
 
 const MOCK_FEATURES: u64 = VIRTIO_F_VERSION_1
@@ -41,6 +71,30 @@ const MOCK_FEATURES: u64 = VIRTIO_F_VERSION_1
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
 impl Mock {
+    /// A control queue command `b"SHM" op shmid flags pad[2] fd_offset shm_offset len` (32
+    /// bytes, little endian) maps or unmaps part of the memfd; the reply is a u64, 0 = done.
+    fn shm_command(&self, input: &[u8]) -> Option<Vec<u8>> {
+        if input.len() != 32 || &input[..3] != b"SHM" {
+            return None;
+        }
+        let le = |i: usize| u64::from_le_bytes(input[i..i + 8].try_into().unwrap());
+        let req = VhostUserMMap {
+            shmid: input[4],
+            fd_offset: le(8),
+            shm_offset: le(16),
+            len: le(24),
+            flags: u64::from(input[5]),
+            ..Default::default()
+        };
+        let r = match (&self.backend, input[3]) {
+            (Some(b), SHM_CMD_MAP) => b.shmem_map(&req, &self.memfd),
+            (Some(b), SHM_CMD_UNMAP) => b.shmem_unmap(&req),
+            _ => Err(io::Error::other("no backend channel / bad op")),
+        };
+        let v: u64 = if r.is_ok() { 0 } else { 1 };
+        Some(v.to_le_bytes().to_vec())
+    }
+
     fn process(&self, vring: &VringRwLock) -> io::Result<()> {
         let mem = self.mem.memory();
         loop {
@@ -68,7 +122,10 @@ impl Mock {
                 }
                 let mut written = 0;
                 if ok {
-                    input.reverse();
+                    match self.shm_command(&input) {
+                        Some(reply) => input = reply,
+                        None => input.reverse(),
+                    }
                     for (addr, len) in outs {
                         let take = len.min(input.len() - written);
                         if mem
@@ -120,6 +177,11 @@ impl VhostUserBackendMut for Mock {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::SHMEM
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        Ok(VhostUserShMemConfig::new(1, &[0, self.shm_size]))
     }
 
     fn set_event_idx(&mut self, _enabled: bool) {}
@@ -146,8 +208,9 @@ impl VhostUserBackendMut for Mock {
         Ok(())
     }
 
-    fn set_backend_req_fd(&mut self, _backend: Backend) {
+    fn set_backend_req_fd(&mut self, backend: Backend) {
         self.backend_req = true;
+        self.backend = Some(backend);
     }
 
     fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> io::Result<()> {
@@ -174,6 +237,18 @@ type SharedMock = Arc<Mutex<Mock>>;
 /// Starts an in-process vhost-user backend listening on a fresh socket; it serves one
 /// connection on a background thread.
 fn start_mock(dir: &Path) -> (PathBuf, SharedMock) {
+    start_mock_shm(dir, 64 * MIB)
+}
+
+/// Like [`start_mock`] with a host-visible region of `shm_size` bytes.
+fn start_mock_shm(dir: &Path, shm_size: u64) -> (PathBuf, SharedMock) {
+    let memfd = File::from(
+        nix::sys::memfd::memfd_create("mock-shm", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .expect("memfd"),
+    );
+    memfd
+        .write_all_at(&pattern_range(0, MOCK_MEMFD_SIZE), 0)
+        .expect("fill memfd");
     let path = dir.join(format!("mock-{}.sock", rand_suffix()));
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mock = Arc::new(Mutex::new(Mock {
@@ -183,6 +258,9 @@ fn start_mock(dir: &Path) -> (PathBuf, SharedMock) {
         backend_req: false,
         acked: 0,
         signal: true,
+        shm_size,
+        backend: None,
+        memfd,
     }));
     let mut daemon =
         VhostUserDaemon::new("mock-gpu".to_string(), mock.clone(), mem).expect("daemon");
@@ -226,7 +304,7 @@ fn handshake_and_config() {
         proto.contains(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK)
     );
     assert_eq!(vm.queue_num(), Some(2));
-    assert!(vm.backend_req_channel().is_some());
+    assert!(vm.has_backend_req_channel());
     assert!(!vm.event_idx());
 
     assert_eq!(
@@ -555,4 +633,379 @@ fn silent_completion_is_reported() {
     mock.lock().unwrap().signal = false;
     let h = vm.submit(CONTROLQ, &[b"quiet"], &[5]);
     let _ = vm.wait_for(CONTROLQ, h, Duration::from_millis(200));
+}
+
+// ---- host-visible shared memory ----------------------------------------------------------
+
+/// Asks the mock (through the control queue) to map `len` bytes of its memfd at `fd_offset`
+/// into region `shmid` at `shm_offset`, or to unmap; true if the VMM accepted.
+fn shm_cmd(
+    vm: &mut TestVm,
+    op: u8,
+    shmid: u8,
+    fd_offset: u64,
+    shm_offset: u64,
+    len: u64,
+    writable: bool,
+) -> bool {
+    let mut c = b"SHM".to_vec();
+    c.extend_from_slice(&[op, shmid, u8::from(writable), 0, 0]);
+    for v in [fd_offset, shm_offset, len] {
+        c.extend_from_slice(&v.to_le_bytes());
+    }
+    let r = vm.ctrl(&c, 8);
+    u64::from_le_bytes(r[..8].try_into().unwrap()) == 0
+}
+
+fn map(vm: &mut TestVm, fd_offset: u64, shm_offset: u64, len: u64, writable: bool) -> bool {
+    shm_cmd(vm, SHM_CMD_MAP, 1, fd_offset, shm_offset, len, writable)
+}
+
+fn unmap(vm: &mut TestVm, shm_offset: u64, len: u64) -> bool {
+    shm_cmd(vm, SHM_CMD_UNMAP, 1, 0, shm_offset, len, false)
+}
+
+fn mmap_req(shm_offset: u64, len: u64) -> VhostUserMMap {
+    VhostUserMMap {
+        shmid: 1,
+        shm_offset,
+        len,
+        flags: VhostUserMMapFlags::WRITABLE.bits(),
+        ..Default::default()
+    }
+}
+
+fn memfd_read(mock: &SharedMock, off: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    mock.lock()
+        .unwrap()
+        .memfd
+        .read_exact_at(&mut b, off)
+        .unwrap();
+    b
+}
+
+#[test]
+fn shm_config_and_region() {
+    let dir = temp_dir();
+    let (path, _mock) = start_mock(dir.path());
+    let vm = TestVm::connect(&path);
+    assert_ne!(vm.acked_protocol_features() & P::SHMEM.bits(), 0);
+    assert!(vm.has_backend_req_channel());
+    assert_eq!(vm.shm_size(), Some(64 * MIB));
+    let cfg = vm.shm_config().expect("GET_SHMEM_CONFIG was sent");
+    assert_eq!(cfg.nregions, 1);
+    assert_eq!(cfg.sizes.len(), 256);
+    assert_eq!((cfg.size(0), cfg.size(1), cfg.size(2)), (0, 64 * MIB, 0));
+    assert!(vm.shm_mappings().is_empty());
+    assert_eq!(vm.shm_try_read(0, 1), None);
+    assert_eq!(vm.shm_stats(), ShmStats::default());
+}
+
+#[test]
+fn shm_map_read_write_unmap() {
+    let dir = temp_dir();
+    let (path, mock) = start_mock(dir.path());
+    let mut vm = TestVm::connect(&path);
+
+    // Writable: two pages of the memfd from 8 KiB, at region offset 64 KiB.
+    assert!(map(&mut vm, 0x2000, 0x10000, 0x2000, true));
+    assert_eq!(
+        vm.shm_mapping_at(0x11fff),
+        Some(ShmMapping {
+            offset: 0x10000,
+            len: 0x2000,
+            writable: true
+        })
+    );
+    assert_eq!(vm.shm_mapping_at(0x12000), None);
+    assert_eq!(vm.shm_read(0x10000, 0x2000), pattern_range(0x2000, 0x2000));
+    // Shared both ways: the guest's write shows in the memfd, the host's in the region.
+    vm.shm_write(0x10ffe, b"guest");
+    assert_eq!(memfd_read(&mock, 0x2ffe, 5), b"guest");
+    mock.lock()
+        .unwrap()
+        .memfd
+        .write_all_at(b"host", 0x3000)
+        .unwrap();
+    assert_eq!(vm.shm_read(0x11000, 4), b"host");
+
+    // Read-only, right after it: reads span both, writes are refused by the probe.
+    assert!(map(&mut vm, 0x8000, 0x12000, 0x1000, false));
+    assert_eq!(vm.shm_read(0x11ffc, 8)[4..], pattern_range(0x8000, 4)[..]);
+    assert!(!vm.shm_try_write(0x12000, b"x"));
+    assert!(!vm.shm_try_write(0x11fff, b"xy"), "partly read-only");
+    assert!(vm.shm_try_write(0x11fff, b"z"));
+    assert_eq!(memfd_read(&mock, 0x3fff, 1), b"z");
+    assert_eq!(vm.shm_mappings().len(), 2);
+
+    // Unmap must name exactly one mapping.
+    assert!(!unmap(&mut vm, 0x10000, 0x1000));
+    assert!(!unmap(&mut vm, 0x10000, 0x3000));
+    assert!(unmap(&mut vm, 0x10000, 0x2000));
+    assert_eq!(vm.shm_mapping_at(0x10000), None);
+    assert_eq!(vm.shm_try_read(0x10000, 1), None);
+    assert!(vm.shm_try_read(0x12000, 1).is_some());
+    // The same range can be mapped again, with other content.
+    assert!(map(&mut vm, 0, 0x10000, 0x2000, true));
+    assert_eq!(vm.shm_read(0x10000, 16), pattern_range(0, 16));
+    assert!(unmap(&mut vm, 0x12000, 0x1000));
+
+    let s = vm.shm_stats();
+    assert_eq!((s.maps, s.unmaps, s.refused, s.violations), (3, 2, 2, 0));
+    assert_eq!(s.bad_requests, 0);
+    vm.shm_assert_no_violations();
+    // The queues work as before.
+    assert_eq!(vm.ctrl(b"abc", 3), b"cba");
+}
+
+#[test]
+fn shm_refusals() {
+    let dir = temp_dir();
+    let (path, mock) = start_mock(dir.path());
+    let mut vm = TestVm::connect(&path);
+    let size = 64 * MIB;
+    assert!(map(&mut vm, 0, 0x4000, 0x4000, true));
+
+    let refused = |vm: &mut TestVm, ok: bool, why: &str| {
+        assert!(!ok, "{why}: accepted");
+        let last = vm.shm_last_refusal().unwrap_or_default();
+        eprintln!("{why}: {last}");
+        last
+    };
+    let r = map(&mut vm, 0, 0x7000, 0x2000, true);
+    assert!(refused(&mut vm, r, "overlap at the end").contains("overlaps"));
+    let r = map(&mut vm, 0, 0x3000, 0x2000, true);
+    assert!(refused(&mut vm, r, "overlap at the start").contains("overlaps"));
+    let r = map(&mut vm, 0, 0x2000, 0x10000, true);
+    assert!(refused(&mut vm, r, "covers a mapping").contains("overlaps"));
+    let r = map(&mut vm, 0, size - 0x1000, 0x2000, true);
+    assert!(refused(&mut vm, r, "past the region").contains("outside"));
+    let r = map(&mut vm, 0, 0x100, 0x1000, true);
+    assert!(refused(&mut vm, r, "unaligned offset").contains("aligned"));
+    let r = map(&mut vm, 0x10, 0x10000, 0x1000, true);
+    assert!(refused(&mut vm, r, "unaligned fd_offset").contains("aligned"));
+    let r = map(&mut vm, MOCK_MEMFD_SIZE - 0x1000, 0x10000, 0x2000, true);
+    assert!(refused(&mut vm, r, "past the end of the memfd").contains("SIGBUS"));
+    // A file whose size is not a page multiple: its last, partial page can be mapped.
+    mock.lock()
+        .unwrap()
+        .memfd
+        .set_len(MOCK_MEMFD_SIZE - 100)
+        .unwrap();
+    assert!(map(
+        &mut vm,
+        MOCK_MEMFD_SIZE - 0x1000,
+        0x30000,
+        0x1000,
+        false
+    ));
+    assert_eq!(vm.shm_read(0x31000 - 100, 100), vec![0u8; 100]);
+    let r = map(&mut vm, MOCK_MEMFD_SIZE, 0x40000, 0x1000, true);
+    assert!(refused(&mut vm, r, "a page wholly past the end").contains("SIGBUS"));
+    let r = shm_cmd(&mut vm, SHM_CMD_MAP, 0, 0, 0x10000, 0x1000, true);
+    assert!(refused(&mut vm, r, "shmid 0").contains("shmid"));
+    let r = unmap(&mut vm, 0x10000, 0x1000);
+    assert!(refused(&mut vm, r, "unmap of nothing").contains("not exactly"));
+
+    // Refusal on demand, then normal service again.
+    vm.shm_refuse_next(2);
+    let r = map(&mut vm, 0, 0x10000, 0x1000, true);
+    assert!(refused(&mut vm, r, "refuse_next 1").contains("shm_refuse_next"));
+    let r = map(&mut vm, 0, 0x10000, 0x1000, true);
+    assert!(refused(&mut vm, r, "refuse_next 2").contains("shm_refuse_next"));
+    assert!(map(&mut vm, 0, 0x10000, 0x1000, true));
+    // The last page of the region.
+    assert!(map(&mut vm, 0, size - 0x1000, 0x1000, false));
+    assert_eq!(vm.shm_read(size - 16, 16), pattern_range(0x1000 - 16, 16));
+
+    let s = vm.shm_stats();
+    assert_eq!((s.maps, s.unmaps, s.refused, s.violations), (4, 0, 12, 0));
+    assert_eq!(vm.shm_mappings().len(), 4);
+}
+
+#[test]
+#[should_panic(expected = "is not mapped")]
+fn shm_read_of_unmapped_range_panics() {
+    let dir = temp_dir();
+    let (path, _mock) = start_mock(dir.path());
+    let mut vm = TestVm::connect(&path);
+    assert!(map(&mut vm, 0, 0, 0x1000, true));
+    let _ = vm.shm_read(0xff0, 0x20);
+}
+
+#[test]
+#[should_panic(expected = "read-only")]
+fn shm_write_to_read_only_mapping_panics() {
+    let dir = temp_dir();
+    let (path, _mock) = start_mock(dir.path());
+    let mut vm = TestVm::connect(&path);
+    assert!(map(&mut vm, 0, 0, 0x1000, false));
+    vm.shm_write(0, b"no");
+}
+
+#[test]
+#[should_panic(expected = "not mapped")]
+fn shm_try_write_to_unmapped_range_panics() {
+    let dir = temp_dir();
+    let (path, _mock) = start_mock(dir.path());
+    let vm = TestVm::connect(&path);
+    let _ = vm.shm_try_write(0, b"no");
+}
+
+#[test]
+fn shm_requests_while_stopped_are_violations_and_reset_drops_mappings() {
+    let dir = temp_dir();
+    let (path, mock) = start_mock(dir.path());
+    let mut vm = TestVm::connect(&path);
+    assert!(map(&mut vm, 0, 0, 0x2000, true));
+    let backend = mock.lock().unwrap().backend.clone().unwrap();
+
+    vm.stop_queues();
+    // A backend that unmaps (or maps) after the stop: refused and recorded, no crash.
+    assert!(backend.shmem_unmap(&mmap_req(0, 0x2000)).is_err());
+    assert!(backend
+        .shmem_map(&mmap_req(0x4000, 0x1000), &mock.lock().unwrap().memfd)
+        .is_err());
+    let s = vm.shm_stats();
+    assert_eq!((s.violations, s.refused, s.unmaps), (2, 2, 0));
+    assert!(vm
+        .shm_last_refusal()
+        .unwrap()
+        .contains("PROTOCOL VIOLATION"));
+    // Until the restart the mapping is still there.
+    assert_eq!(vm.shm_read(0, 4), pattern_range(0, 4));
+
+    // Restart after the stop = guest reset: the VMM drops every mapping itself.
+    vm.start_queues();
+    assert!(vm.shm_mappings().is_empty());
+    assert_eq!(vm.shm_stats().dropped_at_reset, 1);
+    assert!(map(&mut vm, 0x1000, 0, 0x2000, true));
+    assert_eq!(vm.shm_read(0, 4), pattern_range(0x1000, 4));
+    assert_eq!(vm.shm_stats().violations, 2);
+}
+
+#[test]
+#[should_panic(expected = "while the device was not started")]
+fn shm_map_before_start_is_a_violation() {
+    // Refused and counted; then `shm_assert_no_violations` at the end must panic.
+    let dir = temp_dir();
+    let (path, mock) = start_mock(dir.path());
+    let mut vm = TestVm::builder().start_queues(false).connect(&path);
+    let backend = mock.lock().unwrap().backend.clone().unwrap();
+    let memfd = mock.lock().unwrap().memfd.try_clone().unwrap();
+    assert!(backend.shmem_map(&mmap_req(0, 0x1000), &memfd).is_err());
+    assert_eq!(vm.shm_stats().violations, 1);
+    vm.start_queues();
+    assert!(backend.shmem_map(&mmap_req(0, 0x1000), &memfd).is_ok());
+    assert_eq!(vm.shm_wait_mapping(0, T).map(|m| m.len), Some(0x1000));
+    vm.shm_assert_no_violations();
+}
+
+#[test]
+fn shm_not_negotiated_or_not_queried() {
+    let dir = temp_dir();
+    let (path, mock) = start_mock(dir.path());
+    let mut vm = TestVm::builder().shmem(false).connect(&path);
+    assert_eq!(vm.acked_protocol_features() & P::SHMEM.bits(), 0);
+    assert_eq!(vm.shm_size(), None);
+    assert!(vm.shm_config().is_none());
+    // The backend's request never leaves it (SHMEM not negotiated).
+    assert!(!map(&mut vm, 0, 0, 0x1000, true));
+    assert_eq!(vm.shm_stats(), ShmStats::default());
+    drop(vm);
+    drop(mock);
+
+    let (path, _mock) = start_mock(dir.path());
+    let mut vm = TestVm::builder().shm_config_query(false).connect(&path);
+    assert_ne!(vm.acked_protocol_features() & P::SHMEM.bits(), 0);
+    assert_eq!(vm.shm_size(), None);
+    assert!(!map(&mut vm, 0, 0, 0x1000, true));
+    assert!(vm
+        .shm_last_refusal()
+        .unwrap()
+        .contains("no shared memory region"));
+    assert_eq!(vm.shm_stats().refused, 1);
+}
+
+#[test]
+fn shm_eight_gib_region_is_only_reserved() {
+    let dir = temp_dir();
+    let size = 8 << 30;
+    let (path, _mock) = start_mock_shm(dir.path(), size);
+    let mut vm = TestVm::connect(&path);
+    assert_eq!(vm.shm_size(), Some(size));
+    assert!(map(&mut vm, 0x4000, size - 0x4000, 0x4000, true));
+    assert!(map(&mut vm, 0, 0, 0x1000, false));
+    assert_eq!(vm.shm_read(size - 0x4000, 8), pattern_range(0x4000, 8));
+    vm.shm_write(size - 8, b"the end!");
+    assert_eq!(vm.shm_read(size - 8, 8), b"the end!");
+}
+
+#[test]
+fn shm_mappings_in_set_mem_table() {
+    let dir = temp_dir();
+    let (path, mock) = start_mock(dir.path());
+    let mut vm = TestVm::connect(&path);
+    assert!(map(&mut vm, 0x3000, 0x20000, 0x2000, true));
+    vm.set_mem_table_with_shm();
+    // The backend now sees the mapping as guest memory at shm_gpa + offset.
+    let gpa = vm.shm_gpa() + 0x20000;
+    let mut b = [0u8; 16];
+    mock.lock()
+        .unwrap()
+        .mem
+        .memory()
+        .read_slice(&mut b, GuestAddress(gpa))
+        .unwrap();
+    assert_eq!(b[..], pattern_range(0x3000, 16)[..]);
+    vm.shm_write(0x20000, b"via the guest");
+    let mut b = [0u8; 13];
+    mock.lock()
+        .unwrap()
+        .mem
+        .memory()
+        .read_slice(&mut b, GuestAddress(gpa))
+        .unwrap();
+    assert_eq!(&b, b"via the guest");
+    assert_eq!(vm.ctrl(b"still", 5), b"llits");
+
+    assert!(unmap(&mut vm, 0x20000, 0x2000));
+    vm.set_mem_table_with_shm();
+    assert!(mock
+        .lock()
+        .unwrap()
+        .mem
+        .memory()
+        .read_slice(&mut b, GuestAddress(gpa))
+        .is_err());
+    assert_eq!(vm.ctrl(b"ok", 2), b"ko");
+}
+
+#[test]
+fn shm_channel_closed_by_either_side() {
+    let dir = temp_dir();
+    // The VMM closes it: the backend's request fails, nothing is mapped.
+    let (path, _mock) = start_mock(dir.path());
+    let mut vm = TestVm::connect(&path);
+    vm.close_backend_req_channel();
+    assert!(!vm.has_backend_req_channel());
+    assert!(!map(&mut vm, 0, 0, 0x1000, true));
+    assert!(vm.shm_mappings().is_empty());
+
+    // The backend closes it: the serving thread notices and ends.
+    let (path, mock) = start_mock(dir.path());
+    let mut vm = TestVm::connect(&path);
+    assert!(map(&mut vm, 0, 0, 0x1000, true));
+    mock.lock().unwrap().backend = None;
+    let deadline = std::time::Instant::now() + T;
+    while vm.has_backend_req_channel() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request thread still running"
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+    // Mappings outlive the channel.
+    assert_eq!(vm.shm_read(0, 4), pattern_range(0, 4));
 }

@@ -4,6 +4,10 @@
 //! Everything goes through the vhost-user socket as QEMU or crosvm would send it, mostly via
 //! the `vhost` crate's `Frontend`. Two messages are written by hand: GPU_SET_SOCKET (the
 //! `Frontend` has no method for it) and GET_CONFIG (the `Frontend` hangs on an error reply).
+//!
+//! Host-visible shared memory (protocol feature SHMEM) lives in [`super::shm`]: when SHMEM is
+//! negotiated the VMM asks GET_SHMEM_CONFIG, reserves region 1, and a thread serves
+//! SHMEM_MAP/UNMAP on the backend request channel; tests use the `shm_*` methods.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -20,6 +24,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+use super::shm::{Shm, ShmConfig, ShmMapping, ShmStats, DEFAULT_SHM_GPA};
 use super::virtq::{align_up, ring_layout, Arena, QueueStats, RawDesc, Used, VirtQueue};
 
 /// virtio-gpu feature bits (as masks).
@@ -74,6 +79,8 @@ pub struct TestVmBuilder {
     always_kick: bool,
     connect_timeout: Duration,
     blob_pieces: usize,
+    shm_config_query: bool,
+    shm_gpa: u64,
 }
 
 impl Default for TestVmBuilder {
@@ -87,13 +94,16 @@ impl Default for TestVmBuilder {
             protocol_mask: (VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::MQ
-                | VhostUserProtocolFeatures::BACKEND_REQ)
+                | VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::SHMEM)
                 .bits(),
             need_reply: true,
             start_queues: true,
             always_kick: false,
             connect_timeout: Duration::from_secs(10),
             blob_pieces: 2,
+            shm_config_query: true,
+            shm_gpa: DEFAULT_SHM_GPA,
         }
     }
 }
@@ -138,9 +148,36 @@ impl TestVmBuilder {
     }
 
     /// Protocol features the VMM is willing to ack (intersected with the backend's offer).
-    /// Default CONFIG | REPLY_ACK | MQ | BACKEND_REQ.
+    /// Default CONFIG | REPLY_ACK | MQ | BACKEND_REQ | SHMEM. Replaces the whole mask, so call
+    /// [`Self::shmem`] after it to change only SHMEM.
     pub fn protocol_features(mut self, mask: u64) -> Self {
         self.protocol_mask = mask;
+        self
+    }
+
+    /// Ack VHOST_USER_PROTOCOL_F_SHMEM (bit 22) if offered (default on). Off: no
+    /// GET_SHMEM_CONFIG and no region ([`TestVm::shm_size`] is `None`).
+    pub fn shmem(mut self, on: bool) -> Self {
+        let bit = VhostUserProtocolFeatures::SHMEM.bits();
+        if on {
+            self.protocol_mask |= bit;
+        } else {
+            self.protocol_mask &= !bit;
+        }
+        self
+    }
+
+    /// Send GET_SHMEM_CONFIG once SHMEM is acked (default on). Off: SHMEM stays acked but the
+    /// VMM knows of no region, so every SHMEM_MAP is refused.
+    pub fn shm_config_query(mut self, on: bool) -> Self {
+        self.shm_config_query = on;
+        self
+    }
+
+    /// Guest physical address of the shared memory region, used when mappings are described
+    /// in SET_MEM_TABLE (default [`DEFAULT_SHM_GPA`]).
+    pub fn shm_gpa(mut self, gpa: u64) -> Self {
+        self.shm_gpa = gpa;
         self
     }
 
@@ -236,7 +273,6 @@ pub struct TestVm {
     protocol_features: u64,
     acked_protocol_features: u64,
     queue_num: Option<u64>,
-    backend_req: Option<UnixStream>,
     gpu_socket: Option<UnixStream>,
     next_fence: u64,
     next_res: u32,
@@ -244,6 +280,9 @@ pub struct TestVm {
     pub(crate) blob_pieces: usize,
     /// Timeout used by `ctrl`/`cursor` and the gpu helpers (default 5 s).
     pub timeout: Duration,
+    /// Shared memory region and the backend request thread (dropped last: it joins the
+    /// thread and unmaps the region).
+    shm: Shm,
 }
 
 impl TestVm {
@@ -285,7 +324,7 @@ impl TestVm {
         let mut protocol_features = 0;
         let mut acked_protocol_features = 0;
         let mut queue_num = None;
-        let mut backend_req = None;
+        let mut shm = Shm::new(opts.shm_gpa);
         if backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             protocol_features =
                 step("GET_PROTOCOL_FEATURES", frontend.get_protocol_features())?.bits();
@@ -304,12 +343,15 @@ impl TestVm {
                 queue_num = Some(step("GET_QUEUE_NUM", frontend.get_queue_num())?);
             }
             if acked.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
-                let (ours, theirs) = UnixStream::pair()?;
-                step(
-                    "SET_BACKEND_REQ_FD",
-                    frontend.set_backend_request_fd(&theirs),
+                // A thread serves SHMEM_MAP/UNMAP (and refuses anything else) on it.
+                shm.connect_channel(
+                    &mut frontend,
+                    acked.contains(VhostUserProtocolFeatures::REPLY_ACK),
                 )?;
-                backend_req = Some(ours);
+            }
+            if acked.contains(VhostUserProtocolFeatures::SHMEM) && opts.shm_config_query {
+                let reply = step("GET_SHMEM_CONFIG", frontend.get_shmem_config())?;
+                shm.configure(ShmConfig::from_reply(&reply))?;
             }
         }
 
@@ -372,7 +414,6 @@ impl TestVm {
             protocol_features,
             acked_protocol_features,
             queue_num,
-            backend_req,
             gpu_socket: None,
             next_fence: 0,
             next_res: 0x100,
@@ -380,6 +421,7 @@ impl TestVm {
             blob_pieces: opts.blob_pieces,
             timeout: DEFAULT_TIMEOUT,
             opts,
+            shm,
         };
         vm.try_set_mem_table()?;
         if vm.opts.start_queues {
@@ -404,6 +446,32 @@ impl TestVm {
         step("SET_MEM_TABLE", self.frontend.set_mem_table(&[region])).map(|_| ())
     }
 
+    /// SET_MEM_TABLE with guest RAM plus one region per live shared memory mapping, at
+    /// [`Self::shm_gpa`] + offset — what QEMU 11.1.3 sends after each SHMEM_MAP/UNMAP. Send it
+    /// again (or [`Self::try_set_mem_table`]) after an unmap to take the mapping out.
+    pub fn try_set_mem_table_with_shm(&mut self) -> io::Result<()> {
+        let host = self
+            .mem
+            .get_host_address(GuestAddress(self.mem_base))
+            .map_err(|e| io::Error::other(format!("host address of guest RAM: {e}")))?;
+        let mut regions = vec![VhostUserMemoryRegionInfo::new(
+            self.mem_base,
+            self.mem_size,
+            host as u64,
+            0,
+            self.memfd.as_raw_fd(),
+        )];
+        // `_files` keeps the mapping fds open until the message is sent.
+        let (shm_regions, _files) = self.shm.mem_table_regions()?;
+        regions.extend(shm_regions);
+        step("SET_MEM_TABLE", self.frontend.set_mem_table(&regions)).map(|_| ())
+    }
+
+    pub fn set_mem_table_with_shm(&mut self) {
+        self.try_set_mem_table_with_shm()
+            .unwrap_or_else(|e| panic!("SET_MEM_TABLE with shared memory mappings failed: {e}"))
+    }
+
     fn host_addr(&self, gpa: u64) -> u64 {
         self.mem
             .get_host_address(GuestAddress(gpa))
@@ -413,7 +481,11 @@ impl TestVm {
     /// Resets both queues in guest memory and sends, per queue: SET_VRING_NUM, SET_VRING_ADDR,
     /// SET_VRING_BASE 0, SET_VRING_CALL, SET_VRING_KICK, SET_VRING_ENABLE 1 (the last only
     /// when VHOST_USER_F_PROTOCOL_FEATURES was acked).
+    ///
+    /// For shared memory the device counts as started from here on; a start after
+    /// [`Self::stop_queues`] first drops every mapping, as QEMU does at a reset.
     pub fn try_start_queues(&mut self) -> io::Result<()> {
+        self.shm.device_start();
         for q in 0..self.queues.len() {
             self.queues[q].reset(&self.mem);
             let size = self.queues[q].size();
@@ -459,7 +531,10 @@ impl TestVm {
             .unwrap_or_else(|e| panic!("stopping queues failed: {e}"))
     }
 
+    /// From the start of a stop, SHMEM_MAP/UNMAP requests are protocol violations (QEMU
+    /// 11.1.3 handles the backend channel only after the stop and crashes on them).
     pub fn try_stop_queues(&mut self) -> io::Result<[u32; 2]> {
+        self.shm.device_stop();
         let mut bases = [0; 2];
         for (q, base) in bases.iter_mut().enumerate() {
             if self.acked_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
@@ -514,9 +589,16 @@ impl TestVm {
         &mut self.frontend
     }
 
-    /// Our end of the backend request channel (if BACKEND_REQ was negotiated).
-    pub fn backend_req_channel(&self) -> Option<&UnixStream> {
-        self.backend_req.as_ref()
+    /// Whether the backend request channel (BACKEND_REQ) is up: sent with SET_BACKEND_REQ_FD
+    /// and not yet closed by either side. A thread serves it; see the `shm_*` methods.
+    pub fn has_backend_req_channel(&self) -> bool {
+        self.shm.channel_open()
+    }
+
+    /// Closes the VMM's end of the backend request channel (the backend's next request on it
+    /// fails) and stops the thread serving it. Mappings stay as they are.
+    pub fn close_backend_req_channel(&mut self) {
+        self.shm.close_channel();
     }
 
     // ---- config space ------------------------------------------------------------------
@@ -709,6 +791,109 @@ impl TestVm {
             .read_slice(&mut v, GuestAddress(gpa))
             .unwrap_or_else(|e| panic!("read_mem({gpa:#x}, {len}): {e}"));
         v
+    }
+
+    // ---- host-visible shared memory -----------------------------------------------------
+
+    /// Size of the host-visible region (shmid 1) from GET_SHMEM_CONFIG; `None` if SHMEM was
+    /// not negotiated, the query was not sent, or the size was 0.
+    pub fn shm_size(&self) -> Option<u64> {
+        self.shm.size()
+    }
+
+    /// The whole GET_SHMEM_CONFIG reply, if it was asked.
+    pub fn shm_config(&self) -> Option<&ShmConfig> {
+        self.shm.config()
+    }
+
+    /// Guest physical address of the region (only used in SET_MEM_TABLE).
+    pub fn shm_gpa(&self) -> u64 {
+        self.shm.gpa()
+    }
+
+    /// Reads region bytes as the guest would. Panics (never faults) unless the whole range
+    /// is covered by live mappings.
+    pub fn shm_read(&self, offset: u64, len: usize) -> Vec<u8> {
+        self.shm
+            .read(offset, len)
+            .unwrap_or_else(|e| panic!("{}", e.message()))
+    }
+
+    /// Like [`Self::shm_read`] but `None` instead of a panic when not all of it is mapped.
+    pub fn shm_try_read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        self.shm.read(offset, len).ok()
+    }
+
+    /// Writes region bytes as the guest would. Panics (never faults) unless the whole range
+    /// is covered by live writable mappings.
+    pub fn shm_write(&self, offset: u64, data: &[u8]) {
+        self.shm
+            .write(offset, data)
+            .unwrap_or_else(|e| panic!("{}", e.message()))
+    }
+
+    /// Probe: writes like [`Self::shm_write`] and returns true, or returns false without
+    /// writing anything when part of the range is mapped read-only (decided from the mapping
+    /// table; nothing faults). Still panics when part of the range is not mapped at all.
+    pub fn shm_try_write(&self, offset: u64, data: &[u8]) -> bool {
+        match self.shm.write(offset, data) {
+            Ok(()) => true,
+            Err(super::shm::AccessError::ReadOnly(_)) => false,
+            Err(e) => panic!("{}", e.message()),
+        }
+    }
+
+    /// The live mapping containing `offset`.
+    pub fn shm_mapping_at(&self, offset: u64) -> Option<ShmMapping> {
+        self.shm.mapping_at(offset)
+    }
+
+    /// All live mappings, by offset.
+    pub fn shm_mappings(&self) -> Vec<ShmMapping> {
+        self.shm.mappings()
+    }
+
+    /// Waits until a mapping contains `offset` (SHMEM_MAP is served on another thread).
+    pub fn shm_wait_mapping(&self, offset: u64, timeout: Duration) -> Option<ShmMapping> {
+        self.shm
+            .wait_mapping(offset, timeout, |m| m.is_some())
+            .flatten()
+    }
+
+    /// Waits until no mapping contains `offset`; false on timeout.
+    pub fn shm_wait_unmapped(&self, offset: u64, timeout: Duration) -> bool {
+        self.shm
+            .wait_mapping(offset, timeout, |m| m.is_none())
+            .is_some()
+    }
+
+    /// Counters of the backend request thread (maps, unmaps, refusals, violations, ...).
+    pub fn shm_stats(&self) -> ShmStats {
+        self.shm.stats()
+    }
+
+    /// Why the last SHMEM_MAP/UNMAP (or unparsable backend request) was refused.
+    pub fn shm_last_refusal(&self) -> Option<String> {
+        self.shm.last_refusal()
+    }
+
+    /// Panics if the backend sent SHMEM_MAP/UNMAP while the device was not started.
+    pub fn shm_assert_no_violations(&self) {
+        let s = self.shm.stats();
+        assert_eq!(
+            s.violations,
+            0,
+            "backend sent {} SHMEM_MAP/UNMAP request(s) while the device was not started \
+             (last refusal: {:?})",
+            s.violations,
+            self.shm.last_refusal()
+        );
+    }
+
+    /// Makes the next `n` SHMEM_MAP requests fail (as if the VMM could not map), to test the
+    /// device's handling of a refusal. Replaces any previous count.
+    pub fn shm_refuse_next(&self, n: u64) {
+        self.shm.refuse_next(n)
     }
 
     // ---- queues ------------------------------------------------------------------------
