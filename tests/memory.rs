@@ -478,3 +478,35 @@ fn guest_reset_drops_mappings_without_requests_to_a_stopped_vmm() {
     );
     map_blob(&mut fx.vm, res, 0);
 }
+
+#[test]
+fn memory_table_sent_again_while_running_like_qemu() {
+    // QEMU 11.1.3 sends SET_MEM_TABLE (with NEED_REPLY) after each SHMEM_MAP/UNMAP, with the
+    // mapping added as an extra region; the device must accept it while running.
+    let mut fx = setup();
+    let xr24 = u32::from_le_bytes(*b"XR24");
+    let r = fx
+        .ctx
+        .image_requirements(&mut fx.vm, 64, 64, xr24, 0)
+        .unwrap();
+    for round in 0..5u64 {
+        let res = fx.vm.next_resource_id();
+        assert_ok(
+            &fx.vm
+                .create_host_blob(fx.ctx.ctx_id, res, r.blob_id.into(), r.size, HOST_FLAGS),
+            "CREATE_BLOB",
+        );
+        map_blob(&mut fx.vm, res, round * r.size);
+        fx.vm.set_mem_table_with_shm();
+        fx.ctx.send(&mut fx.vm, b"still here", &[]);
+        assert_eq!(read_exact_timeout(&mut fx.host, 10, T), b"still here");
+        assert_ok(&fx.vm.resource_unmap_blob(res), "UNMAP");
+        fx.vm.set_mem_table_with_shm();
+        fx.host.write_all(b"and back").unwrap();
+        match fx.ctx.recv(&mut fx.vm, T) {
+            ChannelMsg::Receive { data, .. } => assert_eq!(data, b"and back"),
+            other => panic!("expected RECEIVE, got {other:?}"),
+        }
+    }
+    fx.vm.shm_assert_no_violations();
+}
