@@ -13,6 +13,8 @@ pub mod config;
 pub mod cross_domain;
 pub mod daemon;
 pub mod device;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod ratelimit;
 pub mod virtio_gpu;
 

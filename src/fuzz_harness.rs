@@ -1,0 +1,339 @@
+//! Entry points shared by the fuzz targets (`fuzz/`, cargo-fuzz on nightly) and by the corpus
+//! regression test (`tests/fuzz_corpus.rs`, stable): each takes arbitrary bytes and drives the
+//! real decoding and state-machine code the guest can reach. They must never panic, hang or leak;
+//! any crash found is committed under `fuzz/regressions/<target>/` and replayed by the test.
+//!
+//! Not part of the stable API.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollFlags};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::config::{self, ChannelTable};
+use crate::cross_domain::{Context, Env, Lookup, ResourceView, Scratch};
+use crate::ratelimit::RateLimiter;
+use crate::virtio_gpu::sg::{GuestMem, SgList};
+use crate::virtio_gpu::{Gpu, Limits, ShmMapper};
+
+/// Guest memory of every harness: 2 MiB at 64 KiB.
+const MEM_BASE: u64 = 0x1_0000;
+const MEM_SIZE: usize = 2 << 20;
+const STREAM_A: u64 = MEM_BASE;
+const STREAM_B: u64 = MEM_BASE + 0x4_0000;
+const QUERY_RING: u64 = MEM_BASE + 0x10_0000;
+const CHANNEL_RING: u64 = MEM_BASE + 0x11_0000;
+const SMALL_RING: u64 = MEM_BASE + 0x12_0000;
+
+fn new_memory() -> GuestMem {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(MEM_BASE), MEM_SIZE)])
+        .unwrap_or_else(|e| panic!("fuzz harness: guest memory: {e}"))
+}
+
+/// A host service for channel 2 that accepts connections and keeps the newest few open without
+/// reading, so sends succeed until the socket buffer fills, and then exercise the backlog.
+struct HostService {
+    path: PathBuf,
+}
+
+fn host_service() -> &'static HostService {
+    static SERVICE: OnceLock<HostService> = OnceLock::new();
+    SERVICE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("vucd-fuzz-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("channel-2.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)
+            .unwrap_or_else(|e| panic!("fuzz harness: bind {}: {e}", path.display()));
+        let kept: Arc<Mutex<VecDeque<UnixStream>>> = Arc::default();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                let mut k = kept.lock().unwrap_or_else(|p| p.into_inner());
+                k.push_back(s);
+                if k.len() > 8 {
+                    k.pop_front();
+                }
+            }
+        });
+        HostService { path }
+    })
+}
+
+fn channels() -> Arc<ChannelTable> {
+    static TABLE: OnceLock<Arc<ChannelTable>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            let mut t = ChannelTable::new();
+            let _ = t.insert(2, host_service().path.clone());
+            let _ = t.insert(
+                3,
+                std::env::temp_dir().join("vucd-fuzz-nobody-listens.sock"),
+            );
+            Arc::new(t)
+        })
+        .clone()
+}
+
+/// Resources as one context sees them: 1 query ring, 2 channel ring, 3 a 1 KiB ring, 4 a
+/// resource without backing, 5 a host memfd blob; everything else is not attached.
+struct FuzzView {
+    query: SgList,
+    channel: SgList,
+    small: SgList,
+    memfd: OwnedFd,
+}
+
+impl ResourceView for FuzzView {
+    fn lookup(&self, res_id: u32) -> Lookup<'_> {
+        match res_id {
+            1 => Lookup::Guest(&self.query),
+            2 => Lookup::Guest(&self.channel),
+            3 => Lookup::Guest(&self.small),
+            4 => Lookup::Unbacked,
+            5 => Lookup::Host(self.memfd.as_fd()),
+            _ => Lookup::NotAttached,
+        }
+    }
+}
+
+struct CdFixture {
+    mem: GuestMem,
+    epoll: Epoll,
+    view: FuzzView,
+    scratch: Scratch,
+    limiter: RateLimiter,
+    channels: Arc<ChannelTable>,
+}
+
+fn sg(parts: &[(u64, usize)]) -> SgList {
+    let mut s = SgList::new();
+    for &(a, l) in parts {
+        s.push(GuestAddress(a), l);
+    }
+    s
+}
+
+fn cd_fixture() -> CdFixture {
+    let memfd = nix::sys::memfd::memfd_create(c"vucd-fuzz", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .unwrap_or_else(|e| panic!("fuzz harness: memfd: {e}"));
+    let _ = nix::unistd::ftruncate(&memfd, 8192);
+    CdFixture {
+        mem: new_memory(),
+        epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .unwrap_or_else(|e| panic!("fuzz harness: epoll: {e}")),
+        view: FuzzView {
+            query: sg(&[(QUERY_RING, 4096)]),
+            // A channel ring split in two pieces, out of order, as Linux may hand it out.
+            channel: sg(&[(CHANNEL_RING + 2048, 2048), (CHANNEL_RING, 2048)]),
+            small: sg(&[(SMALL_RING, 1024)]),
+            memfd,
+        },
+        scratch: Scratch::default(),
+        limiter: RateLimiter::default(),
+        channels: channels(),
+    }
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> &'a [u8] {
+    let n = n.min(rest.len());
+    let (a, b) = rest.split_at(n);
+    *rest = b;
+    a
+}
+
+fn u16_of(b: &[u8]) -> u16 {
+    let mut v = [0u8; 2];
+    v[..b.len().min(2)].copy_from_slice(&b[..b.len().min(2)]);
+    u16::from_le_bytes(v)
+}
+
+fn u32_of(b: &[u8]) -> u32 {
+    let mut v = [0u8; 4];
+    v[..b.len().min(4)].copy_from_slice(&b[..b.len().min(4)]);
+    u32::from_le_bytes(v)
+}
+
+fn u64_of(b: &[u8]) -> u64 {
+    let mut v = [0u8; 8];
+    v[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
+    u64::from_le_bytes(v)
+}
+
+/// One cross-domain context driven by a sequence of operations, each `[op u8][len u16][bytes]`:
+/// 0 = SUBMIT_3D command stream (`bytes`, laid out in two guest-memory pieces), 1 = a POLL fence
+/// and a delivery attempt, 2 = an epoll event (`bytes` = source u32, events u32), 3 = a HOST3D
+/// blob request (`bytes` = blob id u32, size u64). The context is torn down at the end.
+pub fn cross_domain_commands(data: &[u8]) {
+    thread_local! {
+        static FX: RefCell<Option<CdFixture>> = const { RefCell::new(None) };
+    }
+    FX.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let fx = guard.get_or_insert_with(cd_fixture);
+        let mut ctx = Context::new(7, "fuzz".into());
+        let mut rest = data;
+        let mut fence = 0u64;
+        while rest.len() >= 3 {
+            let op = rest[0];
+            let len = usize::from(u16_of(&rest[1..3]));
+            rest = &rest[3..];
+            let bytes = take(&mut rest, len);
+            let mut env = Env {
+                mem: &fx.mem,
+                epoll: &fx.epoll,
+                channels: &fx.channels,
+                scratch: &mut fx.scratch,
+                limiter: &mut fx.limiter,
+            };
+            match op % 4 {
+                0 => {
+                    let half = bytes.len() / 2;
+                    let _ = fx.mem.write_slice(&bytes[..half], GuestAddress(STREAM_A));
+                    let _ = fx.mem.write_slice(&bytes[half..], GuestAddress(STREAM_B));
+                    let stream = sg(&[(STREAM_A, half), (STREAM_B, bytes.len() - half)]);
+                    let _ = ctx.submit(&mut env, &fx.view, &stream, 0, bytes.len());
+                }
+                1 => {
+                    fence += 1;
+                    ctx.arm_poll(fence);
+                    let _ = ctx.try_deliver(&mut env);
+                }
+                2 => {
+                    let src = u32_of(bytes);
+                    let events =
+                        EpollFlags::from_bits_truncate(u32_of(&bytes[bytes.len().min(4)..]) as i32);
+                    ctx.on_event(&mut env, src, events);
+                    let _ = ctx.try_deliver(&mut env);
+                }
+                _ => {
+                    let id = u32_of(bytes);
+                    let size = u64_of(&bytes[bytes.len().min(4)..]) % (1 << 24);
+                    let _ = ctx.take_blob(id, size);
+                }
+            }
+        }
+        ctx.teardown(&fx.epoll);
+    });
+}
+
+/// Accepts every map with an even offset page and refuses the others, so both outcomes occur.
+struct FuzzMapper;
+
+impl ShmMapper for FuzzMapper {
+    fn map(&self, _fd: BorrowedFd<'_>, offset: u64, _len: u64, _w: bool) -> io::Result<()> {
+        if (offset / 4096) % 2 == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::other("refused"))
+        }
+    }
+
+    fn unmap(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn gpu() -> Gpu {
+    Gpu::new(channels(), 1, 1 << 24, Limits::default())
+        .unwrap_or_else(|e| panic!("fuzz harness: gpu: {e}"))
+}
+
+/// The control-queue decoder and dispatcher. `data` = guest memory image (first 64 KiB, copied
+/// to the start of guest memory) followed by requests, each `[n u8][n x (addr u32, len u32,
+/// flags u8)]`: a descriptor chain whose addresses are offsets from the memory base (large
+/// values fall outside guest memory). Every request goes to `Gpu::process_chain`; every fourth
+/// one on the cursor queue.
+pub fn control_queue(data: &[u8]) {
+    thread_local! {
+        static MEM: GuestMem = new_memory();
+    }
+    MEM.with(|mem| {
+        let mut rest = data;
+        let image = take(&mut rest, 0x1_0000);
+        let _ = mem.write_slice(image, GuestAddress(MEM_BASE));
+        let mut g = gpu();
+        let mut head = 0u16;
+        while !rest.is_empty() {
+            let n = usize::from(take(&mut rest, 1)[0] % 8);
+            let mut descs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let d = take(&mut rest, 9);
+                let addr = MEM_BASE.wrapping_add(u64::from(u32_of(d)));
+                let len = u32_of(&d[d.len().min(4)..]);
+                let flags = if d.len() > 8 && d[8] & 1 != 0 { 2 } else { 0 };
+                descs.push(Descriptor::new(addr, len, flags, 0));
+            }
+            head = head.wrapping_add(1);
+            let _ = g.process_chain(mem, head, descs.into_iter(), head % 4 == 0, &FuzzMapper);
+            let _ = g.take_completions().count();
+        }
+        g.complete_all_and_reset();
+        let _ = g.take_completions().count();
+    });
+}
+
+/// A split virtqueue laid out in guest memory from the fuzz bytes (descriptor table, avail
+/// ring, then the memory image), walked with virtio-queue and dispatched like the device does.
+pub fn virtqueue(data: &[u8]) {
+    thread_local! {
+        static MEM: GuestMem = new_memory();
+    }
+    const QSIZE: u16 = 16;
+    const DESC: u64 = MEM_BASE;
+    const AVAIL: u64 = MEM_BASE + 0x1000;
+    const USED: u64 = MEM_BASE + 0x2000;
+    MEM.with(|mem| {
+        let mut rest = data;
+        let table = take(&mut rest, 16 * QSIZE as usize);
+        let _ = mem.write_slice(table, GuestAddress(DESC));
+        let avail = take(&mut rest, 4 + 2 * QSIZE as usize);
+        let _ = mem.write_slice(avail, GuestAddress(AVAIL));
+        let _ = mem.write_slice(&[0u8; 4 + 8 * QSIZE as usize], GuestAddress(USED));
+        let _ = mem.write_slice(rest, GuestAddress(MEM_BASE + 0x3000));
+        let Ok(mut q) = Queue::new(QSIZE) else {
+            return;
+        };
+        q.set_size(QSIZE);
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        let mut g = gpu();
+        // Bounded: a queue holds at most QSIZE new chains per avail-index wrap.
+        for _ in 0..(4 * QSIZE) {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            if let Some(len) = g.process_chain(mem, head, chain, false, &FuzzMapper) {
+                let _ = q.add_used(mem, head, len);
+            }
+            for (h, l) in g.take_completions() {
+                let _ = q.add_used(mem, h, l);
+            }
+        }
+        g.complete_all_and_reset();
+    });
+}
+
+/// The command-line parsers: `--channel`, its type, `--shm-size`, `--scanouts`.
+pub fn config_parsers(data: &[u8]) {
+    let s = String::from_utf8_lossy(data);
+    let _ = config::parse_channel_spec(&s);
+    let _ = config::parse_channel_type(&s);
+    let _ = config::parse_shm_size(&s);
+    let _ = config::parse_scanouts(&s);
+    let mut t = ChannelTable::new();
+    for part in s.split('\n') {
+        let _ = t.add_channel_arg(part);
+    }
+    let _ = t.capset_mask();
+}
