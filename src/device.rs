@@ -15,7 +15,7 @@
 //! before it acknowledges.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -94,6 +94,9 @@ pub struct Backend {
     channel: Mutex<Option<BackendChannel>>,
     control: EventFd,
     quiesced: (Mutex<bool>, Condvar),
+    /// Exit-event fds handed to `vhost-user-backend`, which turns them into raw fds and never
+    /// closes them; [`Backend::close_exit_event_fds`] does, once the session is over.
+    exit_fds: Mutex<Vec<RawFd>>,
 }
 
 /// Maps blobs into the VMM's host-visible region over the vhost-user backend channel.
@@ -177,7 +180,23 @@ impl Backend {
             channel: Mutex::new(None),
             control: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             quiesced: (Mutex::new(false), Condvar::new()),
+            exit_fds: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Close the exit-event fds the vhost-user library leaks (one per session otherwise).
+    /// Call only after the `VhostUserDaemon` of this backend was dropped: dropping it joins the
+    /// worker threads, whose epoll sets were the only users of these fds.
+    pub fn close_exit_event_fds(&self) {
+        for fd in lock(&self.exit_fds).drain(..) {
+            // SAFETY: `fd` is the consumer end created in `exit_event`; vhost-user-backend 0.24
+            // converted it with `into_raw_fd` into its worker's epoll set and never closes it.
+            // The worker threads were joined when the daemon was dropped (the caller's
+            // contract), so nothing uses the fd any more and it is closed exactly once here.
+            unsafe {
+                libc::close(fd);
+            }
+        }
     }
 
     /// The fd to register with the worker's epoll under [`SHUTDOWN_EVENT`].
@@ -407,7 +426,10 @@ impl VhostUserBackend for Backend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        lock(&self.exit_fds).push(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
