@@ -1,17 +1,24 @@
 //! The daemon's validated configuration.
 //!
 //! This module owns [`Config`], the channel table (which host Unix socket serves which
-//! cross-domain channel type), the parsers for the command-line values that fill them, and
-//! [`ConfigError`]. Everything here runs once at start-up, before any VMM connects.
+//! cross-domain channel type), [`Listen`] (how the VMM reaches the daemon: exactly one of
+//! `--socket-path`, `--fd` and socket activation), the parsers for the command-line values that
+//! fill them, and [`ConfigError`]. Everything here runs once at start-up, before any VMM
+//! connects.
 //!
 //! It must never touch the file system or the network: a path is checked for being present and
-//! non-empty, not for existing, because host services may start after the daemon. It must never
+//! non-empty, not for existing, because host services may start after the daemon. (What kind of
+//! socket an inherited file descriptor is, is checked by [`crate::inherited`].) It must never
 //! panic on user input; every rejection is a [`ConfigError`] whose message names the flag and
 //! the value the user gave.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::inherited::FdError;
 
 /// Channel names accepted in place of numbers in `--channel NAME:PATH`, with their numbers.
 ///
@@ -45,6 +52,10 @@ const CHANNEL_FLAG: &str = "--channel";
 const WAYLAND_SOCK_FLAG: &str = "--wayland-sock";
 const SOCKET_PATH_FLAG: &str = "--socket-path";
 const SCANOUTS_FLAG: &str = "--scanouts";
+const FD_FLAG: &str = "--fd";
+const SHM_SIZE_FLAG: &str = "--shm-size";
+/// How socket activation is named in messages (it has no flag; `LISTEN_FDS` is its variable).
+pub const ACTIVATION_SOURCE: &str = "socket activation (LISTEN_FDS)";
 
 /// Channel type `--wayland-sock PATH` stands for.
 const WAYLAND_CHANNEL_TYPE: u32 = 1;
@@ -52,8 +63,8 @@ const WAYLAND_CHANNEL_TYPE: u32 = 1;
 /// Everything the daemon needs to serve one VMM.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the daemon listens for the VMM's vhost-user connection.
-    pub socket_path: PathBuf,
+    /// How the VMM's vhost-user connection reaches the daemon.
+    pub listen: Listen,
     /// Channel type → host Unix socket.
     pub channels: ChannelTable,
     /// `num_scanouts` reported in the device configuration space (0..=[`MAX_SCANOUTS`]).
@@ -64,6 +75,55 @@ pub struct Config {
 
 /// Default size of the host-visible region: 8 GiB, as crosvm.
 pub const DEFAULT_SHM_SIZE: u64 = 8 << 30;
+
+/// How the VMM's vhost-user connection reaches the daemon. Exactly one is configured; see
+/// [`select_listen`].
+#[derive(Debug, Clone)]
+pub enum Listen {
+    /// `--socket-path PATH`: the daemon creates a listening socket at PATH and serves VMMs one
+    /// after another.
+    Path(PathBuf),
+    /// A listening socket passed by the service manager (socket activation, `Accept=no`): the
+    /// daemon serves VMMs one after another on it. The socket belongs to the service manager,
+    /// which keeps it open across restarts of the daemon.
+    Listener {
+        /// The socket (fd 3 when the daemon was started).
+        fd: Arc<OwnedFd>,
+        /// Its name from `LISTEN_FDNAMES`, for the logs.
+        name: String,
+    },
+    /// A socket already connected to the VMM: `--fd N`, or socket activation with
+    /// `Accept=yes`. The daemon serves this one VMM and exits when it disconnects.
+    Connected {
+        /// The socket.
+        fd: Arc<OwnedFd>,
+        /// Where it came from, for the logs (`--fd 5`, `socket activation`).
+        origin: String,
+    },
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Path(path) => write!(f, "{}", path.display()),
+            Listen::Listener { name, .. } => write!(f, "the socket-activated socket '{name}'"),
+            Listen::Connected { origin, .. } => write!(f, "the connected socket from {origin}"),
+        }
+    }
+}
+
+/// Picks the one way to reach the VMM out of the `candidates` given, each named by its flag
+/// (`--socket-path`, `--fd`, [`ACTIVATION_SOURCE`]). None, or more than one, is an error.
+pub fn select_listen(candidates: Vec<(&'static str, Listen)>) -> Result<Listen, ConfigError> {
+    let mut candidates = candidates.into_iter();
+    let Some((first, listen)) = candidates.next() else {
+        return Err(ConfigError::NoListenSocket);
+    };
+    if let Some((second, _)) = candidates.next() {
+        return Err(ConfigError::ListenConflict { first, second });
+    }
+    Ok(listen)
+}
 
 /// Which host Unix socket a cross-domain context is connected to for each channel type.
 ///
@@ -248,6 +308,103 @@ pub fn parse_socket_path(path: &Path) -> Result<PathBuf, ConfigError> {
     Ok(path.to_path_buf())
 }
 
+/// Parses `--fd N`: a decimal file descriptor number. Whether N is an open, connected Unix
+/// stream socket is checked separately ([`crate::inherited::inspect`]).
+pub fn parse_fd(s: &str) -> Result<RawFd, ConfigError> {
+    s.parse::<RawFd>()
+        .ok()
+        .filter(|&fd| fd >= 0 && s.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| ConfigError::InvalidFd {
+            flag: FD_FLAG,
+            value: s.to_owned(),
+        })
+}
+
+/// An `--fd N` whose descriptor cannot be served (not open, not a connected Unix stream socket).
+pub fn unusable_fd(value: &str, reason: FdError) -> ConfigError {
+    ConfigError::UnusableFd {
+        flag: FD_FLAG,
+        value: value.to_owned(),
+        reason,
+    }
+}
+
+/// Parses `--shm-size SIZE`: a byte count with an optional binary suffix `K`, `M` or `G` (any
+/// case; `8G` is 8 << 30). It must be non-zero and a multiple of the host page size.
+pub fn parse_shm_size(s: &str) -> Result<u64, ConfigError> {
+    parse_shm_size_with_page(s, host_page_size())
+}
+
+/// The host page size (`sysconf(_SC_PAGESIZE)`), 4096 if the system does not say.
+pub fn host_page_size() -> u64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+        Ok(Some(n)) if n > 0 => n as u64,
+        _ => 4096,
+    }
+}
+
+fn parse_shm_size_with_page(s: &str, page_size: u64) -> Result<u64, ConfigError> {
+    let err = |reason| ConfigError::InvalidShmSize {
+        flag: SHM_SIZE_FLAG,
+        value: s.to_owned(),
+        reason,
+    };
+    let (digits, shift) = match s.as_bytes().last() {
+        Some(b'k' | b'K') => (&s[..s.len() - 1], 10),
+        Some(b'm' | b'M') => (&s[..s.len() - 1], 20),
+        Some(b'g' | b'G') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err(ShmSizeProblem::Syntax));
+    }
+    let size = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or(err(ShmSizeProblem::TooLarge))?;
+    if size == 0 {
+        return Err(err(ShmSizeProblem::Zero));
+    }
+    if size % page_size != 0 {
+        return Err(err(ShmSizeProblem::NotPageMultiple { page_size }));
+    }
+    Ok(size)
+}
+
+/// Why a `--shm-size` value was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShmSizeProblem {
+    /// Not digits with an optional K, M or G.
+    Syntax,
+    /// Above 2^64 - 1 bytes.
+    TooLarge,
+    /// Zero.
+    Zero,
+    /// Not a multiple of the host page size.
+    NotPageMultiple {
+        /// The host page size in bytes.
+        page_size: u64,
+    },
+}
+
+impl fmt::Display for ShmSizeProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Syntax => f.write_str(
+                "expected a byte count with an optional K, M or G suffix (binary units), \
+                 for example 8G",
+            ),
+            Self::TooLarge => f.write_str("the size does not fit in 64 bits"),
+            Self::Zero => f.write_str("the size must not be zero"),
+            Self::NotPageMultiple { page_size } => write!(
+                f,
+                "the size must be a multiple of the host page size ({page_size} bytes)"
+            ),
+        }
+    }
+}
+
 fn check_reserved(channel_type: u32) -> Result<(), ConfigError> {
     let reason = match channel_type {
         CHANNEL_TYPE_NONE => ReservedReason::NoChannel,
@@ -347,9 +504,46 @@ pub enum ConfigError {
     #[error("{flag} '{value}': expected a number from 0 to {MAX_SCANOUTS}")]
     InvalidScanouts { flag: &'static str, value: String },
 
+    /// `--fd` not a decimal number.
+    #[error("{flag} '{value}': expected a file descriptor number, for example 3")]
+    InvalidFd { flag: &'static str, value: String },
+
+    /// `--fd N` that is not an open, connected Unix stream socket.
+    #[error("{flag} '{value}': {reason}")]
+    UnusableFd {
+        flag: &'static str,
+        value: String,
+        reason: FdError,
+    },
+
+    /// `--shm-size` not a non-zero, page-aligned byte count.
+    #[error("{flag} '{value}': {reason}")]
+    InvalidShmSize {
+        flag: &'static str,
+        value: String,
+        reason: ShmSizeProblem,
+    },
+
+    /// The socket-activation variables are malformed or pass something the daemon cannot serve.
+    #[error("socket activation: {reason}")]
+    Activation { reason: String },
+
     /// No way to reach the VMM was given.
-    #[error("no listening socket given: pass --socket-path PATH")]
+    #[error(
+        "no vhost-user socket given: pass --socket-path PATH or --fd N, or start the daemon \
+         through socket activation (LISTEN_FDS)"
+    )]
     NoListenSocket,
+
+    /// More than one way to reach the VMM was given.
+    #[error(
+        "{first} and {second} both give the vhost-user socket: use exactly one of \
+         --socket-path, --fd and socket activation"
+    )]
+    ListenConflict {
+        first: &'static str,
+        second: &'static str,
+    },
 }
 
 impl ConfigError {
@@ -364,11 +558,14 @@ impl ConfigError {
             | Self::EmptyPath { flag, value }
             | Self::PathTooLong { flag, value }
             | Self::DuplicateChannel { flag, value, .. }
-            | Self::InvalidScanouts { flag, value } => {
+            | Self::InvalidScanouts { flag, value }
+            | Self::InvalidFd { flag, value }
+            | Self::UnusableFd { flag, value, .. }
+            | Self::InvalidShmSize { flag, value, .. } => {
                 *flag = new_flag;
                 new_value.clone_into(value);
             }
-            Self::NoListenSocket => {}
+            Self::Activation { .. } | Self::NoListenSocket | Self::ListenConflict { .. } => {}
         }
         self
     }
@@ -724,5 +921,123 @@ mod tests {
             parse_scanouts("17").unwrap_err().to_string(),
             "--scanouts '17': expected a number from 0 to 16"
         );
+    }
+
+    #[test]
+    fn shm_sizes() {
+        let page = 4096;
+        let ok = |s: &str| parse_shm_size_with_page(s, page).unwrap();
+        assert_eq!(ok("8G"), 8 << 30);
+        assert_eq!(ok("8g"), 8 << 30);
+        assert_eq!(ok("512M"), 512 << 20);
+        assert_eq!(ok("512m"), 512 << 20);
+        assert_eq!(ok("4K"), 4096);
+        assert_eq!(ok("64k"), 64 << 10);
+        assert_eq!(ok("4096"), 4096);
+        assert_eq!(ok("8589934592"), 8 << 30);
+        assert_eq!(ok("016M"), 16 << 20);
+        // The largest page-aligned value that fits.
+        assert_eq!(ok("17179869183G"), 17_179_869_183 << 30);
+        // Page size 16 KiB (some arm64 hosts).
+        assert_eq!(parse_shm_size_with_page("16K", 16384).unwrap(), 16384);
+        // The default is a valid value.
+        assert_eq!(ok("8G"), DEFAULT_SHM_SIZE);
+        // The real host page size divides the default.
+        assert_eq!(parse_shm_size("8G").unwrap(), DEFAULT_SHM_SIZE);
+    }
+
+    #[test]
+    fn bad_shm_sizes() {
+        let problem = |s: &str| match parse_shm_size_with_page(s, 4096).unwrap_err() {
+            ConfigError::InvalidShmSize { reason, value, .. } => {
+                assert_eq!(value, s);
+                reason
+            }
+            e => panic!("{s}: {e:?}"),
+        };
+        for s in [
+            "", "G", "x", "8T", "8GB", "8GiB", "8 G", " 8G", "-1", "+4096", "0x1000", "1.5G", "8Gg",
+        ] {
+            assert_eq!(problem(s), ShmSizeProblem::Syntax, "{s:?}");
+        }
+        for s in ["0", "0G", "000K"] {
+            assert_eq!(problem(s), ShmSizeProblem::Zero, "{s:?}");
+        }
+        for s in [
+            "17179869184G",
+            "18446744073709551616",
+            "99999999999999999999999M",
+        ] {
+            assert_eq!(problem(s), ShmSizeProblem::TooLarge, "{s:?}");
+        }
+        for s in ["1", "4095", "1K", "6K", "4097"] {
+            assert_eq!(
+                problem(s),
+                ShmSizeProblem::NotPageMultiple { page_size: 4096 },
+                "{s:?}"
+            );
+        }
+        assert!(parse_shm_size_with_page("8K", 16384).is_err());
+        assert_eq!(
+            parse_shm_size_with_page("5000", 4096)
+                .unwrap_err()
+                .to_string(),
+            "--shm-size '5000': the size must be a multiple of the host page size (4096 bytes)"
+        );
+        assert_eq!(
+            parse_shm_size_with_page("0", 4096).unwrap_err().to_string(),
+            "--shm-size '0': the size must not be zero"
+        );
+        assert_eq!(
+            parse_shm_size_with_page("8T", 4096)
+                .unwrap_err()
+                .to_string(),
+            "--shm-size '8T': expected a byte count with an optional K, M or G suffix (binary \
+             units), for example 8G"
+        );
+    }
+
+    #[test]
+    fn fds() {
+        assert_eq!(parse_fd("0").unwrap(), 0);
+        assert_eq!(parse_fd("3").unwrap(), 3);
+        assert_eq!(parse_fd("0042").unwrap(), 42);
+        assert_eq!(parse_fd("2147483647").unwrap(), i32::MAX);
+        for s in ["", "-1", "+3", " 3", "3 ", "x", "0x3", "2147483648", "3.0"] {
+            let e = parse_fd(s).unwrap_err();
+            assert!(matches!(e, ConfigError::InvalidFd { .. }), "{s}: {e:?}");
+        }
+        assert_eq!(
+            parse_fd("x").unwrap_err().to_string(),
+            "--fd 'x': expected a file descriptor number, for example 3"
+        );
+        assert_eq!(
+            unusable_fd("9", FdError::NotOpen).to_string(),
+            "--fd '9': not an open file descriptor"
+        );
+    }
+
+    #[test]
+    fn exactly_one_listen() {
+        let path = || Listen::Path("/run/g.sock".into());
+        let e = select_listen(Vec::new()).unwrap_err();
+        assert!(matches!(e, ConfigError::NoListenSocket));
+        assert_eq!(
+            e.to_string(),
+            "no vhost-user socket given: pass --socket-path PATH or --fd N, or start the daemon \
+             through socket activation (LISTEN_FDS)"
+        );
+        match select_listen(vec![("--socket-path", path())]).unwrap() {
+            Listen::Path(p) => assert_eq!(p, Path::new("/run/g.sock")),
+            other => panic!("{other:?}"),
+        }
+        let e = select_listen(vec![("--socket-path", path()), (ACTIVATION_SOURCE, path())])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--socket-path and socket activation (LISTEN_FDS) both give the vhost-user socket: \
+             use exactly one of --socket-path, --fd and socket activation"
+        );
+        assert_eq!(path().to_string(), "/run/g.sock");
     }
 }

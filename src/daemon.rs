@@ -1,17 +1,48 @@
-//! The serve loop: listen on the vhost-user socket, serve one VMM at a time, and after the
-//! VMM disconnects drop all device state and listen again. The process lives as long as its
-//! service unit; one process serves one VM.
+//! The daemon's life cycle: where VMM connections come from, one session per connection,
+//! readiness notification and shutdown. The process lives as long as its service unit; one
+//! process serves one VM.
+//!
+//! This module owns:
+//! - the serve loops. On a listening socket (`--socket-path`, or the one socket activation
+//!   passes) the daemon serves one VMM at a time and, after it disconnects, drops all device
+//!   state and accepts the next. On a socket already connected to the VMM (`--fd N`, or socket
+//!   activation with `Accept=yes`) it serves that one session through [`crate::relay`] and
+//!   returns when the VMM disconnects;
+//! - one session: a fresh [`Backend`] and `VhostUserDaemon`, torn down when it ends;
+//! - readiness: `READY=1` once the socket listens (or the single session is being served), and
+//!   status lines, through [`crate::systemd`];
+//! - shutdown: SIGTERM and SIGINT are blocked in every thread and read from a signalfd by a
+//!   dedicated thread, which sends `STOPPING=1`, stops accepting (removes the `--socket-path`
+//!   socket), asks the current session's backend to complete every pending fence and close its
+//!   channels ([`Backend::quiesce`], at most [`QUIESCE_TIMEOUT`]), and exits the process with
+//!   status 0. Exiting closes the vhost-user connection, guest memory and everything else.
+//!
+//! [`run`] therefore owns the process: call it once, from `main`, before starting any other
+//! thread (the signal mask is inherited from the calling thread).
 
-use std::sync::Arc;
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use log::{error, info};
+use log::{error, info, warn};
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
+use vhost_user_backend::{VhostUserDaemon, VringEpollHandler};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::config::Config;
+use crate::config::{Config, Listen};
 use crate::device::{Backend, HOST_EVENT, SHUTDOWN_EVENT};
+use crate::relay::{self, Relay, RelayError};
+use crate::systemd;
+
+/// How long shutdown waits for the current session to complete its pending fences and close
+/// its channels before the process exits anyway.
+pub const QUIESCE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Errors that end the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -22,30 +53,151 @@ pub enum Error {
         path: String,
         source: vhost::vhost_user::Error,
     },
+    /// An inherited socket could not be used.
+    #[error("cannot use {what}: {source}")]
+    Socket { what: String, source: io::Error },
+    /// Signal handling could not be set up.
+    #[error("cannot set up SIGTERM/SIGINT handling: {0}")]
+    Signals(Errno),
+    /// The signal thread could not be started.
+    #[error("cannot start the signal thread: {0}")]
+    SignalThread(io::Error),
+    /// The private socket behind `--fd` could not be created.
+    #[error("cannot create the private socket for the relayed session: {0}")]
+    PrivateSocket(io::Error),
     /// Device state could not be set up.
     #[error("cannot create the device: {0}")]
-    Device(std::io::Error),
+    Device(io::Error),
     /// The vhost-user library failed outside a single session.
     #[error("vhost-user: {0}")]
     VhostUser(vhost_user_backend::Error),
+    /// The only session (`--fd`) ended with an error rather than a disconnect.
+    #[error("the session ended with an error: {0}")]
+    Session(vhost_user_backend::Error),
+    /// The relay of the only session (`--fd`) ended it because of a malformed message or an
+    /// I/O error.
+    #[error("the session ended with an error: {0}")]
+    Relay(RelayError),
 }
 
-/// Serve VMM connections on the configured socket, one after another, until a fatal error.
+/// Serve VMM connections as configured, until a fatal error, or until the only session ends
+/// (`Listen::Connected`). SIGTERM and SIGINT exit the process with status 0 (see the module
+/// documentation).
 pub fn run(config: &Config) -> Result<(), Error> {
-    let mut listener =
-        Listener::new(&config.socket_path, true).map_err(|source| Error::Listen {
-            path: config.socket_path.display().to_string(),
-            source,
-        })?;
-    info!(
-        "listening on {} for the VMM's vhost-user connection",
-        config.socket_path.display()
-    );
-    let mut session = 0u64;
+    let shutdown = Arc::new(Shutdown {
+        current: Mutex::new(None),
+        socket_path: match &config.listen {
+            Listen::Path(path) => Some(path.clone()),
+            _ => None,
+        },
+    });
+    start_signal_thread(shutdown.clone())?;
+
+    match &config.listen {
+        Listen::Path(path) => {
+            let listener = Listener::new(path, true).map_err(|source| Error::Listen {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let place = path.display().to_string();
+            info!("listening on {place} for the VMM's vhost-user connection");
+            serve_listener(listener, &place, config, &shutdown)
+        }
+        Listen::Listener { fd, name } => {
+            let what = format!("the socket-activated socket '{name}'");
+            let listener = fd
+                .try_clone()
+                .map(UnixListener::from)
+                .and_then(|l| l.set_nonblocking(false).map(|()| l))
+                .map_err(|source| Error::Socket {
+                    what: what.clone(),
+                    source,
+                })?;
+            info!("socket activation: listening on {what} for the VMM's vhost-user connection");
+            serve_listener(Listener::from(listener), &what, config, &shutdown)
+        }
+        Listen::Connected { fd, origin } => {
+            let vmm = fd
+                .try_clone()
+                .map(UnixStream::from)
+                .map_err(|source| Error::Socket {
+                    what: format!("the socket from {origin}"),
+                    source,
+                })?;
+            serve_connected(vmm, origin, config, &shutdown)
+        }
+    }
+}
+
+/// Serves one VMM after another on `listener`; `place` names it in logs and status lines.
+fn serve_listener(
+    mut listener: Listener,
+    place: &str,
+    config: &Config,
+    shutdown: &Shutdown,
+) -> Result<(), Error> {
+    systemd::notify_ready(&format!("waiting for a VMM on {place}"));
+    let mut number = 0u64;
     loop {
-        session += 1;
+        number += 1;
+        let mut session = Session::new(config, number)?;
+        session
+            .daemon
+            .start(&mut listener)
+            .map_err(Error::VhostUser)?;
+        info!("session {number}: VMM connected");
+        systemd::notify_status(&format!("serving a VMM on {place} (session {number})"));
+        // Whatever the outcome, the daemon goes on with the next VMM.
+        let _ = session.serve(shutdown);
+        session.finish();
+        info!("session {number}: device state cleared; waiting for the next VMM");
+        systemd::notify_status(&format!("waiting for a VMM on {place}"));
+    }
+}
+
+/// Serves the one VMM connected on `vmm`, through a relay (see [`crate::relay`] for why).
+fn serve_connected(
+    vmm: UnixStream,
+    origin: &str,
+    config: &Config,
+    shutdown: &Shutdown,
+) -> Result<(), Error> {
+    let (private, daemon_end) = relay::private_connection().map_err(Error::PrivateSocket)?;
+    let mut session = Session::new(config, 1)?;
+    let mut listener = Listener::from(private);
+    // Accepts the connection `private_connection` already made; does not wait.
+    session
+        .daemon
+        .start(&mut listener)
+        .map_err(Error::VhostUser)?;
+    drop(listener);
+    let relay = Relay::start(vmm, daemon_end).map_err(|source| Error::Socket {
+        what: format!("the socket from {origin}"),
+        source,
+    })?;
+    info!("serving the VMM on the socket from {origin}; the daemon exits when it disconnects");
+    systemd::notify_ready(&format!("serving the VMM on the socket from {origin}"));
+    let outcome = session.serve(shutdown);
+    let relayed = relay.join();
+    session.finish();
+    relayed.map_err(Error::Relay)?;
+    outcome.map_err(Error::Session)?;
+    info!("the only session is over; exiting");
+    Ok(())
+}
+
+/// One VMM connection's device and vhost-user state.
+struct Session {
+    number: u64,
+    backend: Arc<Backend>,
+    daemon: VhostUserDaemon<Arc<Backend>>,
+    handlers: Vec<Arc<VringEpollHandler<Arc<Backend>>>>,
+}
+
+impl Session {
+    fn new(config: &Config, number: u64) -> Result<Self, Error> {
         let backend = Arc::new(Backend::new(config).map_err(Error::Device)?);
-        let mut daemon = VhostUserDaemon::new(
+        let daemon = VhostUserDaemon::new(
             "vhost-user-cross-domain".to_string(),
             backend.clone(),
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
@@ -62,17 +214,130 @@ pub fn run(config: &Config) -> Result<(), Error> {
             )
             .map_err(Error::Device)?;
         }
-        daemon.start(&mut listener).map_err(Error::VhostUser)?;
-        info!("session {session}: VMM connected");
-        match daemon.wait() {
-            Ok(()) => info!("session {session}: VMM disconnected"),
-            Err(e) => error!("session {session}: ended with an error: {e}"),
+        Ok(Session {
+            number,
+            backend,
+            daemon,
+            handlers,
+        })
+    }
+
+    /// Waits for the connected session to end, with the backend published to the signal
+    /// thread meanwhile. `Ok` if the VMM disconnected, the error if the session ended on one.
+    fn serve(&mut self, shutdown: &Shutdown) -> Result<(), vhost_user_backend::Error> {
+        let number = self.number;
+        shutdown.set_current(Some(self.backend.clone()));
+        let result = self.daemon.wait();
+        shutdown.set_current(None);
+        match result {
+            Ok(()) => {
+                info!("session {number}: VMM disconnected");
+                Ok(())
+            }
+            Err(e) if is_disconnect(&e) => {
+                info!("session {number}: VMM disconnected ({e})");
+                Ok(())
+            }
+            Err(e) => {
+                error!("session {number}: ended with an error: {e}");
+                Err(e)
+            }
         }
-        for h in &handlers {
+    }
+
+    /// Stops the worker threads and drops all device state (contexts, resources, host
+    /// sockets).
+    fn finish(self) {
+        for h in &self.handlers {
             h.send_exit_event();
         }
-        backend.reset();
-        drop(daemon);
-        info!("session {session}: device state cleared; waiting for the next VMM");
+        self.backend.reset();
+        drop(self.daemon);
+        // Only now are the worker threads joined; see Backend::close_exit_event_fds.
+        self.backend.close_exit_event_fds();
     }
+}
+
+/// True for the ways a session ends when the VMM goes away.
+fn is_disconnect(e: &vhost_user_backend::Error) -> bool {
+    use vhost::vhost_user::Error as VuError;
+    matches!(
+        e,
+        vhost_user_backend::Error::HandleRequest(
+            VuError::Disconnected | VuError::PartialMessage | VuError::SocketBroken(_)
+        )
+    )
+}
+
+/// What the signal thread needs to shut down.
+struct Shutdown {
+    /// The backend of the session being served, if a VMM is connected.
+    current: Mutex<Option<Arc<Backend>>>,
+    /// The socket the daemon created (`--socket-path`), removed at shutdown.
+    socket_path: Option<PathBuf>,
+}
+
+impl Shutdown {
+    fn set_current(&self, backend: Option<Arc<Backend>>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = backend;
+    }
+
+    fn current(&self) -> Option<Arc<Backend>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Shuts down for `signal` and exits the process with status 0.
+    fn exit(&self, signal: &str) -> ! {
+        info!("{signal} received: shutting down");
+        systemd::notify_stopping();
+        if let Some(path) = &self.socket_path {
+            // No new VMM can connect from now on.
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(backend) = self.current() {
+            if backend.quiesce(QUIESCE_TIMEOUT) {
+                info!("pending fences completed and channels closed");
+            } else {
+                warn!(
+                    "the device did not finish its pending work within {QUIESCE_TIMEOUT:?}; \
+                     exiting anyway"
+                );
+            }
+        }
+        info!("stopped");
+        std::process::exit(0);
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and so in every thread started after it)
+/// and starts the thread that reads them from a signalfd.
+fn start_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), Error> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_block().map_err(Error::Signals)?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(Error::Signals)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            match signals.read_signal() {
+                Ok(Some(info)) => {
+                    let name = Signal::try_from(info.ssi_signo as i32)
+                        .map(|s| s.as_str())
+                        .unwrap_or("signal");
+                    shutdown.exit(name);
+                }
+                Ok(None) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    // Not expected; avoid spinning if it persists.
+                    error!("reading signals failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .map_err(Error::SignalThread)?;
+    Ok(())
 }

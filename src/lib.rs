@@ -3,8 +3,13 @@
 //! configured for the channel type the guest names in INIT.
 //!
 //! Module map:
-//! - [`config`]: the validated configuration and the channel table (`TYPE:PATH`).
-//! - [`daemon`]: listening socket and the serve loop that re-listens after a VMM disconnect.
+//! - [`config`]: the validated configuration, the channel table (`TYPE:PATH`) and how the VMM
+//!   reaches the daemon (`--socket-path`, `--fd`, socket activation).
+//! - [`daemon`]: the serve loops (re-listening after a VMM disconnect, or one session on a
+//!   connected socket), readiness notification, and shutdown on SIGTERM/SIGINT.
+//! - [`inherited`]: checks and ownership of the sockets the daemon is started with.
+//! - [`relay`]: the framing-aware message relay behind `--fd`.
+//! - [`systemd`]: socket activation and `sd_notify` readiness messages.
 //! - [`device`]: the vhost-user backend (features, config space, queue events).
 //! - [`virtio_gpu`]: virtio-gpu wire structs, control-queue dispatch, resources and fences.
 //! - [`cross_domain`]: cross-domain wire structs, contexts, items and channel I/O.
@@ -15,7 +20,10 @@ pub mod daemon;
 pub mod device;
 #[doc(hidden)]
 pub mod fuzz_harness;
+pub mod inherited;
 pub mod ratelimit;
+pub mod relay;
+pub mod systemd;
 pub mod virtio_gpu;
 
 pub use config::Config;

@@ -1,19 +1,23 @@
-//! Command line of `vhost-user-cross-domain`: parses the flags into a [`Config`], sets up
-//! logging and hands over to the library. All device behaviour lives in the library; this file
-//! only maps outcomes to exit codes: 0 clean stop, 1 runtime failure, 2 invalid configuration
-//! (clap's own usage errors also exit with 2).
+//! Command line of `vhost-user-cross-domain`: parses the flags (and the socket-activation
+//! environment) into a [`Config`], answers `--print-capabilities`, sets up logging and hands
+//! over to the library. All device behaviour lives in the library; this file only maps outcomes
+//! to exit codes: 0 clean stop, 1 runtime failure, 2 invalid configuration (clap's own usage
+//! errors also exit with 2).
 
 use std::error::Error as StdError;
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{ArgGroup, Parser};
 use log::{error, info, warn};
 use vhost_user_cross_domain::config::{
-    channel_name, parse_scanouts, parse_socket_path, ChannelTable, ConfigError, CHANNEL_NAMES,
+    channel_name, parse_fd, parse_scanouts, parse_shm_size, parse_socket_path, select_listen,
+    unusable_fd, ChannelTable, ConfigError, Listen, ACTIVATION_SOURCE, CHANNEL_NAMES,
 };
-use vhost_user_cross_domain::Config;
+use vhost_user_cross_domain::inherited::{self, FdError, SocketKind};
+use vhost_user_cross_domain::{systemd, Config};
 
 /// Exit status for a failure after the configuration was accepted.
 const EXIT_RUNTIME_FAILURE: u8 = 1;
@@ -26,14 +30,22 @@ const ABOUT: &str =
 const LONG_ABOUT: &str = "\
 vhost-user virtio-gpu device that offers only the cross-domain context type (capset 5).
 
-A VMM (crosvm, QEMU) connects to the vhost-user socket given with --socket-path. A guest program
-opens a cross-domain context and names a numeric channel type; the daemon connects that context
-to the host Unix socket configured for the type with --channel and carries bytes and file
-descriptors both ways. It never looks inside the traffic: what a channel number means is agreed
-between the guest program and the host service.";
+A VMM (crosvm, QEMU) reaches the daemon through exactly one of: the vhost-user socket the
+daemon creates at --socket-path, an already connected socket passed as --fd N, or a listening
+socket passed by systemd socket activation. A guest program opens a cross-domain context and
+names a numeric channel type; the daemon connects that context to the host Unix socket
+configured for the type with --channel and carries bytes and file descriptors both ways. It
+never looks inside the traffic: what a channel number means is agreed between the guest
+program and the host service.";
 
-// The listening-socket flags form one group so that a future `--fd` can join it and clap keeps
-// enforcing "exactly one of them".
+/// The `--print-capabilities` answer (QEMU's vhost-user.json schema). The schema's only GPU
+/// features are "render-node" and "virgl"; this device has neither a render node nor a virgl
+/// renderer (it offers the VIRGL feature bit only because Linux requires it before a context
+/// can be created), so the list is empty.
+const CAPABILITIES: &str = "{\n  \"type\": \"gpu\",\n  \"features\": []\n}";
+
+// `--socket-path` and `--fd` form one group, so clap rejects both together; socket activation
+// joins the choice in `config_from_args`.
 #[derive(Debug, Parser)]
 #[command(
     name = "vhost-user-cross-domain",
@@ -42,7 +54,7 @@ between the guest program and the host service.";
     long_about = LONG_ABOUT,
     after_help = "Run with --help for examples.",
     after_long_help = EXAMPLES,
-    group(ArgGroup::new("listen").required(true).multiple(false).args(["socket_path"])),
+    group(ArgGroup::new("listen").required(false).multiple(false).args(["socket_path", "fd"])),
 )]
 struct Args {
     /// Unix socket path on which to wait for the VMM's vhost-user connection.
@@ -53,10 +65,34 @@ struct Args {
         long_help = "\
 Unix socket path on which to wait for the VMM's vhost-user connection. The daemon
 creates the socket and the VMM connects to it as a client; when the VMM goes away,
-the daemon waits for the next connection.
+the daemon waits for the next connection. Exactly one of --socket-path, --fd and
+socket activation gives the socket.
 Example: --socket-path /run/vm1/gpu.sock"
     )]
     socket_path: Option<OsString>,
+
+    /// Serve the vhost-user connection already open on file descriptor N, then exit.
+    #[arg(
+        long,
+        value_name = "N",
+        long_help = "\
+Serve the vhost-user connection already open on file descriptor N (a Unix stream
+socket connected to the VMM, as libvirt passes it), for one session: the daemon exits
+with status 0 when the VMM disconnects.
+Example: --fd 3"
+    )]
+    fd: Option<String>,
+
+    /// Print the vhost-user capabilities as JSON and exit; other options are ignored.
+    #[arg(
+        long,
+        long_help = "\
+Print the vhost-user capabilities JSON object (QEMU's vhost-user.json schema) on
+standard output and exit with status 0; every other option is ignored. The answer is
+{\"type\": \"gpu\", \"features\": []}: the device has neither a render node nor a virgl
+renderer."
+    )]
+    print_capabilities: bool,
 
     /// Connect channel type TYPE to the host Unix socket PATH (repeatable).
     #[arg(long = "channel", value_name = "TYPE:PATH", long_help = channel_long_help())]
@@ -86,6 +122,20 @@ and newer accept 0 and then skip display setup; older kernels refuse a GPU with 
 Example: --scanouts 0"
     )]
     scanouts: String,
+
+    /// Size of the host-visible shared memory region, in bytes (K, M, G suffixes).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "8G",
+        long_help = "\
+Size of the host-visible shared memory region the device offers the VMM, in bytes,
+with an optional K, M or G suffix (binary units: 8G is 8 GiB). It must be a non-zero
+multiple of the host page size. The VMM reserves this much guest physical address
+space; nothing is allocated up front.
+Example: --shm-size 4G"
+    )]
+    shm_size: String,
 }
 
 fn channel_long_help() -> String {
@@ -129,10 +179,25 @@ Examples:
         -chardev socket,id=gpu,path=/run/vm1/gpu.sock \\
         -device vhost-user-test-device-pci,chardev=gpu,virtio-id=16,num_vqs=2,config_size=24 ...
 
-Logging: RUST_LOG selects the log level (default: info), for example RUST_LOG=debug.
+  Serve one connection that libvirt (or another manager) already opened, then exit:
+    vhost-user-cross-domain --fd 3 --channel wayland:$XDG_RUNTIME_DIR/wayland-0
+
+  Under systemd socket activation no socket option is given; the socket unit's socket
+  arrives as fd 3 (LISTEN_FDS=1) and the daemon keeps accepting after each VMM:
+    systemctl start vhost-user-cross-domain@vm1.socket
+
+Environment: RUST_LOG selects the log level (default: info), for example RUST_LOG=debug.
+LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES pass a socket-activated socket; NOTIFY_SOCKET
+receives READY=1 once the daemon accepts connections and STOPPING=1 on shutdown.
+Signals: SIGTERM or SIGINT completes pending fences, closes the channels and exits 0.
 Exit status: 0 clean stop, 1 runtime failure, 2 invalid command line or configuration.";
 
 fn main() -> ExitCode {
+    // The backend-program convention: --print-capabilities answers whatever else is given.
+    if wants_capabilities(std::env::args_os().skip(1)) {
+        println!("{CAPABILITIES}");
+        return ExitCode::SUCCESS;
+    }
     // Exits with 2 on a usage error, 0 for --help and --version.
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -155,11 +220,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// True if `--print-capabilities` is among the arguments (before a `--`).
+fn wants_capabilities(args: impl Iterator<Item = OsString>) -> bool {
+    args.take_while(|a| a != "--")
+        .any(|a| a == "--print-capabilities")
+}
+
 fn config_from_args(args: &Args) -> Result<Config, ConfigError> {
-    let socket_path = match &args.socket_path {
-        Some(path) => parse_socket_path(Path::new(path))?,
-        None => return Err(ConfigError::NoListenSocket),
-    };
+    let listen = listen_from_args(args)?;
     let mut channels = ChannelTable::new();
     for spec in &args.channels {
         channels.add_channel_arg(spec)?;
@@ -168,11 +236,73 @@ fn config_from_args(args: &Args) -> Result<Config, ConfigError> {
         channels.add_wayland_sock_arg(Path::new(path))?;
     }
     let num_scanouts = parse_scanouts(&args.scanouts)?;
+    let shm_size = parse_shm_size(&args.shm_size)?;
     Ok(Config {
-        socket_path,
+        listen,
         channels,
         num_scanouts,
-        shm_size: vhost_user_cross_domain::config::DEFAULT_SHM_SIZE,
+        shm_size,
+    })
+}
+
+/// Exactly one of `--socket-path`, `--fd` and socket activation.
+fn listen_from_args(args: &Args) -> Result<Listen, ConfigError> {
+    let mut candidates = Vec::new();
+    if let Some(path) = &args.socket_path {
+        let path = parse_socket_path(Path::new(path))?;
+        candidates.push(("--socket-path", Listen::Path(path)));
+    }
+    if let Some(value) = &args.fd {
+        let fd = parse_fd(value)?;
+        match inherited::inspect(fd) {
+            Ok(SocketKind::Connected) => {}
+            Ok(SocketKind::Listening) => return Err(unusable_fd(value, FdError::Listening)),
+            Err(e) => return Err(unusable_fd(value, e)),
+        }
+        // SAFETY: `fd` is open (just inspected) and was handed to the daemon by number on the
+        // command line; nothing in this process owns it, and this is the only place that takes
+        // it.
+        let owned = unsafe { inherited::take(fd) };
+        candidates.push((
+            "--fd",
+            Listen::Connected {
+                fd: Arc::new(owned),
+                origin: format!("--fd {fd}"),
+            },
+        ));
+    }
+    match systemd::activation() {
+        Ok(None) => {}
+        Ok(Some(activation)) => candidates.push((ACTIVATION_SOURCE, activated(activation)?)),
+        // Variables that are not meant for this process (an inherited environment) must not
+        // stop a daemon given its socket on the command line.
+        Err(e) if !candidates.is_empty() => warn!("ignoring the socket-activation variables: {e}"),
+        Err(e) => {
+            return Err(ConfigError::Activation {
+                reason: e.to_string(),
+            })
+        }
+    }
+    select_listen(candidates)
+}
+
+/// The socket passed by socket activation: a listening one (`Accept=no`, the normal case) or
+/// one connection (`Accept=yes`).
+fn activated(activation: systemd::Activation) -> Result<Listen, ConfigError> {
+    let systemd::Activation { fd, name } = activation;
+    let kind = inherited::inspect(fd).map_err(|e| ConfigError::Activation {
+        reason: format!("fd {fd} ('{name}') is {e}"),
+    })?;
+    // SAFETY: the service manager passed `fd` (checked open just now) to this process for the
+    // daemon's use; nothing else in the process owns it, and this is the only place that takes
+    // it.
+    let owned = Arc::new(unsafe { inherited::take(fd) });
+    Ok(match kind {
+        SocketKind::Listening => Listen::Listener { fd: owned, name },
+        SocketKind::Connected => Listen::Connected {
+            fd: owned,
+            origin: format!("socket activation (fd {fd}, '{name}')"),
+        },
     })
 }
 

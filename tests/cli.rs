@@ -1,10 +1,11 @@
 //! Command-line behaviour of the real binary: rejected configurations exit with status 2 and an
-//! error naming the flag and the value; `--help` and `--version` work.
+//! error naming the flag and the value; `--help`, `--version` and `--print-capabilities` work.
 //!
-//! None of these tests lets the daemon start serving: every accepted command line here stops in
-//! clap (`--help`, `--version`), and every other one is invalid. The socket path points into a
-//! directory that does not exist, so even a daemon started by mistake could not listen, and
-//! each run is killed after a deadline rather than hanging the test suite.
+//! None of these tests lets the daemon start serving: every accepted command line here stops
+//! before serving (`--help`, `--version`, `--print-capabilities`), and every other one is
+//! invalid. The socket path points into a directory that does not exist, so even a daemon
+//! started by mistake could not listen, and each run is killed after a deadline rather than
+//! hanging the test suite.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -200,10 +201,90 @@ fn scanouts_out_of_range() {
 }
 
 #[test]
-fn socket_path_is_required() {
+fn a_vhost_user_socket_is_required() {
     let out = run(&["--channel", "2:/run/portal.sock"]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
-    assert!(out.stderr.contains("--socket-path"), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "vhost-user-cross-domain: error: no vhost-user socket given: pass --socket-path PATH or \
+         --fd N, or start the daemon through socket activation (LISTEN_FDS)"
+    );
+}
+
+#[test]
+fn socket_path_and_fd_conflict() {
+    let out = run(&["--socket-path", SOCKET, "--fd", "3"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("'--socket-path <PATH>' cannot be used with '--fd <N>'"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Runs with `args` (no --socket-path) and checks the rejection names `flag` and `value`.
+fn assert_rejected_alone(args: &[&str], flag: &str, value: &str) -> String {
+    let out = run(args);
+    assert_eq!(out.code, Some(2), "{args:?}: stderr: {}", out.stderr);
+    assert!(
+        out.stderr.starts_with(&format!(
+            "vhost-user-cross-domain: error: {flag} '{value}': "
+        )),
+        "{args:?}: stderr: {}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{args:?}: stdout: {}", out.stdout);
+    out.stderr
+}
+
+#[test]
+fn bad_fd() {
+    for v in ["x", "-1", "3.0", "0x3", "99999999999"] {
+        let arg = format!("--fd={v}");
+        let err = assert_rejected_alone(&[&arg], "--fd", v);
+        assert!(err.contains("expected a file descriptor number"), "{err}");
+    }
+    // Far above anything the test harness leaves open.
+    let err = assert_rejected_alone(&["--fd", "1000000"], "--fd", "1000000");
+    assert!(err.contains("not an open file descriptor"), "{err}");
+    // Standard input is /dev/null here.
+    let err = assert_rejected_alone(&["--fd", "0"], "--fd", "0");
+    assert!(err.contains("not a socket"), "{err}");
+}
+
+#[test]
+fn bad_shm_size() {
+    let err = assert_rejected(&["--shm-size", "0"], "--shm-size", "0");
+    assert!(err.contains("must not be zero"), "{err}");
+    let err = assert_rejected(&["--shm-size", "5000"], "--shm-size", "5000");
+    assert!(err.contains("multiple of the host page size"), "{err}");
+    let err = assert_rejected(&["--shm-size", "8T"], "--shm-size", "8T");
+    assert!(err.contains("K, M or G"), "{err}");
+    assert_rejected(&["--shm-size", "lots"], "--shm-size", "lots");
+    assert_rejected(&["--shm-size=-4K"], "--shm-size", "-4K");
+    let err = assert_rejected(
+        &["--shm-size", "17179869184G"],
+        "--shm-size",
+        "17179869184G",
+    );
+    assert!(err.contains("64 bits"), "{err}");
+}
+
+#[test]
+fn print_capabilities_ignores_everything_else() {
+    for args in [
+        &["--print-capabilities"][..],
+        &["--fd", "x", "--print-capabilities", "--bogus"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+        assert_eq!(
+            out.stdout, "{\n  \"type\": \"gpu\",\n  \"features\": []\n}\n",
+            "{args:?}"
+        );
+        assert!(out.stderr.is_empty(), "{args:?}: {}", out.stderr);
+    }
 }
 
 #[test]
@@ -212,6 +293,12 @@ fn help() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     for needle in [
         "--socket-path",
+        "--fd <N>",
+        "--print-capabilities",
+        "--shm-size",
+        "LISTEN_FDS",
+        "NOTIFY_SOCKET",
+        "SIGTERM",
         "--channel",
         "--wayland-sock",
         "--scanouts",

@@ -1,0 +1,129 @@
+//! The service manager's side channels: socket activation (`LISTEN_PID`, `LISTEN_FDS`,
+//! `LISTEN_FDNAMES`) and readiness notification (`NOTIFY_SOCKET`: `READY=1`, `STATUS=…`,
+//! `STOPPING=1`).
+//!
+//! This module owns reading those variables and sending notifications. Both protocols come from
+//! the `sd-notify` crate; the one addition here is sending to an abstract-namespace
+//! `NOTIFY_SOCKET` (`@name`), which sd_notify(3) allows and the crate does not handle.
+//! Without `NOTIFY_SOCKET` every notification is a no-op, so the daemon behaves the same outside
+//! systemd. Notification failures are logged and never stop the daemon.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use log::warn;
+use sd_notify::NotifyState;
+
+/// The socket a service manager passed to this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    /// Its descriptor (3).
+    pub fd: RawFd,
+    /// Its name (`LISTEN_FDNAMES`, by default the socket unit's name; "unknown" if unset).
+    pub name: String,
+}
+
+/// Socket-activation variables that are set for this process but unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    /// `LISTEN_PID`, `LISTEN_FDS` or `LISTEN_FDNAMES` is malformed, or a passed descriptor is
+    /// not open.
+    #[error("cannot use LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES: {0}")]
+    Environment(io::Error),
+    /// More than one socket was passed.
+    #[error(
+        "LISTEN_FDS={0}: expected exactly one socket (give the socket unit a single \
+         ListenStream=)"
+    )]
+    TooMany(usize),
+}
+
+/// The socket passed by socket activation, if this process was started that way.
+///
+/// `None` when `LISTEN_PID` is unset or names another process (the variables were inherited,
+/// not meant for us), or when `LISTEN_FDS` is 0. The descriptor is marked close-on-exec; what
+/// kind of socket it is, is left to [`crate::inherited::inspect`].
+pub fn activation() -> Result<Option<Activation>, ActivationError> {
+    let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
+        .map_err(ActivationError::Environment)?
+        .collect();
+    match fds.len() {
+        0 => Ok(None),
+        1 => {
+            let (fd, name) = fds.into_iter().next().unwrap_or((3, String::new()));
+            Ok(Some(Activation { fd, name }))
+        }
+        n => Err(ActivationError::TooMany(n)),
+    }
+}
+
+/// `READY=1` with a status line: the daemon serves VMMs from now on.
+pub fn notify_ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// A new status line (shown by `systemctl status`).
+pub fn notify_status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
+/// `STOPPING=1`: the daemon has begun to shut down.
+pub fn notify_stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+fn send(states: &[NotifyState]) {
+    let result = match std::env::var_os("NOTIFY_SOCKET") {
+        None => return,
+        Some(path) if path.as_encoded_bytes().first() == Some(&b'@') => {
+            send_abstract(&path.as_encoded_bytes()[1..], states)
+        }
+        Some(_) => sd_notify::notify(states),
+    };
+    if let Err(e) = result {
+        let text: Vec<String> = states.iter().map(ToString::to_string).collect();
+        warn!(
+            "cannot notify the service manager ({}): {e}",
+            text.join(", ")
+        );
+    }
+}
+
+fn send_abstract(name: &[u8], states: &[NotifyState]) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let addr = SocketAddr::from_abstract_name(name)?;
+    let socket = UnixDatagram::unbound()?;
+    let sent = socket.send_to_addr(message.as_bytes(), &addr)?;
+    if sent != message.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "incomplete notification",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    #[test]
+    fn abstract_notify_socket() {
+        let name = format!("vhost-user-cross-domain-test-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let receiver = UnixDatagram::bind_addr(&addr).unwrap();
+        send_abstract(
+            name.as_bytes(),
+            &[NotifyState::Ready, NotifyState::Status("x")],
+        )
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\nSTATUS=x\n");
+    }
+}
