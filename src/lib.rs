@@ -21,6 +21,7 @@ pub mod device;
 #[doc(hidden)]
 pub mod fuzz_harness;
 pub mod inherited;
+pub mod proxy;
 pub mod ratelimit;
 pub mod relay;
 pub mod systemd;

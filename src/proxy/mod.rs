@@ -1,0 +1,104 @@
+//! `cross-domain-proxy`: the guest-side endpoint of a cross-domain channel.
+//!
+//! It runs inside the guest, listens on a Unix socket, and gives every client that connects its
+//! own cross-domain context (its own DRM file) on the channel type it was started with. Bytes
+//! and file descriptors then flow between the client and the host service the daemon connects
+//! that context to; see `docs/guest-proxy.md` for what crosses and how.
+//!
+//! Module map:
+//! - [`device`]: the [`VirtGpuDevice`] trait — the dozen DRM operations the proxy needs — and
+//!   its argument types. The session logic only talks to this trait.
+//! - [`kernel`]: [`KernelDevice`], the trait on a real virtio-gpu render node (virtgpu ioctls,
+//!   `mmap`), plus `SCM_RIGHTS` reception. All of the proxy's `unsafe` code is here.
+//! - [`wire`]: the cross-domain commands the guest writes and the ring messages it reads.
+//! - [`session`]: one client: context setup (feature and capset checks, CONTEXT_INIT, rings,
+//!   INIT) and the forwarding loop.
+//!
+//! [`serve`] accepts clients and runs each session on its own thread, so one client's failure
+//! (or its slowness) never affects another.
+
+pub mod device;
+pub mod kernel;
+pub mod session;
+pub mod wire;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{error, info};
+
+pub use device::{BlobMapping, DeviceError, VirtGpuDevice};
+pub use kernel::KernelDevice;
+pub use session::{probe, DeviceInfo, End, ProxyConfig, Session, SessionError, Stats};
+
+/// Accepts clients on `listener` forever; each gets a thread that opens a device with `open`
+/// and runs a [`Session`]. Errors are logged, per client.
+pub fn serve<F, D>(listener: UnixListener, config: ProxyConfig, open: F) -> !
+where
+    F: Fn() -> Result<D, DeviceError> + Send + Sync + 'static,
+    D: VirtGpuDevice + 'static,
+{
+    let open = Arc::new(open);
+    let mut next_id: u64 = 0;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                next_id += 1;
+                let id = next_id;
+                let open = open.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("client-{id}"))
+                    .spawn(move || handle_client(id, config, stream, &*open));
+                if let Err(e) = spawned {
+                    error!("client {id}: cannot start a thread: {e}; connection closed");
+                }
+            }
+            Err(e) => {
+                error!("accept: {e}");
+                // Out of descriptors or memory: give the running sessions a moment.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Runs one client's session to its end and logs the outcome.
+pub fn handle_client<F, D>(id: u64, config: ProxyConfig, stream: UnixStream, open: &F)
+where
+    F: Fn() -> Result<D, DeviceError>,
+    D: VirtGpuDevice,
+{
+    let dev = match open() {
+        Ok(dev) => dev,
+        Err(e) => {
+            error!("client {id}: cannot open the virtio-gpu device: {e}; connection closed");
+            return;
+        }
+    };
+    let session = match Session::open(id, config, dev, stream) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("client {id}: cannot set up a cross-domain context: {e}; connection closed");
+            return;
+        }
+    };
+    info!(
+        "client {id}: connected to channel {:#x}",
+        config.channel_type
+    );
+    let (result, stats) = session.run();
+    let traffic = format!(
+        "{} bytes and {} fds to the host, {} bytes and {} fds to the client, {} fds refused",
+        stats.bytes_to_host,
+        stats.fds_to_host,
+        stats.bytes_to_client,
+        stats.fds_to_client,
+        stats.fds_refused
+    );
+    match result {
+        Ok(End::ClientClosed) => info!("client {id}: closed by the client ({traffic})"),
+        Ok(End::HostClosed) => info!("client {id}: closed by the host service ({traffic})"),
+        Err(e) => error!("client {id}: {e}; connection closed ({traffic})"),
+    }
+}

@@ -1,0 +1,407 @@
+//! The guest side of the cross-domain wire format: the commands the proxy submits (INIT, POLL,
+//! SEND, WRITE, GET_IMAGE_REQUIREMENTS) and the channel-ring messages it reads (RECEIVE,
+//! READ).
+//!
+//! Layouts are the daemon's [`crate::cross_domain::protocol`] structs (28 identifiers per
+//! SEND/RECEIVE, spec §3), so both sides share one pinned definition. Everything read from a
+//! ring is checked against the ring's size before use: the host writes it.
+#![forbid(unsafe_code)]
+
+use std::mem::size_of;
+
+use vm_memory::ByteValued;
+
+use crate::cross_domain::protocol::{
+    CmdHeader, GetImageRequirements, ImageRequirements, Init, ReadWrite, SendReceive,
+    CMD_GET_IMAGE_REQUIREMENTS, CMD_INIT, CMD_POLL, CMD_READ, CMD_RECEIVE, CMD_SEND, CMD_WRITE,
+    MAX_IDENTIFIERS, READ_PIPE_ID_BASE,
+};
+
+/// Size of each ring (a guest blob of one 4096-byte page, as every guest uses).
+pub const RING_SIZE: usize = 4096;
+/// SEND/RECEIVE header with 28 identifiers.
+pub const SEND_HEADER: usize = size_of::<SendReceive>();
+/// Most data bytes per SEND: what fits a 4096-byte ring after the header (the host reads
+/// RECEIVEs of at most this size too).
+pub const MAX_SEND_DATA: usize = RING_SIZE - SEND_HEADER;
+/// READ/WRITE header.
+pub const RW_HEADER: usize = size_of::<ReadWrite>();
+/// Most data bytes per WRITE.
+pub const MAX_WRITE_DATA: usize = RING_SIZE - RW_HEADER;
+/// Size of the GET_IMAGE_REQUIREMENTS reply in the query ring.
+pub const IMAGE_REQUIREMENTS_SIZE: usize = size_of::<ImageRequirements>();
+/// DRM fourcc `R8  `: one byte per pixel, so a `width × 1` image is `width` bytes.
+pub const DRM_FORMAT_R8: u32 = u32::from_le_bytes(*b"R8  ");
+
+/// One identifier of a SEND or RECEIVE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identifier {
+    pub id: u32,
+    /// `ID_TYPE_*`.
+    pub kind: u32,
+    /// Size in bytes (memory identifiers in RECEIVE; informational in SEND).
+    pub size: u32,
+}
+
+/// A malformed message in the channel ring or query ring.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("the ring buffer of {0} bytes is shorter than a message header")]
+    Short(usize),
+    #[error("RECEIVE with {0} identifiers (at most 28)")]
+    TooManyIdentifiers(u32),
+    #[error("{what} with {size} data bytes does not fit a {ring}-byte ring")]
+    DataTooLong {
+        what: &'static str,
+        size: u32,
+        ring: usize,
+    },
+    #[error("{0} data bytes do not fit one command")]
+    CommandTooLong(usize),
+}
+
+fn header(cmd: u8, size: usize) -> Result<CmdHeader, WireError> {
+    Ok(CmdHeader {
+        cmd,
+        ring_idx: 0,
+        cmd_size: u16::try_from(size).map_err(|_| WireError::CommandTooLong(size))?,
+        pad: 0,
+    })
+}
+
+/// INIT in the 20-byte form: query ring, channel ring, channel type.
+pub fn init(query_ring: u32, channel_ring: u32, channel_type: u32) -> Vec<u8> {
+    let cmd = Init {
+        hdr: CmdHeader {
+            cmd: CMD_INIT,
+            ring_idx: 0,
+            cmd_size: size_of::<Init>() as u16,
+            pad: 0,
+        },
+        query_ring_id: query_ring,
+        channel_ring_id: channel_ring,
+        channel_type,
+    };
+    cmd.as_slice().to_vec()
+}
+
+/// POLL: the header and a zero u64, 16 bytes as every guest sends it.
+pub fn poll() -> Vec<u8> {
+    let hdr = CmdHeader {
+        cmd: CMD_POLL,
+        ring_idx: 0,
+        cmd_size: 16,
+        pad: 0,
+    };
+    let mut v = hdr.as_slice().to_vec();
+    v.extend_from_slice(&0u64.to_le_bytes());
+    v
+}
+
+/// GET_IMAGE_REQUIREMENTS for a linear `width × height` image of `drm_format`.
+pub fn get_image_requirements(width: u32, height: u32, drm_format: u32) -> Vec<u8> {
+    let cmd = GetImageRequirements {
+        hdr: CmdHeader {
+            cmd: CMD_GET_IMAGE_REQUIREMENTS,
+            ring_idx: 0,
+            cmd_size: size_of::<GetImageRequirements>() as u16,
+            pad: 0,
+        },
+        width,
+        height,
+        drm_format,
+        flags: 0,
+    };
+    cmd.as_slice().to_vec()
+}
+
+/// SEND of `data` (at most [`MAX_SEND_DATA`] bytes) with up to 28 identifiers.
+pub fn send(ids: &[Identifier], data: &[u8]) -> Result<Vec<u8>, WireError> {
+    if ids.len() > MAX_IDENTIFIERS {
+        return Err(WireError::TooManyIdentifiers(ids.len() as u32));
+    }
+    if data.len() > MAX_SEND_DATA {
+        return Err(WireError::CommandTooLong(data.len()));
+    }
+    let mut cmd = SendReceive {
+        hdr: header(CMD_SEND, SEND_HEADER + data.len())?,
+        num_identifiers: ids.len() as u32,
+        opaque_data_size: data.len() as u32,
+        ..Default::default()
+    };
+    for (i, ident) in ids.iter().enumerate() {
+        cmd.identifiers[i] = ident.id;
+        cmd.identifier_types[i] = ident.kind;
+        cmd.identifier_sizes[i] = ident.size;
+    }
+    let mut v = Vec::with_capacity(SEND_HEADER + data.len());
+    v.extend_from_slice(cmd.as_slice());
+    v.extend_from_slice(data);
+    Ok(v)
+}
+
+/// WRITE of `data` (at most [`MAX_WRITE_DATA`] bytes) into the host pipe `id`.
+pub fn write(id: u32, data: &[u8], hang_up: bool) -> Result<Vec<u8>, WireError> {
+    if data.len() > MAX_WRITE_DATA {
+        return Err(WireError::CommandTooLong(data.len()));
+    }
+    let cmd = ReadWrite {
+        hdr: header(CMD_WRITE, RW_HEADER + data.len())?,
+        identifier: id,
+        hang_up: u32::from(hang_up),
+        opaque_data_size: data.len() as u32,
+        pad: 0,
+    };
+    let mut v = Vec::with_capacity(RW_HEADER + data.len());
+    v.extend_from_slice(cmd.as_slice());
+    v.extend_from_slice(data);
+    Ok(v)
+}
+
+/// A message the host wrote into the channel ring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChannelMessage {
+    /// RECEIVE: bytes and identifiers from the host socket. No identifiers and no data means
+    /// the host service closed the channel.
+    Receive { ids: Vec<Identifier>, data: Vec<u8> },
+    /// READ: data from a host pipe the guest asked to read (a READ_PIPE identifier);
+    /// `hang_up` means the host's write end was closed.
+    Read {
+        id: u32,
+        hang_up: bool,
+        data: Vec<u8>,
+    },
+    /// The header is still zero: the fence signalled without a message (the host refused the
+    /// POLL, or the context is going away).
+    Nothing,
+    /// A command this proxy does not handle.
+    Other(u8),
+}
+
+/// Copies a `T` out of the start of `bytes` (which may be unaligned).
+fn read_struct<T: ByteValued + Default>(bytes: &[u8]) -> Result<T, WireError> {
+    let mut v = T::default();
+    let n = size_of::<T>();
+    let src = bytes.get(..n).ok_or(WireError::Short(bytes.len()))?;
+    v.as_mut_slice().copy_from_slice(src);
+    Ok(v)
+}
+
+/// Decodes the channel ring (the whole ring, `ring.len()` bytes).
+pub fn decode_channel(ring: &[u8]) -> Result<ChannelMessage, WireError> {
+    let hdr: CmdHeader = read_struct(ring)?;
+    match hdr.cmd {
+        0 => Ok(ChannelMessage::Nothing),
+        CMD_RECEIVE => {
+            let r: SendReceive = read_struct(ring)?;
+            let n = r.num_identifiers;
+            if n as usize > MAX_IDENTIFIERS {
+                return Err(WireError::TooManyIdentifiers(n));
+            }
+            let size = r.opaque_data_size;
+            let data = ring
+                .get(SEND_HEADER..)
+                .and_then(|rest| rest.get(..size as usize))
+                .ok_or(WireError::DataTooLong {
+                    what: "RECEIVE",
+                    size,
+                    ring: ring.len(),
+                })?
+                .to_vec();
+            let ids = (0..n as usize)
+                .map(|i| Identifier {
+                    id: r.identifiers[i],
+                    kind: r.identifier_types[i],
+                    size: r.identifier_sizes[i],
+                })
+                .collect();
+            Ok(ChannelMessage::Receive { ids, data })
+        }
+        CMD_READ => {
+            let r: ReadWrite = read_struct(ring)?;
+            let size = r.opaque_data_size;
+            let data = ring
+                .get(RW_HEADER..)
+                .and_then(|rest| rest.get(..size as usize))
+                .ok_or(WireError::DataTooLong {
+                    what: "READ",
+                    size,
+                    ring: ring.len(),
+                })?
+                .to_vec();
+            Ok(ChannelMessage::Read {
+                id: r.identifier,
+                hang_up: r.hang_up != 0,
+                data,
+            })
+        }
+        other => Ok(ChannelMessage::Other(other)),
+    }
+}
+
+/// Decodes the GET_IMAGE_REQUIREMENTS reply at the start of the query ring.
+pub fn decode_image_requirements(ring: &[u8]) -> Result<ImageRequirements, WireError> {
+    read_struct(ring)
+}
+
+/// The guest's copy of the host's read-pipe counter (spec §5.2): ids are predicted, and the
+/// host refuses a SEND whose READ_PIPE id is not the next one.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadPipeIds {
+    last: u32,
+}
+
+impl Default for ReadPipeIds {
+    fn default() -> Self {
+        ReadPipeIds {
+            last: READ_PIPE_ID_BASE,
+        }
+    }
+}
+
+impl ReadPipeIds {
+    /// The id the host will give the next read pipe: incremented before use, and brought back
+    /// to 0x80000000 if it wraps below it. The first is 0x80000001.
+    pub fn next_id(&mut self) -> u32 {
+        self.last = self.last.wrapping_add(1).max(READ_PIPE_ID_BASE);
+        self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cross_domain::protocol::{ID_TYPE_READ_PIPE, ID_TYPE_VIRTGPU_BLOB};
+
+    fn le32(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(SEND_HEADER, 352);
+        assert_eq!(MAX_SEND_DATA, 3744);
+        assert_eq!(RW_HEADER, 24);
+        assert_eq!(MAX_WRITE_DATA, 4072);
+        assert_eq!(IMAGE_REQUIREMENTS_SIZE, 64);
+        assert_eq!(DRM_FORMAT_R8, 0x2020_3852);
+    }
+
+    #[test]
+    fn init_poll_and_image_requirements_encode_as_the_spec_says() {
+        let i = init(7, 8, 0x12);
+        assert_eq!(i.len(), 20);
+        assert_eq!(&i[..4], &[1, 0, 20, 0]);
+        assert_eq!((le32(&i, 8), le32(&i, 12), le32(&i, 16)), (7, 8, 0x12));
+        let p = poll();
+        assert_eq!(p, [3, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let g = get_image_requirements(8192, 1, DRM_FORMAT_R8);
+        assert_eq!(g.len(), 24);
+        assert_eq!(&g[..4], &[2, 0, 24, 0]);
+        assert_eq!(
+            (le32(&g, 8), le32(&g, 12), le32(&g, 16), le32(&g, 20)),
+            (8192, 1, DRM_FORMAT_R8, 0)
+        );
+    }
+
+    #[test]
+    fn send_layout() {
+        let ids = [
+            Identifier {
+                id: 0x8000_0001,
+                kind: ID_TYPE_READ_PIPE,
+                size: 0,
+            },
+            Identifier {
+                id: 9,
+                kind: ID_TYPE_VIRTGPU_BLOB,
+                size: 4096,
+            },
+        ];
+        let s = send(&ids, b"hello").unwrap();
+        assert_eq!(s.len(), 352 + 5);
+        assert_eq!(s[0], 4);
+        assert_eq!(u16::from_le_bytes([s[2], s[3]]), 357);
+        assert_eq!((le32(&s, 8), le32(&s, 12)), (2, 5));
+        assert_eq!((le32(&s, 16), le32(&s, 20)), (0x8000_0001, 9));
+        assert_eq!((le32(&s, 128), le32(&s, 132)), (3, 1));
+        assert_eq!(le32(&s, 244), 4096);
+        assert_eq!(&s[352..], b"hello");
+        assert!(send(&[], &[0; MAX_SEND_DATA]).is_ok());
+        assert!(send(&[], &[0; MAX_SEND_DATA + 1]).is_err());
+        assert!(send(&[ids[0]; 29], b"x").is_err());
+    }
+
+    #[test]
+    fn write_layout() {
+        let w = write(0x42, b"abc", true).unwrap();
+        assert_eq!(w.len(), 27);
+        assert_eq!(&w[..4], &[7, 0, 27, 0]);
+        assert_eq!((le32(&w, 8), le32(&w, 12), le32(&w, 16)), (0x42, 1, 3));
+        assert_eq!(&w[24..], b"abc");
+        assert!(write(1, &[0; MAX_WRITE_DATA + 1], false).is_err());
+    }
+
+    #[test]
+    fn channel_messages_decode_and_are_bounded() {
+        let mut ring = vec![0u8; RING_SIZE];
+        assert_eq!(decode_channel(&ring), Ok(ChannelMessage::Nothing));
+        // RECEIVE with one identifier and 3 bytes.
+        ring[0] = 5;
+        ring[8..12].copy_from_slice(&1u32.to_le_bytes());
+        ring[12..16].copy_from_slice(&3u32.to_le_bytes());
+        ring[16..20].copy_from_slice(&2u32.to_le_bytes());
+        ring[128..132].copy_from_slice(&4u32.to_le_bytes());
+        ring[352..355].copy_from_slice(b"abc");
+        assert_eq!(
+            decode_channel(&ring),
+            Ok(ChannelMessage::Receive {
+                ids: vec![Identifier {
+                    id: 2,
+                    kind: 4,
+                    size: 0
+                }],
+                data: b"abc".to_vec()
+            })
+        );
+        ring[12..16].copy_from_slice(&3745u32.to_le_bytes());
+        assert!(decode_channel(&ring).is_err(), "data past the ring");
+        ring[12..16].copy_from_slice(&0u32.to_le_bytes());
+        ring[8..12].copy_from_slice(&29u32.to_le_bytes());
+        assert_eq!(
+            decode_channel(&ring),
+            Err(WireError::TooManyIdentifiers(29))
+        );
+        // READ.
+        let mut ring = vec![0u8; RING_SIZE];
+        ring[0] = 6;
+        ring[8..12].copy_from_slice(&0x8000_0001u32.to_le_bytes());
+        ring[12..16].copy_from_slice(&1u32.to_le_bytes());
+        ring[16..20].copy_from_slice(&2u32.to_le_bytes());
+        ring[24..26].copy_from_slice(b"hi");
+        assert_eq!(
+            decode_channel(&ring),
+            Ok(ChannelMessage::Read {
+                id: 0x8000_0001,
+                hang_up: true,
+                data: b"hi".to_vec()
+            })
+        );
+        ring[16..20].copy_from_slice(&4073u32.to_le_bytes());
+        assert!(decode_channel(&ring).is_err());
+        ring[0] = 9;
+        assert_eq!(decode_channel(&ring), Ok(ChannelMessage::Other(9)));
+        assert!(decode_channel(&ring[..4]).is_err());
+    }
+
+    #[test]
+    fn read_pipe_ids_follow_the_host_counter() {
+        let mut ids = ReadPipeIds::default();
+        assert_eq!(ids.next_id(), 0x8000_0001);
+        assert_eq!(ids.next_id(), 0x8000_0002);
+        let mut ids = ReadPipeIds { last: u32::MAX - 1 };
+        assert_eq!(ids.next_id(), u32::MAX);
+        assert_eq!(ids.next_id(), 0x8000_0000, "wraps back to the base");
+        assert_eq!(ids.next_id(), 0x8000_0001);
+    }
+}
