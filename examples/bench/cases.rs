@@ -1,0 +1,194 @@
+//! The cases, their sizes and counts, and what each reports.
+
+/// Message size of the throughput cases: the most one RECEIVE carries (4096-byte ring minus the
+/// 352-byte SEND/RECEIVE header), used in both directions.
+pub const MSG: usize = 3744;
+/// Message size of the round-trip case.
+pub const RTT_MSG: usize = 64;
+/// Payload of one READ or WRITE (4096-byte ring minus the 24-byte header).
+pub const PIPE_CHUNK: usize = 4072;
+/// Size of the memfd passed in the memfd case.
+pub const MEMFD_SIZE: u64 = 4096;
+/// Channel type the benchmark uses (any configured number works the same).
+pub const CHANNEL: u32 = 2;
+/// Contexts opened for the memory case.
+pub const RSS_CONTEXTS: usize = 64;
+
+/// How much each case moves per repetition.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    pub msgs: usize,
+    pub rtts: usize,
+    pub pipe_bytes: usize,
+    pub fd_msgs: usize,
+    pub memfd_msgs: usize,
+}
+
+impl Params {
+    pub fn full() -> Self {
+        Params {
+            msgs: 50_000,
+            rtts: 10_000,
+            pipe_bytes: 16 << 20,
+            fd_msgs: 5_000,
+            memfd_msgs: 2_000,
+        }
+    }
+
+    pub fn quick() -> Self {
+        Params {
+            msgs: 5_000,
+            rtts: 1_000,
+            pipe_bytes: 4 << 20,
+            fd_msgs: 500,
+            memfd_msgs: 300,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Case {
+    GuestToHost,
+    HostToGuest,
+    RoundTrip,
+    PipeRead,
+    PipeWrite,
+    FdPipeToGuest,
+    FdPipeToHost,
+    FdMemfd,
+    Memory,
+}
+
+pub const ALL: [Case; 9] = [
+    Case::GuestToHost,
+    Case::HostToGuest,
+    Case::RoundTrip,
+    Case::PipeRead,
+    Case::PipeWrite,
+    Case::FdPipeToGuest,
+    Case::FdPipeToHost,
+    Case::FdMemfd,
+    Case::Memory,
+];
+
+/// One reported number of a case.
+pub struct Metric {
+    pub name: String,
+    pub unit: &'static str,
+    pub higher_is_better: bool,
+}
+
+fn m(name: String, unit: &'static str, higher_is_better: bool) -> Metric {
+    Metric {
+        name,
+        unit,
+        higher_is_better,
+    }
+}
+
+impl Case {
+    /// Short name for `--only`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Case::GuestToHost => "g2h",
+            Case::HostToGuest => "h2g",
+            Case::RoundTrip => "rtt",
+            Case::PipeRead => "pipe-read",
+            Case::PipeWrite => "pipe-write",
+            Case::FdPipeToGuest => "fd-pipe-h2g",
+            Case::FdPipeToHost => "fd-pipe-g2h",
+            Case::FdMemfd => "fd-memfd",
+            Case::Memory => "rss",
+        }
+    }
+
+    pub fn from_key(k: &str) -> Option<Case> {
+        ALL.into_iter().find(|c| c.key() == k)
+    }
+
+    /// What one "operation" is, for CPU time per operation.
+    pub fn op(self) -> &'static str {
+        match self {
+            Case::GuestToHost | Case::HostToGuest => "message",
+            Case::RoundTrip => "round trip",
+            Case::PipeRead => "READ",
+            Case::PipeWrite => "WRITE",
+            Case::FdPipeToGuest | Case::FdPipeToHost | Case::FdMemfd => "message",
+            Case::Memory => "-",
+        }
+    }
+
+    /// The numbers this case reports, in the order every system returns them.
+    pub fn metrics(self, p: &Params) -> Vec<Metric> {
+        let mib = p.pipe_bytes >> 20;
+        match self {
+            Case::GuestToHost => vec![m(format!("guest→host SEND {MSG} B"), "MB/s", true)],
+            Case::HostToGuest => vec![
+                m(
+                    format!("host→guest POLL/RECEIVE {MSG} B (limit: streaming)"),
+                    "MB/s",
+                    true,
+                ),
+                m(
+                    format!("host→guest POLL/RECEIVE {MSG} B (limit: lock-step)"),
+                    "MB/s",
+                    true,
+                ),
+            ],
+            Case::RoundTrip => vec![
+                m(format!("round trip {RTT_MSG} B, p50"), "µs", false),
+                m(format!("round trip {RTT_MSG} B, p99"), "µs", false),
+            ],
+            Case::PipeRead => vec![m(
+                format!("pipe host→guest (READ_PIPE) {mib} MiB"),
+                "MB/s",
+                true,
+            )],
+            Case::PipeWrite => vec![m(
+                format!("pipe guest→host (WRITE {PIPE_CHUNK} B) {mib} MiB"),
+                "MB/s",
+                true,
+            )],
+            Case::FdPipeToGuest => vec![m("fd: pipe host→guest (RECEIVE)".into(), "msg/s", true)],
+            Case::FdPipeToHost => vec![m(
+                "fd: pipe guest→host (SEND READ_PIPE)".into(),
+                "msg/s",
+                true,
+            )],
+            Case::FdMemfd => vec![m(
+                "fd: memfd host→guest, mapped by the guest".into(),
+                "msg/s",
+                true,
+            )],
+            Case::Memory => vec![
+                m("RSS idle (VMM connected)".into(), "MiB", false),
+                m(format!("RSS with {RSS_CONTEXTS} contexts"), "MiB", false),
+                m("  of which anonymous (RssAnon)".into(), "MiB", false),
+                m("memory per context".into(), "KiB", false),
+            ],
+        }
+    }
+}
+
+/// What one repetition of one case on one system produced.
+pub struct Outcome {
+    /// One value per metric; `Err` = not measurable there, with the reason.
+    pub values: Vec<Result<f64, String>>,
+    /// Operations performed (for CPU time per operation); 0 = not applicable.
+    pub ops: u64,
+    /// Diagnostics per operation (e.g. kicks and interrupts), by name.
+    pub extra: Vec<(&'static str, f64)>,
+}
+
+impl Outcome {
+    pub fn new(values: Vec<f64>, ops: usize) -> Self {
+        Outcome {
+            values: values.into_iter().map(Ok).collect(),
+            ops: ops as u64,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// Result of one repetition: an outcome, or why the whole case could not run.
+pub type RepResult = Result<Outcome, String>;
