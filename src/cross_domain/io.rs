@@ -242,7 +242,13 @@ pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
                 FdKind::Refused("pipe read end")
             }
         }
-        libc::S_IFREG => seekable_size(fd),
+        // Regular files and memfds: fstat already has the size.
+        libc::S_IFREG => match u32::try_from(st.st_size) {
+            Ok(size) => FdKind::Memory {
+                size: u64::from(size),
+            },
+            Err(_) => FdKind::Refused("memory object larger than 4 GiB or of negative size"),
+        },
         _ => {
             // Anonymous inodes: dma-bufs are memory; eventfds and everything else are not
             // handled yet.
