@@ -102,6 +102,9 @@ fn host_memfd_is_shared_with_the_guest_both_ways() {
     let m = fx.vm.shm_mapping_at(offset).expect("mapped in the region");
     assert!(m.writable, "an O_RDWR unsealed memfd maps writable");
     assert_eq!(m.len, blob_size);
+    // 10 000 bytes are not a page multiple: the daemon grew the memfd with zeros so the VMM can
+    // map whole pages (QEMU refuses to map past the end of a file).
+    assert_eq!(memfd.metadata().unwrap().len(), blob_size);
     // The guest reads exactly what the host wrote ...
     assert_eq!(fx.vm.shm_read(offset, content.len()), content);
     // ... and sees host writes made after the mapping (shared, not copied) ...
@@ -509,4 +512,48 @@ fn memory_table_sent_again_while_running_like_qemu() {
         }
     }
     fx.vm.shm_assert_no_violations();
+}
+
+#[test]
+fn odd_sized_sealed_memory_like_a_keymap_is_copied_into_whole_pages() {
+    let mut fx = setup();
+    let fd = nix::sys::memfd::memfd_create(
+        c"keymap",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .unwrap();
+    let mut keymap = File::from(fd);
+    let content = pattern(70_000, 11);
+    keymap.write_all(&content).unwrap();
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: plain fcntl on an fd we own.
+    assert_eq!(
+        unsafe { libc::fcntl(keymap.as_raw_fd(), libc::F_ADD_SEALS, seals) },
+        0
+    );
+    let (id, ty, size) = host_sends_fd(&mut fx, keymap.as_raw_fd());
+    assert_eq!((ty, size), (CD_ID_TYPE_VIRTGPU_BLOB, 70_000));
+    let res = fx.vm.next_resource_id();
+    let blob_size = round_up(70_000, PAGE);
+    assert_ok(
+        &fx.vm
+            .create_host_blob(fx.ctx.ctx_id, res, id.into(), blob_size, HOST_FLAGS),
+        "CREATE_BLOB from a sealed odd-sized memfd",
+    );
+    map_blob(&mut fx.vm, res, 0);
+    let m = fx.vm.shm_mapping_at(0).unwrap();
+    assert_eq!(m.len, blob_size);
+    assert!(!m.writable);
+    assert_eq!(fx.vm.shm_read(0, content.len()), content);
+    assert_eq!(
+        fx.vm.shm_read(70_000, (blob_size - 70_000) as usize),
+        vec![0u8; (blob_size - 70_000) as usize],
+        "zeros after the end"
+    );
+    assert_eq!(
+        keymap.metadata().unwrap().len(),
+        70_000,
+        "the host's memfd is untouched"
+    );
+    assert_eq!(fx.vm.shm_stats().refused, 0);
 }

@@ -471,6 +471,18 @@ impl Context {
         }
 
         let data_off = off + hdr_len;
+        if !chan.out.is_empty() {
+            // The peer may have drained since the last EPOLLOUT: try before queueing behind.
+            if let Err(e) = chan.out.flush(chan.sock.as_fd(), true, &mut scratch.cmsg) {
+                return Err(send_failed(
+                    ctx_id,
+                    &self.name,
+                    conn.channel_type,
+                    &chan.path,
+                    e,
+                ));
+            }
+        }
         if chan.out.is_empty() {
             scratch.iov.clear();
             stream.iovecs(env.mem, data_off, data_len, &mut scratch.iov)?;
@@ -487,14 +499,13 @@ impl Context {
                 Ok(n) => n,
                 Err(e) if e.kind() == stdio::ErrorKind::WouldBlock => 0,
                 Err(e) => {
-                    info!(
-                        "ctx {} ({}): channel {:#x} ({}) send failed: {e}",
+                    return Err(send_failed(
                         ctx_id,
-                        self.name,
+                        &self.name,
                         conn.channel_type,
-                        chan.path.display()
-                    );
-                    return Err(CtxError::HostIo(e));
+                        &chan.path,
+                        e,
+                    ))
                 }
             };
             scratch.iov.clear();
@@ -570,6 +581,14 @@ impl Context {
             return Err(CtxError::UnknownItem(id));
         };
         let data_off = off + hdr_len;
+        if !out.is_empty() {
+            // The reader may have drained since the last EPOLLOUT: try before queueing behind.
+            if let Err(e) = out.flush(fd.as_fd(), false, &mut env.scratch.cmsg) {
+                debug!("ctx {}: write pipe {id:#x} failed: {e}", self.id);
+                self.remove_item(env.epoll, id);
+                return Err(CtxError::HostIo(e));
+            }
+        }
         if out.is_empty() && data_len > 0 {
             let scratch = &mut *env.scratch;
             scratch.iov.clear();
@@ -680,10 +699,12 @@ impl Context {
                         got: size,
                     });
                 }
+                let have = *have;
                 let Some(Item::Memory { fd, .. }) = self.items.remove(&blob_id) else {
                     return Err(CtxError::UnknownBlob(blob_id));
                 };
                 let writable = cdio::memory_writable(fd.as_fd());
+                let (fd, writable) = whole_pages(self.id, fd, have, limit, writable)?;
                 Ok((fd, super::image::MAP_CACHE_CACHED, writable))
             }
             _ => Err(CtxError::UnknownBlob(blob_id)),
@@ -1052,6 +1073,58 @@ fn alloc_item_id(last: &mut u32, items: &HashMap<u32, Item>) -> Result<u32, CtxE
             return Ok(id);
         }
     }
+}
+
+/// Make received memory of `size` bytes hold whole host pages (`rounded` bytes): VMMs map blobs
+/// in whole pages and QEMU refuses a mapping that runs past the end of its file (a Wayland
+/// keymap is rarely a page multiple).
+///
+/// - Writable and not sealed against growing: grown in place with zeros, still shared.
+/// - Otherwise copied once into a new memfd: exact for write-sealed memory (it cannot change),
+///   a snapshot for a read-only view of memory someone else may still write (logged).
+fn whole_pages(
+    ctx_id: u32,
+    fd: OwnedFd,
+    size: u64,
+    rounded: u64,
+    writable: bool,
+) -> Result<(OwnedFd, bool), CtxError> {
+    if size == rounded {
+        return Ok((fd, writable));
+    }
+    let seals = cdio::seals(fd.as_fd());
+    if writable && seals & libc::F_SEAL_GROW == 0 {
+        let len = i64::try_from(rounded)
+            .map_err(|_| CtxError::HostIo(stdio::ErrorKind::InvalidInput.into()))?;
+        match nix::unistd::ftruncate(&fd, len) {
+            Ok(()) => return Ok((fd, true)),
+            Err(e) => debug!("ctx {ctx_id}: cannot grow received memory to {rounded} bytes: {e}"),
+        }
+    }
+    if seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) == 0 {
+        warn!(
+            "ctx {ctx_id}: received memory of {size} bytes is not a page multiple and cannot \
+             grow; the guest gets a copy, later host writes will not reach it"
+        );
+    }
+    let copy = new_memfd(rounded).map_err(CtxError::HostIo)?;
+    cdio::copy_contents(fd.as_fd(), copy.as_fd(), size).map_err(CtxError::HostIo)?;
+    Ok((copy, false))
+}
+
+/// Log a failed send on a channel (the host service closed it or broke) and make the error.
+fn send_failed(
+    ctx_id: u32,
+    name: &str,
+    channel_type: u32,
+    path: &Path,
+    e: stdio::Error,
+) -> CtxError {
+    info!(
+        "ctx {ctx_id} ({name}): channel {channel_type:#x} ({}) send failed: {e}",
+        path.display()
+    );
+    CtxError::HostIo(e)
 }
 
 /// A sealable memfd of `size` bytes for a blob created from image requirements.

@@ -281,6 +281,33 @@ pub fn memory_writable(fd: BorrowedFd<'_>) -> bool {
     seals < 0 || seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) == 0
 }
 
+/// The seals of a memfd (`F_GET_SEALS`); 0 for fds without seal support.
+pub fn seals(fd: BorrowedFd<'_>) -> libc::c_int {
+    // SAFETY: F_GET_SEALS takes no pointer argument; fds without seal support fail with EINVAL.
+    let s = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    s.max(0)
+}
+
+/// Copy the first `len` bytes of `from` to the start of `to` with positioned I/O (the source's
+/// file offset, shared with the host service, is left alone).
+pub fn copy_contents(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::from(from.try_clone_to_owned()?);
+    let dst = std::fs::File::from(to.try_clone_to_owned()?);
+    let mut buf = vec![0u8; (len.min(1 << 20)) as usize];
+    let mut off = 0u64;
+    while off < len {
+        let want = ((len - off) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            break; // shrank meanwhile: the rest stays zero
+        }
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
 fn seekable_size(fd: BorrowedFd<'_>) -> FdKind {
     match nix::unistd::lseek(fd, 0, nix::unistd::Whence::SeekEnd) {
         Ok(size) if size >= 0 && size <= u32::MAX as i64 => {

@@ -346,17 +346,16 @@ impl State {
                 .try_clone_to_owned()
                 .map_err(|e| (libc::EBADF, format!("dup of the mapped fd: {e}")))?,
         );
-        // Touching a page of a shared mapping that lies wholly past the end of a regular file
-        // raises SIGBUS (the page holding the end is fine: zeros after it). Refuse such a map
-        // rather than letting a test (or a guest, in QEMU) die on it.
+        // Like QEMU 11.1.3 ("backing store size ... is too small for 'size' option"): the file
+        // must hold the whole mapping, not only reach into its last page. (Touching a page
+        // wholly past the end of a regular file would also raise SIGBUS.)
         if let Ok(meta) = file.metadata() {
-            let backed = meta.len().div_ceil(page) * page;
-            if meta.is_file() && fd_offset.saturating_add(len) > backed {
+            if meta.is_file() && fd_offset.saturating_add(len) > meta.len() {
                 return Err((
                     libc::EINVAL,
                     format!(
-                        "fd_offset {fd_offset:#x} + len {len:#x} goes past the last page of the \
-                         file ({:#x} bytes); access would raise SIGBUS",
+                        "fd_offset {fd_offset:#x} + len {len:#x} is past the end of the file \
+                         ({:#x} bytes), which QEMU refuses",
                         meta.len()
                     ),
                 ));
