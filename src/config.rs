@@ -54,6 +54,8 @@ const SOCKET_PATH_FLAG: &str = "--socket-path";
 const SCANOUTS_FLAG: &str = "--scanouts";
 const FD_FLAG: &str = "--fd";
 const SHM_SIZE_FLAG: &str = "--shm-size";
+const SANDBOX_FLAG: &str = "--sandbox";
+const SECCOMP_FLAG: &str = "--seccomp";
 /// How socket activation is named in messages (it has no flag; `LISTEN_FDS` is its variable).
 pub const ACTIVATION_SOURCE: &str = "socket activation (LISTEN_FDS)";
 
@@ -71,6 +73,59 @@ pub struct Config {
     pub num_scanouts: u32,
     /// Size in bytes of the host-visible shared memory region (shmid 1) offered to the VMM.
     pub shm_size: u64,
+    /// Whether the daemon confines itself after start-up (`--sandbox`).
+    pub sandbox: SandboxMode,
+    /// What a system call outside the seccomp allow-list does (`--seccomp`); meaningless with
+    /// [`SandboxMode::None`].
+    pub seccomp: SeccompMode,
+}
+
+/// `--sandbox MODE`: whether the daemon confines itself once its vhost-user socket is open
+/// (see [`crate::sandbox`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// `on` (the default): seccomp filter, Landlock, no new privileges, no capabilities, and
+    /// channel connections made by the connection broker.
+    #[default]
+    On,
+    /// `none`: no confinement at all, for debugging.
+    None,
+}
+
+/// `--seccomp ACTION`: what happens when a thread of the sandboxed daemon makes a system call
+/// outside the allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeccompMode {
+    /// `kill` (the default): the kernel kills the process with SIGSYS.
+    #[default]
+    Kill,
+    /// `log`: the kernel logs the call (audit type 1326) and lets it run, to find missing
+    /// entries in the allow-list.
+    Log,
+}
+
+/// Parses `--sandbox MODE`: `on` or `none`.
+pub fn parse_sandbox(s: &str) -> Result<SandboxMode, ConfigError> {
+    match s {
+        "on" => Ok(SandboxMode::On),
+        "none" => Ok(SandboxMode::None),
+        _ => Err(ConfigError::InvalidSandbox {
+            flag: SANDBOX_FLAG,
+            value: s.to_owned(),
+        }),
+    }
+}
+
+/// Parses `--seccomp ACTION`: `kill` or `log`.
+pub fn parse_seccomp(s: &str) -> Result<SeccompMode, ConfigError> {
+    match s {
+        "kill" => Ok(SeccompMode::Kill),
+        "log" => Ok(SeccompMode::Log),
+        _ => Err(ConfigError::InvalidSeccomp {
+            flag: SECCOMP_FLAG,
+            value: s.to_owned(),
+        }),
+    }
 }
 
 /// Default size of the host-visible region: 8 GiB, as crosvm.
@@ -524,6 +579,17 @@ pub enum ConfigError {
         reason: ShmSizeProblem,
     },
 
+    /// `--sandbox` neither `on` nor `none`.
+    #[error("{flag} '{value}': expected 'on' (the default) or 'none' (no sandbox, for debugging)")]
+    InvalidSandbox { flag: &'static str, value: String },
+
+    /// `--seccomp` neither `kill` nor `log`.
+    #[error(
+        "{flag} '{value}': expected 'kill' (the default) or 'log' (log calls outside the \
+         allow-list instead of killing the daemon)"
+    )]
+    InvalidSeccomp { flag: &'static str, value: String },
+
     /// The socket-activation variables are malformed or pass something the daemon cannot serve.
     #[error("socket activation: {reason}")]
     Activation { reason: String },
@@ -561,7 +627,9 @@ impl ConfigError {
             | Self::InvalidScanouts { flag, value }
             | Self::InvalidFd { flag, value }
             | Self::UnusableFd { flag, value, .. }
-            | Self::InvalidShmSize { flag, value, .. } => {
+            | Self::InvalidShmSize { flag, value, .. }
+            | Self::InvalidSandbox { flag, value }
+            | Self::InvalidSeccomp { flag, value } => {
                 *flag = new_flag;
                 new_value.clone_into(value);
             }
@@ -1015,6 +1083,38 @@ mod tests {
             unusable_fd("9", FdError::NotOpen).to_string(),
             "--fd '9': not an open file descriptor"
         );
+    }
+
+    #[test]
+    fn sandbox_modes() {
+        assert_eq!(parse_sandbox("on").unwrap(), SandboxMode::On);
+        assert_eq!(parse_sandbox("none").unwrap(), SandboxMode::None);
+        assert_eq!(SandboxMode::default(), SandboxMode::On);
+        for bad in ["", "off", "None", "ON", "no", " none"] {
+            let e = parse_sandbox(bad).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::InvalidSandbox { .. }),
+                "{bad}: {e:?}"
+            );
+            let text = e.to_string();
+            assert!(text.starts_with(&format!("--sandbox '{bad}': ")), "{text}");
+        }
+    }
+
+    #[test]
+    fn seccomp_modes() {
+        assert_eq!(parse_seccomp("kill").unwrap(), SeccompMode::Kill);
+        assert_eq!(parse_seccomp("log").unwrap(), SeccompMode::Log);
+        assert_eq!(SeccompMode::default(), SeccompMode::Kill);
+        for bad in ["", "trap", "allow", "Kill", "errno"] {
+            let e = parse_seccomp(bad).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::InvalidSeccomp { .. }),
+                "{bad}: {e:?}"
+            );
+            let text = e.to_string();
+            assert!(text.starts_with(&format!("--seccomp '{bad}': ")), "{text}");
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - one session: a fresh [`Backend`] and `VhostUserDaemon`, torn down when it ends;
 //! - readiness: `READY=1` once the socket listens (or the single session is being served), and
 //!   status lines, through [`crate::systemd`];
+//! - the order of start-up: the socket first, then the sandbox ([`crate::sandbox`]), then
+//!   threads (see [`run`]);
 //! - shutdown: SIGTERM and SIGINT are blocked in every thread and read from a signalfd by a
 //!   dedicated thread, which sends `STOPPING=1`, stops accepting (removes the `--socket-path`
 //!   socket), asks the current session's backend to complete every pending fence and close its
@@ -38,7 +40,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::config::{Config, Listen};
 use crate::device::{Backend, HOST_EVENT, SHUTDOWN_EVENT};
 use crate::relay::{self, Relay, RelayError};
-use crate::systemd;
+use crate::{sandbox, systemd};
 
 /// How long shutdown waits for the current session to complete its pending fences and close
 /// its channels before the process exits anyway.
@@ -78,54 +80,114 @@ pub enum Error {
     /// I/O error.
     #[error("the session ended with an error: {0}")]
     Relay(RelayError),
+    /// The sandbox could not be set up (`--sandbox none` runs without one).
+    #[error("cannot set up the sandbox: {0}")]
+    Sandbox(sandbox::SandboxError),
+}
+
+/// Where the VMM's connection comes from, opened before the sandbox.
+enum Endpoint {
+    /// A listening socket (`--socket-path`, or socket activation); `place` names it in logs.
+    Listener { listener: Listener, place: String },
+    /// A socket connected to the VMM (`--fd`, or socket activation with `Accept=yes`), with
+    /// the private connection its relay serves the session on.
+    Connected {
+        vmm: UnixStream,
+        private: UnixListener,
+        daemon_end: UnixStream,
+        origin: String,
+    },
+}
+
+impl Endpoint {
+    fn open(config: &Config) -> Result<Endpoint, Error> {
+        match &config.listen {
+            Listen::Path(path) => {
+                let listener = Listener::new(path, true).map_err(|source| Error::Listen {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let place = path.display().to_string();
+                info!("listening on {place} for the VMM's vhost-user connection");
+                Ok(Endpoint::Listener { listener, place })
+            }
+            Listen::Listener { fd, name } => {
+                let what = format!("the socket-activated socket '{name}'");
+                let listener = fd
+                    .try_clone()
+                    .map(UnixListener::from)
+                    .and_then(|l| l.set_nonblocking(false).map(|()| l))
+                    .map_err(|source| Error::Socket {
+                        what: what.clone(),
+                        source,
+                    })?;
+                info!("socket activation: listening on {what} for the VMM's vhost-user connection");
+                Ok(Endpoint::Listener {
+                    listener: Listener::from(listener),
+                    place: what,
+                })
+            }
+            Listen::Connected { fd, origin } => {
+                let vmm = fd
+                    .try_clone()
+                    .map(UnixStream::from)
+                    .map_err(|source| Error::Socket {
+                        what: format!("the socket from {origin}"),
+                        source,
+                    })?;
+                let (private, daemon_end) =
+                    relay::private_connection().map_err(Error::PrivateSocket)?;
+                Ok(Endpoint::Connected {
+                    vmm,
+                    private,
+                    daemon_end,
+                    origin: origin.clone(),
+                })
+            }
+        }
+    }
 }
 
 /// Serve VMM connections as configured, until a fatal error, or until the only session ends
 /// (`Listen::Connected`). SIGTERM and SIGINT exit the process with status 0 (see the module
 /// documentation).
+///
+/// Order: the vhost-user socket is opened (and everything else that needs the file system or
+/// `connect`: the relay's private connection, the notification socket), SIGTERM and SIGINT
+/// are blocked, the sandbox is entered ([`crate::sandbox::enter`]), and only then do threads
+/// start, so that every one of them is confined.
 pub fn run(config: &Config) -> Result<(), Error> {
+    let endpoint = Endpoint::open(config)?;
+    let signals = block_signals()?;
+    systemd::connect_notify_socket();
+    let socket_path = match &config.listen {
+        Listen::Path(path) => Some(path.clone()),
+        _ => None,
+    };
+    sandbox::enter(&sandbox::Plan {
+        mode: config.sandbox,
+        seccomp: config.seccomp,
+        channels: &config.channels,
+        socket_path: socket_path.as_deref(),
+    })
+    .map_err(Error::Sandbox)?;
+    sandbox::self_test();
+
     let shutdown = Arc::new(Shutdown {
         current: Mutex::new(None),
-        socket_path: match &config.listen {
-            Listen::Path(path) => Some(path.clone()),
-            _ => None,
-        },
+        socket_path,
     });
-    start_signal_thread(shutdown.clone())?;
-
-    match &config.listen {
-        Listen::Path(path) => {
-            let listener = Listener::new(path, true).map_err(|source| Error::Listen {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let place = path.display().to_string();
-            info!("listening on {place} for the VMM's vhost-user connection");
+    start_signal_thread(shutdown.clone(), signals)?;
+    match endpoint {
+        Endpoint::Listener { listener, place } => {
             serve_listener(listener, &place, config, &shutdown)
         }
-        Listen::Listener { fd, name } => {
-            let what = format!("the socket-activated socket '{name}'");
-            let listener = fd
-                .try_clone()
-                .map(UnixListener::from)
-                .and_then(|l| l.set_nonblocking(false).map(|()| l))
-                .map_err(|source| Error::Socket {
-                    what: what.clone(),
-                    source,
-                })?;
-            info!("socket activation: listening on {what} for the VMM's vhost-user connection");
-            serve_listener(Listener::from(listener), &what, config, &shutdown)
-        }
-        Listen::Connected { fd, origin } => {
-            let vmm = fd
-                .try_clone()
-                .map(UnixStream::from)
-                .map_err(|source| Error::Socket {
-                    what: format!("the socket from {origin}"),
-                    source,
-                })?;
-            serve_connected(vmm, origin, config, &shutdown)
-        }
+        Endpoint::Connected {
+            vmm,
+            private,
+            daemon_end,
+            origin,
+        } => serve_connected(vmm, private, daemon_end, &origin, config, &shutdown),
     }
 }
 
@@ -155,14 +217,16 @@ fn serve_listener(
     }
 }
 
-/// Serves the one VMM connected on `vmm`, through a relay (see [`crate::relay`] for why).
+/// Serves the one VMM connected on `vmm`, through a relay (see [`crate::relay`] for why) from
+/// `daemon_end`, the connection waiting on `private`.
 fn serve_connected(
     vmm: UnixStream,
+    private: UnixListener,
+    daemon_end: UnixStream,
     origin: &str,
     config: &Config,
     shutdown: &Shutdown,
 ) -> Result<(), Error> {
-    let (private, daemon_end) = relay::private_connection().map_err(Error::PrivateSocket)?;
     let mut session = Session::new(config, 1)?;
     let mut listener = Listener::from(private);
     // Accepts the connection `private_connection` already made; does not wait.
@@ -313,13 +377,17 @@ impl Shutdown {
 }
 
 /// Blocks SIGTERM and SIGINT in the calling thread (and so in every thread started after it)
-/// and starts the thread that reads them from a signalfd.
-fn start_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), Error> {
+/// and returns the signalfd that receives them.
+fn block_signals() -> Result<SignalFd, Error> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
     mask.thread_block().map_err(Error::Signals)?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(Error::Signals)?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(Error::Signals)
+}
+
+/// Starts the thread that reads SIGTERM and SIGINT from `signals` and shuts down.
+fn start_signal_thread(shutdown: Arc<Shutdown>, signals: SignalFd) -> Result<(), Error> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {

@@ -10,6 +10,8 @@
 //! - [`inherited`]: checks and ownership of the sockets the daemon is started with.
 //! - [`relay`]: the framing-aware message relay behind `--fd`.
 //! - [`systemd`]: socket activation and `sd_notify` readiness messages.
+//! - [`sandbox`]: seccomp, Landlock, capabilities and the connection broker, entered once the
+//!   vhost-user socket is open.
 //! - [`device`]: the vhost-user backend (features, config space, queue events).
 //! - [`virtio_gpu`]: virtio-gpu wire structs, control-queue dispatch, resources and fences.
 //! - [`cross_domain`]: cross-domain wire structs, contexts, items and channel I/O.
@@ -24,6 +26,7 @@ pub mod inherited;
 pub mod proxy;
 pub mod ratelimit;
 pub mod relay;
+pub mod sandbox;
 pub mod systemd;
 pub mod virtio_gpu;
 

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use clap::{ArgGroup, Parser};
 use log::{error, info, warn};
 use vhost_user_cross_domain::config::{
-    channel_name, parse_fd, parse_scanouts, parse_shm_size, parse_socket_path, select_listen,
-    unusable_fd, ChannelTable, ConfigError, Listen, ACTIVATION_SOURCE, CHANNEL_NAMES,
+    channel_name, parse_fd, parse_sandbox, parse_scanouts, parse_seccomp, parse_shm_size,
+    parse_socket_path, select_listen, unusable_fd, ChannelTable, ConfigError, Listen, SandboxMode,
+    SeccompMode, ACTIVATION_SOURCE, CHANNEL_NAMES,
 };
 use vhost_user_cross_domain::inherited::{self, FdError, SocketKind};
 use vhost_user_cross_domain::{systemd, Config};
@@ -136,6 +137,38 @@ space; nothing is allocated up front.
 Example: --shm-size 4G"
     )]
     shm_size: String,
+
+    /// Confine the daemon after start-up: on (default), or none to debug.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "on",
+        long_help = "\
+Whether the daemon confines itself once its vhost-user socket is open: on (the
+default) or none. On: a seccomp filter allows only the system calls the daemon
+needs (see --seccomp); Landlock, where the kernel has it, denies all file-system
+access except removing files in the directory of --socket-path (the socket, at
+shutdown); no new privileges; every capability dropped (a daemon started as root
+keeps uid 0 but loses CAP_DAC_OVERRIDE: run it as the user who owns the channel
+sockets); and channel sockets are connected by a small broker process, by channel
+type, so the daemon itself cannot connect to any socket. none: no confinement at
+all, for debugging only.
+Example: --sandbox none"
+    )]
+    sandbox: String,
+
+    /// What a system call outside the allow-list does: kill (default) or log.
+    #[arg(
+        long,
+        value_name = "ACTION",
+        long_help = "\
+What happens when the sandboxed daemon makes a system call outside its seccomp
+allow-list: kill (the default; the kernel kills the process with SIGSYS) or log (the
+kernel logs the call, audit type 1326 in dmesg or the audit log, and lets it run),
+to find calls missing from the list. Ignored with --sandbox none.
+Example: --seccomp log"
+    )]
+    seccomp: Option<String>,
 }
 
 fn channel_long_help() -> String {
@@ -190,7 +223,11 @@ Environment: RUST_LOG selects the log level (default: info), for example RUST_LO
 LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES pass a socket-activated socket; NOTIFY_SOCKET
 receives READY=1 once the daemon accepts connections and STOPPING=1 on shutdown.
 Signals: SIGTERM or SIGINT completes pending fences, closes the channels and exits 0.
-Exit status: 0 clean stop, 1 runtime failure, 2 invalid command line or configuration.";
+Sandbox: on by default (seccomp, Landlock, no capabilities, a connection broker);
+--sandbox none turns it off, --seccomp log logs calls outside the allow-list instead
+of killing the daemon. See docs/security.md.
+Exit status: 0 clean stop, 1 runtime failure (the sandbox could not be set up, among
+others), 2 invalid command line or configuration.";
 
 fn main() -> ExitCode {
     // The backend-program convention: --print-capabilities answers whatever else is given.
@@ -210,6 +247,9 @@ fn main() -> ExitCode {
         }
     };
     log_channels(&config.channels);
+    if config.sandbox == SandboxMode::None && args.seccomp.is_some() {
+        warn!("--seccomp has no effect with --sandbox none");
+    }
 
     match vhost_user_cross_domain::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -237,11 +277,18 @@ fn config_from_args(args: &Args) -> Result<Config, ConfigError> {
     }
     let num_scanouts = parse_scanouts(&args.scanouts)?;
     let shm_size = parse_shm_size(&args.shm_size)?;
+    let sandbox = parse_sandbox(&args.sandbox)?;
+    let seccomp = match &args.seccomp {
+        Some(value) => parse_seccomp(value)?,
+        None => SeccompMode::default(),
+    };
     Ok(Config {
         listen,
         channels,
         num_scanouts,
         shm_size,
+        sandbox,
+        seccomp,
     })
 }
 

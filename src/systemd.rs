@@ -2,17 +2,28 @@
 //! `LISTEN_FDNAMES`) and readiness notification (`NOTIFY_SOCKET`: `READY=1`, `STATUS=…`,
 //! `STOPPING=1`).
 //!
-//! This module owns reading those variables and sending notifications. Both protocols come from
-//! the `sd-notify` crate; the one addition here is sending to an abstract-namespace
-//! `NOTIFY_SOCKET` (`@name`), which sd_notify(3) allows and the crate does not handle.
-//! Without `NOTIFY_SOCKET` every notification is a no-op, so the daemon behaves the same outside
+//! This module owns reading those variables and sending notifications. Socket activation comes
+//! from the `sd-notify` crate. Notifications are sent here, on one datagram socket connected to
+//! `NOTIFY_SOCKET` by [`connect_notify_socket`] before the sandbox (which forbids connecting);
+//! a path or an abstract-namespace name (`@name`), as sd_notify(3) allows. Without
+//! `NOTIFY_SOCKET` every notification is a no-op, so the daemon behaves the same outside
 //! systemd. Notification failures are logged and never stop the daemon.
 
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::RawFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::OnceLock;
 
 use log::warn;
 use sd_notify::NotifyState;
+
+/// The environment variable naming the service manager's notification socket.
+const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// The notification socket connected by [`connect_notify_socket`] (`None`: not set, or the
+/// connection failed and was reported).
+static NOTIFY: OnceLock<Option<UnixDatagram>> = OnceLock::new();
 
 /// The socket a service manager passed to this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,13 +83,46 @@ pub fn notify_stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
-fn send(states: &[NotifyState]) {
-    let result = match std::env::var_os("NOTIFY_SOCKET") {
-        None => return,
-        Some(path) if path.as_encoded_bytes().first() == Some(&b'@') => {
-            send_abstract(&path.as_encoded_bytes()[1..], states)
+/// Connects the notification socket `NOTIFY_SOCKET` names, once, for all later notifications.
+/// Call it before the sandbox; without it each notification connects a socket of its own,
+/// which the sandbox refuses.
+pub fn connect_notify_socket() {
+    NOTIFY.get_or_init(|| {
+        let path = std::env::var_os(NOTIFY_SOCKET)?;
+        match connect(&path) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                warn!(
+                    "cannot connect to the service manager's notification socket {}: {e}",
+                    path.to_string_lossy()
+                );
+                None
+            }
         }
-        Some(_) => sd_notify::notify(states),
+    });
+}
+
+/// A datagram socket connected to `path`: a file-system path, or `@name` for the abstract
+/// namespace.
+fn connect(path: &OsStr) -> io::Result<UnixDatagram> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::SocketAddr;
+
+    let socket = UnixDatagram::unbound()?;
+    match path.as_encoded_bytes().strip_prefix(b"@") {
+        Some(name) => socket.connect_addr(&SocketAddr::from_abstract_name(name)?)?,
+        None => socket.connect(path)?,
+    }
+    Ok(socket)
+}
+
+fn send(states: &[NotifyState]) {
+    let Some(path) = std::env::var_os(NOTIFY_SOCKET) else {
+        return;
+    };
+    let result = match NOTIFY.get() {
+        Some(Some(socket)) => send_on(socket, states),
+        _ => connect(&path).and_then(|socket| send_on(&socket, states)),
     };
     if let Err(e) = result {
         let text: Vec<String> = states.iter().map(ToString::to_string).collect();
@@ -89,14 +133,9 @@ fn send(states: &[NotifyState]) {
     }
 }
 
-fn send_abstract(name: &[u8], states: &[NotifyState]) -> io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-
+fn send_on(socket: &UnixDatagram, states: &[NotifyState]) -> io::Result<()> {
     let message: String = states.iter().map(|s| format!("{s}\n")).collect();
-    let addr = SocketAddr::from_abstract_name(name)?;
-    let socket = UnixDatagram::unbound()?;
-    let sent = socket.send_to_addr(message.as_bytes(), &addr)?;
+    let sent = socket.send(message.as_bytes())?;
     if sent != message.len() {
         return Err(io::Error::new(
             io::ErrorKind::WriteZero,
@@ -110,18 +149,15 @@ fn send_abstract(name: &[u8], states: &[NotifyState]) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    use std::os::unix::net::SocketAddr;
 
     #[test]
     fn abstract_notify_socket() {
         let name = format!("vhost-user-cross-domain-test-{}", std::process::id());
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let receiver = UnixDatagram::bind_addr(&addr).unwrap();
-        send_abstract(
-            name.as_bytes(),
-            &[NotifyState::Ready, NotifyState::Status("x")],
-        )
-        .unwrap();
+        let socket = connect(OsStr::new(&format!("@{name}"))).unwrap();
+        send_on(&socket, &[NotifyState::Ready, NotifyState::Status("x")]).unwrap();
         let mut buf = [0u8; 64];
         let n = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1\nSTATUS=x\n");

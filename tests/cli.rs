@@ -272,6 +272,16 @@ fn bad_shm_size() {
 }
 
 #[test]
+fn bad_sandbox_and_seccomp() {
+    let err = assert_rejected(&["--sandbox", "off"], "--sandbox", "off");
+    assert!(err.contains("'on'") && err.contains("'none'"), "{err}");
+    assert_rejected(&["--sandbox", ""], "--sandbox", "");
+    let err = assert_rejected(&["--seccomp", "trap"], "--seccomp", "trap");
+    assert!(err.contains("'kill'") && err.contains("'log'"), "{err}");
+    assert_rejected(&["--sandbox", "none", "--seccomp", "x"], "--seccomp", "x");
+}
+
+#[test]
 fn print_capabilities_ignores_everything_else() {
     for args in [
         &["--print-capabilities"][..],
@@ -308,6 +318,9 @@ fn help() {
         "vhost-user-test-device-pci",
         "RUST_LOG",
         "pipewire (0x10)",
+        "--sandbox <MODE>",
+        "--seccomp <ACTION>",
+        "docs/security.md",
     ] {
         assert!(
             out.stdout.contains(needle),

@@ -365,10 +365,13 @@ impl Context {
             .channels
             .get(channel_type)
             .ok_or(CtxError::ChannelNotConfigured(channel_type))?;
-        let sock = connect_nonblocking(path).map_err(|source| CtxError::Connect {
-            channel_type,
-            path: path.to_path_buf(),
-            source,
+        // Sandboxed, the connection broker makes the connection (see crate::sandbox::broker).
+        let sock = crate::sandbox::connect_channel(channel_type, path).map_err(|source| {
+            CtxError::Connect {
+                channel_type,
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         env.epoll
             .add(
@@ -1137,22 +1140,4 @@ fn new_memfd(size: u64) -> stdio::Result<OwnedFd> {
     let len = i64::try_from(size).map_err(|_| stdio::Error::from_raw_os_error(libc::EFBIG))?;
     nix::unistd::ftruncate(&fd, len)?;
     Ok(fd)
-}
-
-fn connect_nonblocking(path: &Path) -> stdio::Result<OwnedFd> {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let addr = UnixAddr::new(path)?;
-    match connect(fd.as_raw_fd(), &addr) {
-        Ok(()) => Ok(fd),
-        Err(nix::errno::Errno::EAGAIN) => {
-            Err(stdio::Error::other("the service's listen backlog is full"))
-        }
-        Err(e) => Err(e.into()),
-    }
 }
