@@ -603,3 +603,43 @@ fn contexts_and_pipes_do_not_leak_fds() {
     let after = fd_count(d.pid());
     assert_eq!(after, before, "daemon fds before {before}, after {after}");
 }
+
+#[test]
+fn attaching_is_bounded_per_context() {
+    let Fixture {
+        daemon: _d,
+        mut vm,
+        ctx,
+        mut host,
+        _listener: _l,
+    } = setup();
+    // One small resource attached 16384 times over would be a no-op; distinct ones count.
+    let gpa = vm.alloc(4096, 4096);
+    let mut refused = None;
+    for i in 0..16_400u32 {
+        let res = 0x10_0000 + i;
+        let blob = CreateBlob {
+            ctx_id: 0,
+            res_id: res,
+            blob_mem: BLOB_MEM_GUEST,
+            blob_flags: BLOB_FLAG_USE_MAPPABLE,
+            blob_id: 0,
+            size: 4096,
+            entries: vec![(gpa, 4096)],
+            nr_entries: None,
+        };
+        assert_ok(&vm.create_blob_raw(&blob), "CREATE_BLOB");
+        let r = vm.ctx_attach(ctx.ctx_id, res);
+        if resp_type(&r) != RESP_OK_NODATA {
+            refused = Some((i, resp_type(&r)));
+            break;
+        }
+    }
+    // The context already had its two rings attached.
+    assert_eq!(
+        refused,
+        Some((16_384 - 2, RESP_ERR_OUT_OF_MEMORY)),
+        "the 16385th attachment is refused"
+    );
+    still_serving(&mut vm, &ctx, &mut host, "the attachment limit");
+}

@@ -28,6 +28,8 @@ pub struct Limits {
     pub max_entries_per_resource: usize,
     /// Backing entries over all resources.
     pub max_total_entries: usize,
+    /// Resources attached to one context (contexts x resources would otherwise be the bound).
+    pub max_attached_per_context: usize,
 }
 
 impl Default for Limits {
@@ -37,6 +39,7 @@ impl Default for Limits {
             max_resources: 65536,
             max_entries_per_resource: 1 << 18,
             max_total_entries: 1 << 22,
+            max_attached_per_context: 16384,
         }
     }
 }
@@ -734,6 +737,11 @@ impl Gpu {
                     .contexts
                     .get_mut(&hdr.ctx_id)
                     .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
+                if ctx.attached.len() >= self.limits.max_attached_per_context
+                    && !ctx.attached.contains(&b.resource_id)
+                {
+                    return Err(GpuError::Limit("resources attached to one context"));
+                }
                 ctx.attached.insert(b.resource_id);
                 Ok(Resp::NoData)
             }
