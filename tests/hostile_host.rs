@@ -13,17 +13,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(10);
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn odd_fds_too_many_fds_a_huge_memfd_a_flood_and_a_hang_up() {
     let dir = temp_dir();

@@ -12,18 +12,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(10);
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn counts() -> (u32, u32) {
     if std::env::var_os("VUCD_SOAK_FULL").is_some() {
         (10_000, 1_000)
