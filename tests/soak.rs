@@ -12,6 +12,25 @@ use support::*;
 
 const T: Duration = Duration::from_secs(10);
 
+/// The daemon's fd count once it is steady (two readings 50 ms apart agree), or, with
+/// `expect`, once it equals `expect` (giving up after 10 s and returning the last reading).
+fn settled_fds(pid: u32, expect: Option<usize>) -> usize {
+    let deadline = Instant::now() + T;
+    let mut last = fd_count(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = fd_count(pid);
+        let done = match expect {
+            Some(e) => now == e,
+            None => now == last,
+        };
+        if done || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn counts() -> (u32, u32) {
     if std::env::var_os("VUCD_SOAK_FULL").is_some() {
         (10_000, 1_000)
@@ -61,8 +80,10 @@ fn contexts_and_sessions_keep_fds_and_memory_flat() {
         cycle(&mut vm, 1, 0);
         vm.disconnect();
     }
-    std::thread::sleep(Duration::from_millis(100));
-    let (fd0, rss0) = (fd_count(pid), rss_kib(pid));
+    // Between sessions the daemon briefly holds fewer fds (one session torn down, the next not
+    // yet set up): compare counts taken while it waits for a VMM.
+    let fd0 = settled_fds(pid, None);
+    let rss0 = rss_kib(pid);
 
     let start = Instant::now();
     let mut vm = TestVm::connect(daemon.socket_path());
@@ -71,8 +92,8 @@ fn contexts_and_sessions_keep_fds_and_memory_flat() {
     }
     vm.disconnect();
     let t_ctx = start.elapsed();
-    std::thread::sleep(Duration::from_millis(100));
-    let (fd1, rss1) = (fd_count(pid), rss_kib(pid));
+    let fd1 = settled_fds(pid, Some(fd0));
+    let rss1 = rss_kib(pid);
 
     let start = Instant::now();
     for i in 0..sessions {
@@ -88,12 +109,8 @@ fn contexts_and_sessions_keep_fds_and_memory_flat() {
         vm.disconnect();
     }
     let t_sess = start.elapsed();
-    // The last session's cleanup happens right after its disconnect.
-    let deadline = Instant::now() + T;
-    while fd_count(pid) > fd0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (fd2, rss2) = (fd_count(pid), rss_kib(pid));
+    let fd2 = settled_fds(pid, Some(fd0));
+    let rss2 = rss_kib(pid);
     eprintln!(
         "soak: {contexts} context cycles in {t_ctx:.1?}, {sessions} VMM sessions in {t_sess:.1?}"
     );
