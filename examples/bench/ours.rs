@@ -264,14 +264,7 @@ impl Ours {
     /// SEND with a READ_PIPE identifier; the host writes `bytes` into the write end it
     /// received; the guest POLLs and collects READs until hang_up.
     fn pipe_read(&mut self, ctx: &CrossDomainContext, host: UnixStream, bytes: usize) -> RepResult {
-        let writer = std::thread::spawn(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut buf = [0u8; 64];
-            let mut fds = Vec::new();
-            service::recv_fds(&host, &mut buf, &mut fds)?;
-            let fd = fds.pop().ok_or_else(|| std::io::Error::other("no fd"))?;
-            std::fs::File::from(fd).write_all(&vec![0x5a; bytes])
-        });
+        let writer = service::spawn_pipe_filler(host, bytes);
         let id = CD_READ_PIPE_ID_BASE + 1;
         let t0 = Instant::now();
         let h = self.vm.submit_3d(

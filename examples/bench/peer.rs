@@ -336,14 +336,7 @@ impl Peer {
     }
 
     fn pipe_read(&mut self, ctx: &Ctx, host: UnixStream, bytes: usize) -> RepResult {
-        let writer = std::thread::spawn(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut buf = [0u8; 64];
-            let mut fds = Vec::new();
-            service::recv_fds(&host, &mut buf, &mut fds)?;
-            let fd = fds.pop().ok_or_else(|| std::io::Error::other("no fd"))?;
-            std::fs::File::from(fd).write_all(&vec![0x5a; bytes])
-        });
+        let writer = service::spawn_pipe_filler(host, bytes);
         let id = CD_READ_PIPE_ID_BASE + 1;
         let t0 = Instant::now();
         self.submit(ctx, &cd_send(b"r", &[(id, CD_ID_TYPE_READ_PIPE)]))?;

@@ -102,6 +102,18 @@ pub fn recv_fds(s: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::R
     Ok(msg.bytes)
 }
 
+/// The host side of a READ_PIPE transfer: receive the pipe's write end on `host`, write `bytes`
+/// bytes into it, close it.
+pub fn spawn_pipe_filler(host: UnixStream, bytes: usize) -> JoinHandle<io::Result<()>> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut fds = Vec::new();
+        recv_fds(&host, &mut buf, &mut fds)?;
+        let fd = fds.pop().ok_or_else(|| io::Error::other("no fd"))?;
+        std::fs::File::from(fd).write_all(&vec![0x5a; bytes])
+    })
+}
+
 /// A thread that receives `n` messages and closes every descriptor that came with them.
 pub fn spawn_fd_sink(s: UnixStream, n: usize) -> JoinHandle<io::Result<()>> {
     thread::spawn(move || {
