@@ -181,6 +181,11 @@ pub fn cross_domain_commands(data: &[u8]) {
         let mut ctx = Context::new(7, "fuzz".into());
         let mut rest = data;
         let mut fence = 0u64;
+        // Requests held by queued output (head -> chunks), as the device keeps them; every
+        // hold must be released exactly once, at the latest by the teardown.
+        let mut held: std::collections::HashMap<u16, u32> = std::collections::HashMap::new();
+        let mut released = Vec::new();
+        let mut next_head = 0u16;
         while rest.len() >= 3 {
             let op = rest[0];
             let len = usize::from(u16_of(&rest[1..3]));
@@ -192,6 +197,9 @@ pub fn cross_domain_commands(data: &[u8]) {
                 channels: &fx.channels,
                 scratch: &mut fx.scratch,
                 limiter: &mut fx.limiter,
+                hold: None,
+                holds: 0,
+                released: &mut released,
             };
             match op % 4 {
                 0 => {
@@ -199,7 +207,20 @@ pub fn cross_domain_commands(data: &[u8]) {
                     let _ = fx.mem.write_slice(&bytes[..half], GuestAddress(STREAM_A));
                     let _ = fx.mem.write_slice(&bytes[half..], GuestAddress(STREAM_B));
                     let stream = sg(&[(STREAM_A, half), (STREAM_B, bytes.len() - half)]);
+                    // Odd heads may be held, even ones must complete now (as fenced ones).
+                    next_head = next_head.wrapping_add(1);
+                    while held.contains_key(&next_head) {
+                        next_head = next_head.wrapping_add(1);
+                    }
+                    env.hold = (next_head % 2 == 1).then_some(next_head);
                     let _ = ctx.submit(&mut env, &fx.view, &stream, 0, bytes.len());
+                    assert!(
+                        env.hold.is_some() || env.holds == 0,
+                        "unholdable request held"
+                    );
+                    if env.holds > 0 {
+                        held.insert(next_head, env.holds);
+                    }
                 }
                 1 => {
                     fence += 1;
@@ -219,9 +240,28 @@ pub fn cross_domain_commands(data: &[u8]) {
                     let _ = ctx.take_blob(id, size);
                 }
             }
+            settle(&mut held, &mut released);
         }
-        ctx.teardown(&fx.epoll);
+        ctx.teardown(&fx.epoll, &mut released);
+        settle(&mut held, &mut released);
+        assert!(
+            held.is_empty(),
+            "requests still held after teardown: {held:?}"
+        );
     });
+}
+
+/// Account released holds, as the device does; a release of a request that is not held is a bug.
+fn settle(held: &mut std::collections::HashMap<u16, u32>, released: &mut Vec<u16>) {
+    for head in released.drain(..) {
+        let refs = held
+            .get_mut(&head)
+            .unwrap_or_else(|| panic!("request {head} released but not held"));
+        *refs -= 1;
+        if *refs == 0 {
+            held.remove(&head);
+        }
+    }
 }
 
 /// Accepts every map with an even offset page and refuses the others, so both outcomes occur.

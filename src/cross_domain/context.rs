@@ -9,7 +9,8 @@ use log::{debug, info, warn};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use vm_memory::ByteValued;
 
-use super::io::{self as cdio, Backlog, CmsgBuf, FdKind, Flush, Received};
+use super::backlog::{Backlog, Flush};
+use super::io::{self as cdio, CmsgBuf, FdKind, Received};
 use super::protocol::*;
 use crate::config::ChannelTable;
 use crate::guest_warn;
@@ -19,8 +20,13 @@ use crate::virtio_gpu::sg::{GuestMem, SgError, SgList};
 
 /// Most items (received fds, pipes) one context may hold; further fds are refused.
 pub const MAX_ITEMS: usize = 1024;
-/// Most bytes queued towards one slow host peer (channel socket or pipe).
+/// Most bytes copied into daemon memory for one slow host peer (channel socket or pipe).
 pub const MAX_BACKLOG_BYTES: usize = 8 << 20;
+/// Most guest requests held (left uncompleted, their bytes in guest memory) for one slow host
+/// peer; beyond it, further messages are copied (up to [`MAX_BACKLOG_BYTES`]) and completed.
+/// Keeps one stalled host service from occupying the whole control queue, which every context
+/// of the VM shares.
+pub const MAX_HELD_PER_PEER: usize = 64;
 
 /// epoll token source for the channel socket; other sources are item ids.
 const SRC_CHANNEL: u32 = 0;
@@ -167,6 +173,14 @@ pub struct Env<'a> {
     pub channels: &'a ChannelTable,
     pub scratch: &'a mut Scratch,
     pub limiter: &'a mut RateLimiter,
+    /// Control-queue head of the request being processed, when it may be held (left
+    /// uncompleted while its bytes wait for a slow host peer); `None` when it must complete
+    /// now (fenced submissions, host events).
+    pub hold: Option<u16>,
+    /// Set by the context: how many queued chunks now hold the request `hold`.
+    pub holds: u32,
+    /// Heads of held requests whose last queued bytes went out or were dropped.
+    pub released: &'a mut Vec<u16>,
 }
 
 struct Channel {
@@ -476,7 +490,15 @@ impl Context {
         let data_off = off + hdr_len;
         if !chan.out.is_empty() {
             // The peer may have drained since the last EPOLLOUT: try before queueing behind.
-            if let Err(e) = chan.out.flush(chan.sock.as_fd(), true, &mut scratch.cmsg) {
+            if let Err(e) = chan.out.flush(
+                chan.sock.as_fd(),
+                true,
+                env.mem,
+                &mut scratch.iov,
+                &mut scratch.cmsg,
+                env.released,
+            ) {
+                chan.out.discard(env.released);
                 return Err(send_failed(
                     ctx_id,
                     &self.name,
@@ -502,34 +524,40 @@ impl Context {
                 Ok(n) => n,
                 Err(e) if e.kind() == stdio::ErrorKind::WouldBlock => 0,
                 Err(e) => {
+                    scratch.iov.clear();
                     return Err(send_failed(
                         ctx_id,
                         &self.name,
                         conn.channel_type,
                         &chan.path,
                         e,
-                    ))
+                    ));
                 }
             };
             scratch.iov.clear();
             if sent < data_len {
-                let mut rest = vec![0u8; data_len - sent];
-                stream.read_at(env.mem, data_off + sent, &mut rest)?;
+                // The fds went out with the first byte, if any byte went out.
                 let fds = if sent == 0 {
                     std::mem::take(&mut scratch.fds)
                 } else {
                     Vec::new()
                 };
-                chan.out.push(rest, fds);
+                // Part of the message is out: the rest must follow, so no byte limit.
+                queue(
+                    &mut chan.out,
+                    env,
+                    stream,
+                    data_off + sent,
+                    data_len - sent,
+                    fds,
+                    sent == 0,
+                )?;
             }
         } else {
-            if chan.out.bytes() + data_len > MAX_BACKLOG_BYTES {
-                return Err(CtxError::BacklogFull(chan.out.bytes()));
-            }
-            let mut data = vec![0u8; data_len];
-            stream.read_at(env.mem, data_off, &mut data)?;
-            chan.out.push(data, std::mem::take(&mut scratch.fds));
+            let fds = std::mem::take(&mut env.scratch.fds);
+            queue(&mut chan.out, env, stream, data_off, data_len, fds, true)?;
         }
+        let scratch = &mut *env.scratch;
         scratch.fds.clear();
         if !chan.out.is_empty() && !chan.out_armed {
             let mut ev = EpollEvent::new(
@@ -586,9 +614,16 @@ impl Context {
         let data_off = off + hdr_len;
         if !out.is_empty() {
             // The reader may have drained since the last EPOLLOUT: try before queueing behind.
-            if let Err(e) = out.flush(fd.as_fd(), false, &mut env.scratch.cmsg) {
+            if let Err(e) = out.flush(
+                fd.as_fd(),
+                false,
+                env.mem,
+                &mut env.scratch.iov,
+                &mut env.scratch.cmsg,
+                env.released,
+            ) {
                 debug!("ctx {}: write pipe {id:#x} failed: {e}", self.id);
-                self.remove_item(env.epoll, id);
+                self.remove_item(env.epoll, id, env.released);
                 return Err(CtxError::HostIo(e));
             }
         }
@@ -603,22 +638,24 @@ impl Context {
                 Ok(None) => 0,
                 Err(e) => {
                     debug!("ctx {}: write pipe {id:#x} failed: {e}", self.id);
-                    self.remove_item(env.epoll, id);
+                    self.remove_item(env.epoll, id, env.released);
                     return Err(CtxError::HostIo(e));
                 }
             };
             if written < data_len {
-                let mut rest = vec![0u8; data_len - written];
-                stream.read_at(env.mem, data_off + written, &mut rest)?;
-                out.push(rest, Vec::new());
+                let rest = data_len - written;
+                queue(
+                    out,
+                    env,
+                    stream,
+                    data_off + written,
+                    rest,
+                    Vec::new(),
+                    written == 0,
+                )?;
             }
         } else if data_len > 0 {
-            if out.bytes() + data_len > MAX_BACKLOG_BYTES {
-                return Err(CtxError::BacklogFull(out.bytes()));
-            }
-            let mut data = vec![0u8; data_len];
-            stream.read_at(env.mem, data_off, &mut data)?;
-            out.push(data, Vec::new());
+            queue(out, env, stream, data_off, data_len, Vec::new(), true)?;
         }
         if !out.is_empty() && !*armed {
             env.epoll
@@ -634,7 +671,7 @@ impl Context {
         }
         if rw.hang_up != 0 {
             if out.is_empty() {
-                self.remove_item(env.epoll, id);
+                self.remove_item(env.epoll, id, env.released);
             } else {
                 *close_when_flushed = true;
             }
@@ -714,8 +751,11 @@ impl Context {
         }
     }
 
-    fn remove_item(&mut self, epoll: &Epoll, id: u32) {
-        if let Some(item) = self.items.remove(&id) {
+    fn remove_item(&mut self, epoll: &Epoll, id: u32, released: &mut Vec<u16>) {
+        if let Some(mut item) = self.items.remove(&id) {
+            if let Item::WritePipe { out, .. } = &mut item {
+                out.discard(released);
+            }
             match &item {
                 Item::ReadPipe { fd, .. } => {
                     let _ = epoll.delete(fd);
@@ -759,10 +799,14 @@ impl Context {
                 chan.readable = true;
             }
             if writable && chan.out_armed {
-                match chan
-                    .out
-                    .flush(chan.sock.as_fd(), true, &mut env.scratch.cmsg)
-                {
+                match chan.out.flush(
+                    chan.sock.as_fd(),
+                    true,
+                    env.mem,
+                    &mut env.scratch.iov,
+                    &mut env.scratch.cmsg,
+                    env.released,
+                ) {
                     Ok(Flush::Pending) => {}
                     Ok(Flush::Done) => {
                         chan.out_armed = false;
@@ -779,7 +823,7 @@ impl Context {
                             "ctx {ctx_id}: channel {} hung up while sending: {e}",
                             chan.path.display()
                         );
-                        chan.out = Backlog::default();
+                        chan.out.discard(env.released);
                         chan.out_armed = false;
                         if chan.eof {
                             let _ = env.epoll.delete(&chan.sock);
@@ -801,7 +845,14 @@ impl Context {
                 out,
                 armed,
                 close_when_flushed,
-            }) if writable => match out.flush(fd.as_fd(), false, &mut env.scratch.cmsg) {
+            }) if writable => match out.flush(
+                fd.as_fd(),
+                false,
+                env.mem,
+                &mut env.scratch.iov,
+                &mut env.scratch.cmsg,
+                env.released,
+            ) {
                 Ok(Flush::Pending) => {}
                 Ok(Flush::Done) => {
                     let _ = env.epoll.delete(&*fd);
@@ -816,7 +867,7 @@ impl Context {
             _ => {}
         }
         if remove {
-            self.remove_item(env.epoll, src);
+            self.remove_item(env.epoll, src, env.released);
         }
     }
 
@@ -960,7 +1011,7 @@ impl Context {
                 chan.eof = true;
                 chan.readable = false;
                 let _ = env.epoll.delete(&chan.sock);
-                chan.out = Backlog::default();
+                chan.out.discard(env.released);
                 chan.out_armed = false;
             }
         }
@@ -1029,17 +1080,19 @@ impl Context {
                 guest_warn!(env.limiter, "ctx {ctx_id}: channel ring write failed: {e}");
             }
             if hang_up {
-                self.remove_item(env.epoll, id);
+                self.remove_item(env.epoll, id, env.released);
             }
             return true;
         }
     }
 
     /// Stop watching everything and close all host fds. Returns the pending POLL fence, which
-    /// the caller completes so the guest does not hang.
-    pub fn teardown(&mut self, epoll: &Epoll) -> Option<u64> {
+    /// the caller completes so the guest does not hang; the heads of requests held for unsent
+    /// output go to `released`.
+    pub fn teardown(&mut self, epoll: &Epoll, released: &mut Vec<u16>) -> Option<u64> {
         if let Some(conn) = self.conn.take() {
-            if let Some(chan) = conn.channel {
+            if let Some(mut chan) = conn.channel {
+                chan.out.discard(released);
                 if !chan.eof || chan.out_armed {
                     let _ = epoll.delete(&chan.sock);
                 }
@@ -1054,10 +1107,39 @@ impl Context {
         }
         let ids: Vec<u32> = self.items.keys().copied().collect();
         for id in ids {
-            self.remove_item(epoll, id);
+            self.remove_item(epoll, id, released);
         }
         self.poll_fence.take()
     }
+}
+
+/// Queue `[off, off + len)` of the request `stream` behind a slow host peer: held in guest
+/// memory while the request may be held and the peer's budget allows, copied otherwise
+/// (refused past [`MAX_BACKLOG_BYTES`] when `limit` is set; the unsent rest of a partly sent
+/// message is never refused, as its start is already out).
+fn queue(
+    out: &mut Backlog,
+    env: &mut Env<'_>,
+    stream: &SgList,
+    off: usize,
+    len: usize,
+    fds: Vec<OwnedFd>,
+    limit: bool,
+) -> Result<(), CtxError> {
+    if let Some(head) = env.hold {
+        if out.held() < MAX_HELD_PER_PEER {
+            out.push_guest(stream.clone(), off, len, fds, head);
+            env.holds += 1;
+            return Ok(());
+        }
+    }
+    if limit && out.owned_bytes() + len > MAX_BACKLOG_BYTES {
+        return Err(CtxError::BacklogFull(out.owned_bytes()));
+    }
+    let mut data = vec![0u8; len];
+    stream.read_at(env.mem, off, &mut data)?;
+    out.push_owned(data, fds);
+    Ok(())
 }
 
 /// Next free id for a non-read-pipe item: 2.. below the read-pipe range (first id 2, as

@@ -1,11 +1,9 @@
 //! Host-side I/O primitives for channels and pipes: `sendmsg`/`recvmsg` with `SCM_RIGHTS`
-//! straight between guest memory and sockets, non-blocking `readv`/`writev`, the bounded
-//! output backlog used when a host peer is slower than the guest, and the classification of
-//! file descriptors received from host services (spec §5.3).
+//! straight between guest memory and sockets, non-blocking `readv`/`writev`, and the
+//! classification of file descriptors received from host services (spec §5.3).
 //!
 //! This module is the only place in `cross_domain` that calls into libc directly.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -316,89 +314,6 @@ fn seekable_size(fd: BorrowedFd<'_>) -> FdKind {
         }
         Ok(_) => FdKind::Refused("memory object larger than 4 GiB"),
         Err(_) => FdKind::Refused("unseekable file"),
-    }
-}
-
-/// One queued chunk of output that the peer could not take yet.
-struct Chunk {
-    data: Vec<u8>,
-    sent: usize,
-    fds: Vec<OwnedFd>,
-}
-
-/// Bytes (and fds) accepted from the guest but not yet taken by a slow host peer. Bounded:
-/// pushing past `limit` fails, and the guest gets an error response instead of the daemon
-/// growing without bound.
-#[derive(Default)]
-pub struct Backlog {
-    chunks: VecDeque<Chunk>,
-    bytes: usize,
-}
-
-/// Outcome of flushing a backlog.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Flush {
-    /// Everything went out.
-    Done,
-    /// The peer is full again; wait for writability.
-    Pending,
-}
-
-impl Backlog {
-    /// True when nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    /// Queued bytes.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// Queue `data` with `fds`; the fds go out with the chunk's first byte.
-    pub fn push(&mut self, data: Vec<u8>, fds: Vec<OwnedFd>) {
-        self.bytes += data.len();
-        self.chunks.push_back(Chunk { data, sent: 0, fds });
-    }
-
-    /// Send as much as the peer takes, with `sendmsg` (sockets) or `write` (pipes).
-    pub fn flush(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        socket: bool,
-        cmsg: &mut CmsgBuf,
-    ) -> io::Result<Flush> {
-        while let Some(chunk) = self.chunks.front_mut() {
-            let rest = &chunk.data[chunk.sent..];
-            let iov = [libc::iovec {
-                iov_base: rest.as_ptr() as *mut libc::c_void,
-                iov_len: rest.len(),
-            }];
-            let res = if socket {
-                let raw: Vec<RawFd> = chunk.fds.iter().map(|f| f.as_raw_fd()).collect();
-                match send_with_fds(fd, &iov, &raw, cmsg) {
-                    Ok(n) => Some(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                    Err(e) => return Err(e),
-                }
-            } else {
-                writev(fd, &iov)?
-            };
-            let Some(n) = res else {
-                return Ok(Flush::Pending);
-            };
-            if n > 0 || rest.is_empty() {
-                chunk.fds.clear();
-            }
-            chunk.sent += n;
-            self.bytes -= n;
-            if chunk.sent >= chunk.data.len() {
-                self.chunks.pop_front();
-            } else if n == 0 {
-                return Ok(Flush::Pending);
-            }
-        }
-        Ok(Flush::Done)
     }
 }
 

@@ -6,6 +6,7 @@
 //! It never touches virtqueues or fences directly; it tells the virtio-gpu layer which POLL
 //! fence a delivered message completes.
 
+mod backlog;
 mod context;
 pub mod image;
 pub mod io;
@@ -13,5 +14,5 @@ pub mod protocol;
 
 pub use context::{
     capabilities, token_parts, Context, CtxError, Env, Lookup, ResourceView, Scratch,
-    MAX_BACKLOG_BYTES, MAX_ITEMS,
+    MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER, MAX_ITEMS,
 };

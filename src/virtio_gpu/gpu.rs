@@ -158,6 +158,15 @@ struct Pending {
     len: u32,
 }
 
+/// A request left uncompleted while bytes of it wait, in guest memory, for a slow host peer
+/// (see `cross_domain::backlog`). Its response is already written.
+struct Held {
+    /// Queued chunks still referring to the request.
+    refs: u32,
+    /// Bytes written into the response buffer.
+    len: u32,
+}
+
 /// A response body following the header.
 enum Resp {
     NoData,
@@ -193,6 +202,14 @@ pub struct Gpu {
     req: SgList,
     resp: SgList,
     completions: Vec<(u16, u32)>,
+    /// Requests held for slow host peers, by control-queue head.
+    held: HashMap<u16, Held>,
+    /// Heads whose queued chunks went out or were dropped, not yet accounted in `held`.
+    released: Vec<u16>,
+    /// While a chain is processed: its head, if it may be held.
+    hold: Option<u16>,
+    /// While a chain is processed: chunks queued that hold it.
+    holds: u32,
 }
 
 impl Gpu {
@@ -222,6 +239,10 @@ impl Gpu {
             req: SgList::new(),
             resp: SgList::new(),
             completions: Vec::new(),
+            held: HashMap::new(),
+            released: Vec::new(),
+            hold: None,
+            holds: 0,
         })
     }
 
@@ -242,7 +263,7 @@ impl Gpu {
         let ids: Vec<u32> = self.contexts.keys().copied().collect();
         for id in ids {
             if let Some(mut ctx) = self.contexts.remove(&id) {
-                ctx.cd.teardown(&self.epoll);
+                ctx.cd.teardown(&self.epoll, &mut self.released);
             }
         }
         self.resources.clear();
@@ -251,6 +272,8 @@ impl Gpu {
         self.pending.clear();
         self.scanouts = [0; MAX_SCANOUTS];
         self.completions.clear();
+        self.held.clear();
+        self.released.clear();
     }
 
     /// Shutdown with a live VMM: complete every pending fenced response (so the guest does not
@@ -260,9 +283,15 @@ impl Gpu {
         let ids: Vec<u32> = self.contexts.keys().copied().collect();
         for id in ids {
             if let Some(mut ctx) = self.contexts.remove(&id) {
-                ctx.cd.teardown(&self.epoll);
+                ctx.cd.teardown(&self.epoll, &mut self.released);
             }
             self.complete_context(id);
+        }
+        self.settle_released();
+        for (head, h) in self.held.drain() {
+            // Not reachable: every held chunk belongs to a context torn down above.
+            debug!("completing request {head} still held after shutdown");
+            self.completions.push((head, h.len));
         }
         let leftovers: Vec<(u32, u8)> = self.pending.keys().copied().collect();
         for k in leftovers {
@@ -342,6 +371,13 @@ impl Gpu {
             Err(_) => return Some(0),
         };
         let need = response_size(hdr.type_);
+        // Only SUBMIT_3D queues output. It may be held unless it is fenced on a context ring,
+        // whose timeline fixes when it completes. Unfenced (Linux >= 6.6) and globally fenced
+        // (older kernels fence every execbuffer) ones may: a global fence is signalled at once
+        // by this device anyway, and holding the request keeps its buffer, not its fence.
+        self.hold = (!cursor && hdr.type_ == CMD_SUBMIT_3D && hdr.flags & FLAG_INFO_RING_IDX == 0)
+            .then_some(head);
+        self.holds = 0;
         let result = if self.resp.len() < need {
             Err(GpuError::InvalidParameter("response buffer too small"))
         } else if hdr.flags & FLAG_FENCE != 0
@@ -366,16 +402,40 @@ impl Gpu {
                 (e.response(), Resp::NoData)
             }
         };
-        let len = match self.write_response(mem, &hdr, resp_type, &body) {
-            Ok(len) => len,
+        let written = self.write_response(mem, &hdr, resp_type, &body);
+        self.hold = None;
+        let mut refs = std::mem::take(&mut self.holds);
+        if refs > 0 {
+            // Chunks of this very request that already went out while it was processed.
+            self.released.retain(|&h| {
+                if h == head && refs > 0 {
+                    refs -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.settle_released();
+        let len = match &written {
+            Ok(len) => *len,
             Err(e) => {
                 guest_warn!(
                     self.limiter,
                     "chain {head}: writing the response failed: {e}"
                 );
-                return Some(0);
+                0
             }
         };
+        if refs > 0 {
+            // Its bytes wait in its buffers for a slow host peer: complete it once they went
+            // out (`settle_released`). Never on a ring timeline (see `self.hold`).
+            self.held.insert(head, Held { refs, len });
+            return None;
+        }
+        if written.is_err() {
+            return Some(0);
+        }
         let ok = resp_type < RESP_ERR_UNSPEC;
         if ok && hdr.flags & FLAG_FENCE != 0 && !cursor {
             return self.create_fence(mem, &hdr, head, len);
@@ -474,10 +534,14 @@ impl Gpu {
             channels: &self.channels,
             scratch: &mut self.scratch,
             limiter: &mut self.limiter,
+            hold: None,
+            holds: 0,
+            released: &mut self.released,
         };
         if let Some(f) = ctx.cd.try_deliver(&mut env) {
             Self::complete_timeline(&mut self.pending, &mut self.completions, timeline, f);
         }
+        self.settle_released();
         None
     }
 
@@ -514,6 +578,22 @@ impl Gpu {
         }
     }
 
+    /// Account released chunks; requests with none left are completed.
+    fn settle_released(&mut self) {
+        for head in self.released.drain(..) {
+            let Some(h) = self.held.get_mut(&head) else {
+                debug!("released request {head} is not held");
+                continue;
+            };
+            h.refs -= 1;
+            if h.refs == 0 {
+                let len = h.len;
+                self.held.remove(&head);
+                self.completions.push((head, len));
+            }
+        }
+    }
+
     /// Handle readiness of host fds (channel sockets, pipes): deliver messages to contexts with
     /// a pending POLL, flush output backlogs. Never blocks.
     pub fn handle_host_events(&mut self, mem: &GuestMem) {
@@ -538,6 +618,9 @@ impl Gpu {
                     channels: &self.channels,
                     scratch: &mut self.scratch,
                     limiter: &mut self.limiter,
+                    hold: None,
+                    holds: 0,
+                    released: &mut self.released,
                 };
                 ctx.cd.on_event(&mut env, src, ev.events());
                 if let Some(f) = ctx.cd.try_deliver(&mut env) {
@@ -549,6 +632,7 @@ impl Gpu {
                     );
                 }
             }
+            self.settle_released();
             if n < self.events.len() {
                 return;
             }
@@ -725,7 +809,7 @@ impl Gpu {
                     .contexts
                     .remove(&hdr.ctx_id)
                     .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-                ctx.cd.teardown(&self.epoll);
+                ctx.cd.teardown(&self.epoll, &mut self.released);
                 self.complete_context(hdr.ctx_id);
                 debug!("ctx {}: destroyed", hdr.ctx_id);
                 Ok(Resp::NoData)
@@ -1070,8 +1154,13 @@ impl Gpu {
             channels: &self.channels,
             scratch: &mut self.scratch,
             limiter: &mut self.limiter,
+            hold: self.hold,
+            holds: 0,
+            released: &mut self.released,
         };
-        ctx.cd.submit(&mut env, &view, &self.req, start, len)?;
+        let res = ctx.cd.submit(&mut env, &view, &self.req, start, len);
+        self.holds += env.holds;
+        res?;
         Ok(())
     }
 }

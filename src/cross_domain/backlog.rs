@@ -1,0 +1,335 @@
+//! Output waiting for a slow host peer (a channel socket or a write pipe).
+//!
+//! When a `sendmsg`/`writev` towards a host peer comes back short or with `EAGAIN`, the rest of
+//! the guest's SEND or WRITE waits here, in order, until the peer's fd is writable again. This
+//! module owns that queue and decides nothing about policy; [`super::Context`] chooses, per
+//! message, one of two ways to keep the bytes:
+//!
+//! - **Held in guest memory** ([`Backlog::push_guest`]): the chunk refers to the guest's request
+//!   buffers and remembers the control-queue head of the request; the device does not complete
+//!   that request until the chunk went out (or was dropped). No copy, no allocation of the
+//!   payload, and the guest is throttled the way a full virtqueue throttles any driver.
+//! - **Copied** ([`Backlog::push_owned`]): the request completes at once. Used where holding is
+//!   not possible (fenced submissions, whose completion order the fence timeline fixes) and
+//!   beyond the per-peer budget of held requests; bounded by the caller (`MAX_BACKLOG_BYTES`).
+//!
+//! Every chunk that carried a held request reports its head in the `released` list when it is
+//! sent completely or discarded; the virtio-gpu layer completes the request once all chunks
+//! that refer to it are released.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use super::io::{self as cdio, CmsgBuf, MAX_FDS};
+use crate::virtio_gpu::sg::{GuestMem, SgList};
+
+/// Where a queued chunk's bytes are.
+enum Bytes {
+    /// A copy; the request it came from has been completed.
+    Owned(Vec<u8>),
+    /// Still in the guest request `sg`, starting at byte `start` of it.
+    Guest { sg: SgList, start: usize },
+}
+
+/// One queued message (or the unsent rest of one).
+struct Chunk {
+    bytes: Bytes,
+    len: usize,
+    sent: usize,
+    /// Travel with the chunk's first byte; cleared once that byte is out.
+    fds: Vec<OwnedFd>,
+    /// Control-queue head of the guest request whose buffers hold the bytes.
+    hold: Option<u16>,
+}
+
+/// Outcome of flushing a backlog.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything went out.
+    Done,
+    /// The peer is full again; wait for writability.
+    Pending,
+}
+
+/// The queue towards one host peer.
+#[derive(Default)]
+pub struct Backlog {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of `Owned` chunks not yet sent: the daemon's own memory at stake.
+    owned_bytes: usize,
+    /// Chunks that hold a guest request.
+    held: usize,
+}
+
+impl Backlog {
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Unsent bytes copied into daemon memory (held chunks do not count: they are guest
+    /// memory, and the queue size bounds them).
+    pub fn owned_bytes(&self) -> usize {
+        self.owned_bytes
+    }
+
+    /// Number of queued chunks that hold a guest request.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Queue a copy of `data`; `fds` go out with its first byte.
+    pub fn push_owned(&mut self, data: Vec<u8>, fds: Vec<OwnedFd>) {
+        let len = data.len();
+        self.owned_bytes += len;
+        self.chunks.push_back(Chunk {
+            bytes: Bytes::Owned(data),
+            len,
+            sent: 0,
+            fds,
+            hold: None,
+        });
+    }
+
+    /// Queue bytes `[start, start + len)` of the guest request `sg` (control-queue head
+    /// `head`), which the caller keeps uncompleted until this chunk is released.
+    pub fn push_guest(
+        &mut self,
+        sg: SgList,
+        start: usize,
+        len: usize,
+        fds: Vec<OwnedFd>,
+        head: u16,
+    ) {
+        self.held += 1;
+        self.chunks.push_back(Chunk {
+            bytes: Bytes::Guest { sg, start },
+            len,
+            sent: 0,
+            fds,
+            hold: Some(head),
+        });
+    }
+
+    fn pop_front(&mut self, released: &mut Vec<u16>) {
+        if let Some(chunk) = self.chunks.pop_front() {
+            self.forget(&chunk, released);
+        }
+    }
+
+    fn forget(&mut self, chunk: &Chunk, released: &mut Vec<u16>) {
+        if matches!(chunk.bytes, Bytes::Owned(_)) {
+            self.owned_bytes -= chunk.len - chunk.sent;
+        }
+        if let Some(head) = chunk.hold {
+            self.held -= 1;
+            released.push(head);
+        }
+    }
+
+    /// Drop everything queued (the peer is gone, or the item or context is closed). Held
+    /// requests are released; their bytes are lost, as bytes a socket accepted are when the
+    /// peer closes before reading them.
+    pub fn discard(&mut self, released: &mut Vec<u16>) {
+        while !self.chunks.is_empty() {
+            self.pop_front(released);
+        }
+    }
+
+    /// Send as much as the peer takes, with `sendmsg` (sockets, fds attached) or `writev`
+    /// (pipes). Guest chunks are read from `mem` afresh (the memory table may have changed
+    /// since they were queued); a chunk whose guest memory is gone is dropped and logged.
+    pub fn flush(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        socket: bool,
+        mem: &GuestMem,
+        iov: &mut Vec<libc::iovec>,
+        cmsg: &mut CmsgBuf,
+        released: &mut Vec<u16>,
+    ) -> io::Result<Flush> {
+        while let Some(chunk) = self.chunks.front_mut() {
+            let rest = chunk.len - chunk.sent;
+            iov.clear();
+            match &chunk.bytes {
+                Bytes::Owned(data) => iov.push(libc::iovec {
+                    iov_base: data[chunk.sent..].as_ptr() as *mut libc::c_void,
+                    iov_len: rest,
+                }),
+                Bytes::Guest { sg, start } => {
+                    if let Err(e) = sg.iovecs(mem, start + chunk.sent, rest, iov) {
+                        log::warn!("dropping {rest} queued bytes: guest memory changed: {e}");
+                        self.pop_front(released);
+                        continue;
+                    }
+                }
+            }
+            let res = if socket {
+                let mut raw: [RawFd; MAX_FDS] = [-1; MAX_FDS];
+                let n = chunk.fds.len().min(MAX_FDS);
+                for (slot, f) in raw.iter_mut().zip(&chunk.fds) {
+                    *slot = f.as_raw_fd();
+                }
+                match cdio::send_with_fds(fd, iov, &raw[..n], cmsg) {
+                    Ok(n) => Some(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                    Err(e) => {
+                        iov.clear();
+                        return Err(e);
+                    }
+                }
+            } else {
+                match cdio::writev(fd, iov) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        iov.clear();
+                        return Err(e);
+                    }
+                }
+            };
+            iov.clear();
+            let Some(n) = res else {
+                return Ok(Flush::Pending);
+            };
+            if n > 0 || rest == 0 {
+                chunk.fds.clear();
+            }
+            chunk.sent += n;
+            if matches!(chunk.bytes, Bytes::Owned(_)) {
+                self.owned_bytes -= n;
+            }
+            if chunk.sent >= chunk.len {
+                // `forget` must not count the sent bytes again: they are already subtracted.
+                let chunk = self.chunks.pop_front();
+                if let Some(c) = chunk {
+                    if let Some(head) = c.hold {
+                        self.held -= 1;
+                        released.push(head);
+                    }
+                }
+            } else if n == 0 {
+                return Ok(Flush::Pending);
+            }
+        }
+        Ok(Flush::Done)
+    }
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        // Every path that drops queued chunks must release their requests first, or the guest
+        // would wait for them forever.
+        debug_assert_eq!(self.held, 0, "backlog dropped with held guest requests");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+
+    fn mem() -> GuestMem {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x4000)]).unwrap()
+    }
+
+    #[test]
+    fn held_and_owned_chunks_go_out_in_order_and_release_their_requests() {
+        let m = mem();
+        m.write_slice(b"xxhello", GuestAddress(0x1000)).unwrap();
+        m.write_slice(b" world", GuestAddress(0x2000)).unwrap();
+        let mut sg = SgList::new();
+        sg.push(GuestAddress(0x1000), 7);
+        sg.push(GuestAddress(0x2000), 6);
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = Backlog::default();
+        q.push_owned(b"<".to_vec(), Vec::new());
+        q.push_guest(sg, 2, 11, Vec::new(), 7);
+        q.push_owned(b">".to_vec(), Vec::new());
+        assert_eq!((q.held(), q.owned_bytes()), (1, 2));
+        let (mut iov, mut cmsg, mut rel) = (Vec::new(), CmsgBuf::default(), Vec::new());
+        let r = q.flush(a.as_fd(), true, &m, &mut iov, &mut cmsg, &mut rel);
+        assert_eq!(r.unwrap(), Flush::Done);
+        assert_eq!(rel, [7]);
+        assert!(q.is_empty() && q.held() == 0 && q.owned_bytes() == 0);
+        let mut got = [0u8; 13];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"<hello world>");
+    }
+
+    #[test]
+    fn a_full_peer_keeps_the_rest_and_discard_releases_it() {
+        let m = mem();
+        let mut sg = SgList::new();
+        sg.push(GuestAddress(0x1000), 0x4000);
+        let (a, _b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = Backlog::default();
+        let (mut iov, mut cmsg, mut rel) = (Vec::new(), CmsgBuf::default(), Vec::new());
+        // Far more than a socket buffer: the peer never reads.
+        for head in 0..200u16 {
+            q.push_guest(sg.clone(), 0, 0x4000, Vec::new(), head);
+        }
+        let r = q.flush(a.as_fd(), true, &m, &mut iov, &mut cmsg, &mut rel);
+        assert_eq!(r.unwrap(), Flush::Pending);
+        assert!(
+            !rel.is_empty() && rel.len() < 200,
+            "some, not all, went out"
+        );
+        assert_eq!(rel, (0..rel.len() as u16).collect::<Vec<_>>(), "in order");
+        let done = rel.len();
+        q.discard(&mut rel);
+        assert_eq!(rel.len(), 200, "every held request released exactly once");
+        assert_eq!(rel[done..], (done as u16..200).collect::<Vec<_>>());
+        assert_eq!(q.held(), 0);
+    }
+
+    #[test]
+    fn a_chunk_whose_guest_memory_vanished_is_dropped_and_released() {
+        let m = mem();
+        let mut gone = SgList::new();
+        gone.push(GuestAddress(0x9000), 16);
+        let mut ok = SgList::new();
+        ok.push(GuestAddress(0x1000), 2);
+        m.write_slice(b"ok", GuestAddress(0x1000)).unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = Backlog::default();
+        q.push_guest(gone, 0, 16, Vec::new(), 1);
+        q.push_guest(ok, 0, 2, Vec::new(), 2);
+        let (mut iov, mut cmsg, mut rel) = (Vec::new(), CmsgBuf::default(), Vec::new());
+        let r = q.flush(a.as_fd(), true, &m, &mut iov, &mut cmsg, &mut rel);
+        assert_eq!(r.unwrap(), Flush::Done);
+        assert_eq!(rel, [1, 2]);
+        let mut got = [0u8; 2];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ok");
+    }
+
+    #[test]
+    fn pipes_use_write_and_errors_leave_the_rest_for_discard() {
+        let m = mem();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        drop(r);
+        let mut q = Backlog::default();
+        q.push_owned(vec![1; 10], Vec::new());
+        let mut sg = SgList::new();
+        sg.push(GuestAddress(0x1000), 4);
+        q.push_guest(sg, 0, 4, Vec::new(), 9);
+        let (mut iov, mut cmsg, mut rel) = (Vec::new(), CmsgBuf::default(), Vec::new());
+        // (The Rust runtime ignores SIGPIPE, so the write fails with EPIPE.)
+        assert!(q
+            .flush(w.as_fd(), false, &m, &mut iov, &mut cmsg, &mut rel)
+            .is_err());
+        assert!(rel.is_empty());
+        q.discard(&mut rel);
+        assert_eq!(rel, [9]);
+        assert_eq!(q.owned_bytes(), 0);
+    }
+}
