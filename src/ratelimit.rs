@@ -2,7 +2,8 @@
 //! log must stay readable and bounded.
 //!
 //! Two rules, both held by [`GuestLog`] (one per device, i.e. per VMM session):
-//! - every warning about a guest request goes through a [`RateLimiter`] ([`guest_warn!`]);
+//! - every warning about a guest request goes through a [`RateLimiter`]
+//!   ([`guest_warn!`](crate::guest_warn));
 //! - a request refused by a resource limit is a warning only the first time that limit is hit
 //!   in that context, and a debug line after that ([`GuestLog::limit_hit`], with the record
 //!   kept by [`LimitLog`]).
@@ -76,7 +77,8 @@ impl GuestLog {
         }
     }
 
-    /// [`RateLimiter::allow`] of the rate limiter, so [`guest_warn!`] takes a `GuestLog`.
+    /// [`RateLimiter::allow`] of the rate limiter, so [`guest_warn!`](crate::guest_warn) takes
+    /// a `GuestLog`.
     pub fn allow(&mut self, now: Instant) -> Option<u64> {
         self.rate.allow(now)
     }
