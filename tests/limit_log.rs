@@ -1,10 +1,16 @@
 //! A guest that runs into a limit over and over: every refused request gets its error
 //! response, the device keeps serving, and the daemon warns once per limit per context (later
-//! hits are debug lines) instead of once per request.
+//! hits are debug lines) instead of once per request. Likewise for fds a host service sends
+//! into a full item table.
 
 mod support;
 
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
 use support::*;
+
+const T: Duration = Duration::from_secs(10);
 
 /// `MAX_ITEMS` (src/cross_domain/context.rs): items one context may hold.
 const MAX_ITEMS: usize = 1024;
@@ -30,11 +36,16 @@ fn count(log: &str, level: &str, needle: &str) -> usize {
 /// stores one item per call, 1024 of them in one command stream.
 fn full_context(vm: &mut TestVm, ctx_id: u32) -> CrossDomainContext {
     let ctx = CrossDomainContext::open(vm, ctx_id, 0);
+    fill_items(vm, &ctx);
+    ctx
+}
+
+fn fill_items(vm: &mut TestVm, ctx: &CrossDomainContext) {
+    let ctx_id = ctx.ctx_id;
     assert_ok(
         &ctx.submit(vm, &xr24_requirements().repeat(MAX_ITEMS)),
         &format!("ctx {ctx_id}: {MAX_ITEMS} GET_IMAGE_REQUIREMENTS"),
     );
-    ctx
 }
 
 /// `n` more GET_IMAGE_REQUIREMENTS, each refused with ERR_OUT_OF_MEMORY.
@@ -120,7 +131,7 @@ fn contexts_limit_is_warned_about_once_outside_a_live_context() {
         );
     }
     let log = daemon.log();
-    let refused = "limit reached: contexts per VM (1024)";
+    let refused = "limit reached: contexts per VM";
     assert_eq!(count(&log, "WARN", refused), 1, "{log}");
     assert_eq!(
         count(
@@ -145,4 +156,61 @@ fn contexts_limit_is_warned_about_once_outside_a_live_context() {
         RESP_OK_CAPSET_INFO,
         "GET_CAPSET_INFO after the limit hits",
     );
+}
+
+#[test]
+fn fds_received_into_a_full_item_table_are_warned_about_once() {
+    let dir = temp_dir();
+    let (path, l) = channel_listener(dir.path());
+    let daemon = Daemon::builder()
+        .dir(dir)
+        .rust_log("debug")
+        .channel(2, &path)
+        .spawn();
+    let mut vm = TestVm::connect(daemon.socket_path());
+    let ctx = CrossDomainContext::open(&mut vm, 1, 2);
+    let host = accept_timeout(&l, T).expect("channel");
+    fill_items(&mut vm, &ctx);
+
+    // The host sends memfds the context has no room for: the data arrives, the fds are closed.
+    let memfds: Vec<_> = (0..3).map(|_| memfd_with(b"x")).collect();
+    let raw: Vec<_> = memfds.iter().map(|f| f.as_raw_fd()).collect();
+    let rounds = HITS.div_ceil(raw.len());
+    for round in 0..rounds {
+        send_with_fds(&host, b"fds", &raw);
+        match ctx.recv(&mut vm, T) {
+            ChannelMsg::Receive { ids, data } => {
+                assert_eq!(data, b"fds", "round {round}");
+                assert!(ids.is_empty(), "round {round}: {ids:?}");
+            }
+            other => panic!("round {round}: expected RECEIVE, got {other:?}"),
+        }
+    }
+    let dropped = "dropped a received fd";
+    let log = daemon.log();
+    assert_eq!(count(&log, "WARN", dropped), 1, "{log}");
+    assert_eq!(
+        count(
+            &log,
+            "WARN",
+            "limit \"items per context\" is 1024; further hits by ctx 1 are logged at debug level"
+        ),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        count(&log, "DEBUG", dropped),
+        rounds * raw.len() - 1,
+        "{log}"
+    );
+
+    // A GET_IMAGE_REQUIREMENTS refused by the same limit in the same context is not warned
+    // about again, and the channel still carries data.
+    hit_items_limit(&mut vm, &ctx, 1);
+    assert_eq!(count(&daemon.log(), "WARN", "items per context"), 1);
+    send_with_fds(&host, b"still here", &[]);
+    match ctx.recv(&mut vm, T) {
+        ChannelMsg::Receive { data, .. } => assert_eq!(data, b"still here"),
+        other => panic!("expected RECEIVE, got {other:?}"),
+    }
 }
