@@ -15,6 +15,8 @@
 //! - [`device`]: the vhost-user backend (features, config space, queue events).
 //! - [`virtio_gpu`]: virtio-gpu wire structs, control-queue dispatch, resources and fences.
 //! - [`cross_domain`]: cross-domain wire structs, contexts, items and channel I/O.
+//! - [`ratelimit`], [`limitlog`]: logging of guest-caused problems (a rate limit for all of
+//!   them; limits hit are warned about once per context).
 
 pub mod config;
 pub mod cross_domain;
@@ -23,6 +25,7 @@ pub mod device;
 #[doc(hidden)]
 pub mod fuzz_harness;
 pub mod inherited;
+pub mod limitlog;
 pub mod proxy;
 pub mod ratelimit;
 pub mod relay;

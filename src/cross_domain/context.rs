@@ -14,7 +14,8 @@ use super::io::{self as cdio, CmsgBuf, FdKind, Received};
 use super::protocol::*;
 use crate::config::ChannelTable;
 use crate::guest_warn;
-use crate::ratelimit::RateLimiter;
+use crate::limitlog::LimitKind;
+use crate::ratelimit::GuestLog;
 use crate::virtio_gpu::protocol as gpu;
 use crate::virtio_gpu::sg::{GuestMem, SgError, SgList};
 
@@ -132,6 +133,16 @@ impl CtxError {
             _ => gpu::RESP_ERR_INVALID_PARAMETER,
         }
     }
+
+    /// The limit this error reports, with its value; `None` for other errors. Limits are
+    /// logged once per context (see [`GuestLog::limit_hit`]).
+    pub fn limit(&self) -> Option<(LimitKind, usize)> {
+        match self {
+            CtxError::TooManyItems => Some((LimitKind::ItemsPerContext, MAX_ITEMS)),
+            CtxError::BacklogFull(_) => Some((LimitKind::QueuedBytes, MAX_BACKLOG_BYTES)),
+            _ => None,
+        }
+    }
 }
 
 /// What a resource id means to a context.
@@ -172,7 +183,7 @@ pub struct Env<'a> {
     pub epoll: &'a Epoll,
     pub channels: &'a ChannelTable,
     pub scratch: &'a mut Scratch,
-    pub limiter: &'a mut RateLimiter,
+    pub limiter: &'a mut GuestLog,
     /// Control-queue head of the request being processed, when it may be held (left
     /// uncompleted while its bytes wait for a slow host peer); `None` when it must complete
     /// now (fenced submissions, host events).
@@ -974,9 +985,11 @@ impl Context {
                     };
                     // Allocate after classification so refused fds consume no id.
                     let Ok(id) = alloc_item_id(&mut self.last_item_id, &self.items) else {
-                        guest_warn!(
-                            env.limiter,
-                            "ctx {ctx_id}: item table full ({MAX_ITEMS}); dropped a received fd"
+                        env.limiter.limit_hit(
+                            ctx_id,
+                            LimitKind::ItemsPerContext,
+                            MAX_ITEMS,
+                            format_args!("ctx {ctx_id}: item table full; dropped a received fd"),
                         );
                         continue;
                     };

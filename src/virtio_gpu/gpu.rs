@@ -17,7 +17,8 @@ use crate::cross_domain::{
     self, image, protocol as cd, Context, CtxError, Env, Lookup, ResourceView,
 };
 use crate::guest_warn;
-use crate::ratelimit::RateLimiter;
+use crate::limitlog::LimitKind;
+use crate::ratelimit::GuestLog;
 
 /// Bounds on what a guest may make the device hold.
 #[derive(Debug, Clone, Copy)]
@@ -67,8 +68,8 @@ pub enum GpuError {
     InvalidParameter(&'static str),
     #[error("backing entry {index} ({addr:#x}+{len}) is not guest memory")]
     BadEntry { index: usize, addr: u64, len: u32 },
-    #[error("limit reached: {0}")]
-    Limit(&'static str),
+    #[error("limit reached: {0} ({1})")]
+    Limit(LimitKind, usize),
     #[error("fence on ring {0}: cross-domain contexts have rings 0 and 1 only")]
     BadRing(u8),
     #[error("cross-domain: {0}")]
@@ -86,12 +87,22 @@ impl GpuError {
             }
             GpuError::InvalidContext(_) | GpuError::ContextExists(_) => RESP_ERR_INVALID_CONTEXT_ID,
             GpuError::InvalidScanout(_) => RESP_ERR_INVALID_SCANOUT_ID,
-            GpuError::Limit(_) => RESP_ERR_OUT_OF_MEMORY,
+            GpuError::Limit(..) => RESP_ERR_OUT_OF_MEMORY,
             GpuError::UnknownCommand(_) | GpuError::Unsupported(_) | GpuError::Map(_) => {
                 RESP_ERR_UNSPEC
             }
             GpuError::CrossDomain(e) => e.response(),
             _ => RESP_ERR_INVALID_PARAMETER,
+        }
+    }
+
+    /// The limit this error reports, with its value; `None` for other errors. Limits are
+    /// logged once per context (see [`GuestLog::limit_hit`]).
+    pub fn limit(&self) -> Option<(LimitKind, usize)> {
+        match self {
+            GpuError::Limit(kind, value) => Some((*kind, *value)),
+            GpuError::CrossDomain(e) => e.limit(),
+            _ => None,
         }
     }
 }
@@ -198,7 +209,7 @@ pub struct Gpu {
     epoll: Epoll,
     events: Vec<EpollEvent>,
     scratch: cross_domain::Scratch,
-    limiter: RateLimiter,
+    limiter: GuestLog,
     req: SgList,
     resp: SgList,
     completions: Vec<(u16, u32)>,
@@ -235,7 +246,7 @@ impl Gpu {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?,
             events: vec![EpollEvent::empty(); EVENTS_PER_POLL],
             scratch: cross_domain::Scratch::default(),
-            limiter: RateLimiter::default(),
+            limiter: GuestLog::new(limits.max_contexts),
             req: SgList::new(),
             resp: SgList::new(),
             completions: Vec::new(),
@@ -274,6 +285,7 @@ impl Gpu {
         self.completions.clear();
         self.held.clear();
         self.released.clear();
+        self.limiter.limits.clear();
     }
 
     /// Shutdown with a live VMM: complete every pending fenced response (so the guest does not
@@ -301,6 +313,7 @@ impl Gpu {
         self.mappings.clear();
         self.total_entries = 0;
         self.scanouts = [0; MAX_SCANOUTS];
+        self.limiter.limits.clear();
     }
 
     /// Completed deferred responses (control queue heads and lengths) to publish.
@@ -393,12 +406,7 @@ impl Gpu {
         let (resp_type, body) = match result {
             Ok(body) => (resp_type(&body), body),
             Err(e) => {
-                guest_warn!(
-                    self.limiter,
-                    "{} (ctx {}): {e}",
-                    command_name(hdr.type_),
-                    hdr.ctx_id
-                );
+                self.log_refusal(&hdr, &e);
                 (e.response(), Resp::NoData)
             }
         };
@@ -811,6 +819,7 @@ impl Gpu {
                     .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
                 ctx.cd.teardown(&self.epoll, &mut self.released);
                 self.complete_context(hdr.ctx_id);
+                self.limiter.limits.forget(hdr.ctx_id);
                 debug!("ctx {}: destroyed", hdr.ctx_id);
                 Ok(Resp::NoData)
             }
@@ -824,7 +833,10 @@ impl Gpu {
                 if ctx.attached.len() >= self.limits.max_attached_per_context
                     && !ctx.attached.contains(&b.resource_id)
                 {
-                    return Err(GpuError::Limit("resources attached to one context"));
+                    return Err(GpuError::Limit(
+                        LimitKind::AttachedPerContext,
+                        self.limits.max_attached_per_context,
+                    ));
                 }
                 ctx.attached.insert(b.resource_id);
                 Ok(Resp::NoData)
@@ -876,6 +888,24 @@ impl Gpu {
         }
     }
 
+    /// Log a refused request: a limit once per context (see [`GuestLog::limit_hit`]; requests
+    /// naming no live context count as context 0), anything else through the rate limiter.
+    fn log_refusal(&mut self, hdr: &CtrlHdr, e: &GpuError) {
+        let cmd = command_name(hdr.type_);
+        match e.limit() {
+            Some((kind, value)) => {
+                let ctx = if self.contexts.contains_key(&hdr.ctx_id) {
+                    hdr.ctx_id
+                } else {
+                    0
+                };
+                let what = format_args!("{cmd} (ctx {}): {e}", hdr.ctx_id);
+                self.limiter.limit_hit(ctx, kind, value, what);
+            }
+            None => guest_warn!(self.limiter, "{cmd} (ctx {}): {e}", hdr.ctx_id),
+        }
+    }
+
     fn existing(&self, id: u32) -> Result<&Resource, GpuError> {
         self.resources.get(&id).ok_or(GpuError::InvalidResource(id))
     }
@@ -902,7 +932,10 @@ impl Gpu {
             return Err(GpuError::ResourceExists(id));
         }
         if self.resources.len() >= self.limits.max_resources {
-            return Err(GpuError::Limit("resources per VM"));
+            return Err(GpuError::Limit(
+                LimitKind::ResourcesPerVm,
+                self.limits.max_resources,
+            ));
         }
         self.total_entries += res.entries();
         self.resources.insert(id, res);
@@ -911,7 +944,10 @@ impl Gpu {
 
     fn check_entry_budget(&self, new: usize, replacing: usize) -> Result<(), GpuError> {
         if self.total_entries - replacing + new > self.limits.max_total_entries {
-            return Err(GpuError::Limit("backing entries per VM"));
+            return Err(GpuError::Limit(
+                LimitKind::EntriesPerVm,
+                self.limits.max_total_entries,
+            ));
         }
         Ok(())
     }
@@ -922,7 +958,10 @@ impl Gpu {
             return Err(GpuError::InvalidParameter("no backing entries"));
         }
         if nr > self.limits.max_entries_per_resource {
-            return Err(GpuError::Limit("backing entries per resource"));
+            return Err(GpuError::Limit(
+                LimitKind::EntriesPerResource,
+                self.limits.max_entries_per_resource,
+            ));
         }
         let entry = std::mem::size_of::<MemEntry>();
         let need = base + nr * entry;
@@ -1074,7 +1113,10 @@ impl Gpu {
         let blob_id = u32::try_from(b.blob_id)
             .map_err(|_| GpuError::InvalidParameter("blob_id does not fit 32 bits"))?;
         if self.resources.len() >= self.limits.max_resources {
-            return Err(GpuError::Limit("resources per VM"));
+            return Err(GpuError::Limit(
+                LimitKind::ResourcesPerVm,
+                self.limits.max_resources,
+            ));
         }
         let ctx = self
             .contexts
@@ -1115,7 +1157,10 @@ impl Gpu {
             ));
         }
         if self.contexts.len() >= self.limits.max_contexts {
-            return Err(GpuError::Limit("contexts per VM"));
+            return Err(GpuError::Limit(
+                LimitKind::ContextsPerVm,
+                self.limits.max_contexts,
+            ));
         }
         let name = String::from_utf8_lossy(&b.debug_name[..b.nlen as usize]).into_owned();
         debug!("ctx {ctx_id}: created ({name})");
