@@ -152,13 +152,15 @@ impl Endpoint {
 /// (`Listen::Connected`). SIGTERM and SIGINT exit the process with status 0 (see the module
 /// documentation).
 ///
-/// Order: the vhost-user socket is opened (and everything else that needs the file system or
-/// `connect`: the relay's private connection, the notification socket), SIGTERM and SIGINT
-/// are blocked, the sandbox is entered ([`crate::sandbox::enter`]), and only then do threads
+/// Order: SIGTERM and SIGINT are blocked first (a service manager may stop the daemon as soon
+/// as its socket appears; the signal then waits for the signal thread instead of killing the
+/// daemon with its socket left behind), the vhost-user socket is opened (and everything else
+/// that needs the file system or `connect`: the relay's private connection, the notification
+/// socket), the sandbox is entered ([`crate::sandbox::enter`]), and only then do threads
 /// start, so that every one of them is confined.
 pub fn run(config: &Config) -> Result<(), Error> {
-    let endpoint = Endpoint::open(config)?;
     let signals = block_signals()?;
+    let endpoint = Endpoint::open(config)?;
     systemd::connect_notify_socket();
     let socket_path = match &config.listen {
         Listen::Path(path) => Some(path.clone()),

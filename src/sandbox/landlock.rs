@@ -42,7 +42,7 @@ pub struct Outcome {
     /// The Landlock ABI of the running kernel (0: no Landlock).
     pub abi: i32,
     /// Whether every requested restriction is enforced (`Full`), some are (`Partial`, on a
-    /// kernel older than [`TARGET_ABI`]), or none (`None`).
+    /// kernel older than the targeted ABI, V9), or none (`None`).
     pub enforced: Enforced,
 }
 
