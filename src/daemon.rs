@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -159,6 +159,7 @@ impl Endpoint {
 /// socket), the sandbox is entered ([`crate::sandbox::enter`]), and only then do threads
 /// start, so that every one of them is confined.
 pub fn run(config: &Config) -> Result<(), Error> {
+    raise_fd_limit();
     let signals = block_signals()?;
     let endpoint = Endpoint::open(config)?;
     systemd::connect_notify_socket();
@@ -375,6 +376,22 @@ impl Shutdown {
         }
         info!("stopped");
         std::process::exit(0);
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit. Every context may hold up to
+/// `MAX_ITEMS` (1024) fds from host services, and service managers commonly start programs
+/// with a soft limit of 1024 (systemd's default `LimitNOFILE=1024:524288`), which one busy
+/// context could exhaust. The daemon never uses `select(2)`, the reason for that default.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => debug!("open-file limit raised from {soft} to {hard}"),
+            Err(e) => warn!("cannot raise the open-file limit from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!("cannot read the open-file limit: {e}"),
     }
 }
 

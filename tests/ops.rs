@@ -497,3 +497,56 @@ fn fd_must_be_a_connected_unix_stream_socket() {
     pass_fd(&mut cmd, file.as_raw_fd(), 6);
     assert_exit_2(spawn(cmd, log_path), &["--fd '6'", "not a socket"]);
 }
+
+/// Started with a soft open-file limit of 256 (below what one context may hold), the daemon
+/// raises it to the hard limit before it serves.
+#[test]
+fn open_file_limit_is_raised_to_the_hard_limit() {
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    let (mut cmd, log_path) = command(
+        dir.path(),
+        &["--socket-path".into(), sock.clone().into()],
+        false,
+    );
+    // SAFETY: the closure runs between fork and exec and only calls getrlimit/setrlimit, which
+    // are async-signal-safe, and `last_os_error`, which does not allocate.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut r = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            r.rlim_cur = 256.min(r.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let d = spawn(cmd, log_path);
+    let deadline = Instant::now() + T;
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "soft limit raised to the hard limit: {line}");
+    if hard != "256" {
+        assert!(
+            d.log().contains("open-file limit raised from 256 to"),
+            "{}",
+            d.log()
+        );
+    }
+}
