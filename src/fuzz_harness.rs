@@ -200,6 +200,8 @@ pub fn cross_domain_commands(data: &[u8]) {
                 hold: None,
                 holds: 0,
                 released: &mut released,
+                // Small, so that the VM-wide refusal is reached too.
+                images_left: 64,
             };
             match op % 4 {
                 0 => {

@@ -35,21 +35,27 @@ pub enum LimitKind {
     EntriesPerVm,
     /// `Limits::max_attached_per_context`.
     AttachedPerContext,
-    /// `MAX_ITEMS`: received fds, pipes and image requirements held by one context.
+    /// `MAX_ITEMS`: received fds and pipes held by one context.
     ItemsPerContext,
+    /// `MAX_IMAGE_REQUIREMENTS`: distinct image requirements stored by one context.
+    ImageRequirementsPerContext,
+    /// `MAX_IMAGE_REQUIREMENTS_PER_VM`: image requirements stored by all contexts.
+    ImageRequirementsPerVm,
     /// `MAX_BACKLOG_BYTES`: bytes queued towards one slow host peer (channel socket or pipe).
     QueuedBytes,
 }
 
 impl LimitKind {
     /// Every limit, in declaration order.
-    pub const ALL: [LimitKind; 7] = [
+    pub const ALL: [LimitKind; 9] = [
         LimitKind::ContextsPerVm,
         LimitKind::ResourcesPerVm,
         LimitKind::EntriesPerResource,
         LimitKind::EntriesPerVm,
         LimitKind::AttachedPerContext,
         LimitKind::ItemsPerContext,
+        LimitKind::ImageRequirementsPerContext,
+        LimitKind::ImageRequirementsPerVm,
         LimitKind::QueuedBytes,
     ];
 
@@ -62,6 +68,8 @@ impl LimitKind {
             LimitKind::EntriesPerVm => "backing entries per VM",
             LimitKind::AttachedPerContext => "resources attached to one context",
             LimitKind::ItemsPerContext => "items per context",
+            LimitKind::ImageRequirementsPerContext => "image requirements per context",
+            LimitKind::ImageRequirementsPerVm => "image requirements per VM",
             LimitKind::QueuedBytes => "bytes queued towards a host peer",
         }
     }
@@ -78,7 +86,7 @@ impl fmt::Display for LimitKind {
 }
 
 /// One bit per [`LimitKind`].
-type Reported = u8;
+type Reported = u16;
 
 // Every kind has its bit.
 const _: () = assert!(LimitKind::ALL.len() <= Reported::BITS as usize);

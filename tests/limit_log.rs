@@ -12,16 +12,24 @@ use support::*;
 
 const T: Duration = Duration::from_secs(10);
 
-/// `MAX_ITEMS` (src/cross_domain/context.rs): items one context may hold.
+/// `MAX_ITEMS` (src/cross_domain/context.rs): received fds and pipes one context may hold.
 const MAX_ITEMS: usize = 1024;
+/// `MAX_IMAGE_REQUIREMENTS` (src/cross_domain/context.rs): distinct image requirements one
+/// context may store.
+const MAX_IMAGES: usize = 4096;
+/// `MAX_IMAGE_REQUIREMENTS_PER_VM`: the same for all contexts together.
+const MAX_IMAGES_PER_VM: usize = 65536;
 /// `Limits::default().max_contexts` (src/virtio_gpu/gpu.rs).
 const MAX_CONTEXTS: u32 = 1024;
 /// Refused requests per context: more than the rate limiter's 10 messages per second, so
 /// per-request warnings would show.
 const HITS: usize = 20;
 
-fn xr24_requirements() -> Vec<u8> {
-    cd_image_requirements(64, 64, u32::from_le_bytes(*b"XR24"), 0)
+const R8: u32 = u32::from_le_bytes(*b"R8  ");
+
+/// GET_IMAGE_REQUIREMENTS for an R8 image `width` × 1: a distinct query for every width.
+fn r8_requirements(width: u32) -> Vec<u8> {
+    cd_image_requirements(width, 1, R8, 0)
 }
 
 /// Log lines at `level` ("WARN", "DEBUG") that contain `needle`.
@@ -32,30 +40,36 @@ fn count(log: &str, level: &str, needle: &str) -> usize {
         .count()
 }
 
-/// A query-only context (channel type 0) whose item table is full: GET_IMAGE_REQUIREMENTS
-/// stores one item per call, 1024 of them in one command stream.
-fn full_context(vm: &mut TestVm, ctx_id: u32) -> CrossDomainContext {
+/// A query-only context (channel type 0) with `MAX_IMAGES` distinct image requirements
+/// stored (widths `base + 1 ..= base + MAX_IMAGES`), 1024 queries per command stream.
+fn full_context(vm: &mut TestVm, ctx_id: u32, base: u32) -> CrossDomainContext {
     let ctx = CrossDomainContext::open(vm, ctx_id, 0);
-    fill_items(vm, &ctx);
+    fill_images(vm, &ctx, base, MAX_IMAGES);
     ctx
 }
 
-fn fill_items(vm: &mut TestVm, ctx: &CrossDomainContext) {
+fn fill_images(vm: &mut TestVm, ctx: &CrossDomainContext, base: u32, n: usize) {
     let ctx_id = ctx.ctx_id;
-    assert_ok(
-        &ctx.submit(vm, &xr24_requirements().repeat(MAX_ITEMS)),
-        &format!("ctx {ctx_id}: {MAX_ITEMS} GET_IMAGE_REQUIREMENTS"),
-    );
+    for start in (0..n).step_by(1024) {
+        let end = n.min(start + 1024);
+        let stream: Vec<u8> = (start..end)
+            .flat_map(|i| r8_requirements(base + i as u32 + 1))
+            .collect();
+        assert_ok(
+            &ctx.submit(vm, &stream),
+            &format!("ctx {ctx_id}: GET_IMAGE_REQUIREMENTS {start}..{end}"),
+        );
+    }
 }
 
-/// `n` more GET_IMAGE_REQUIREMENTS, each refused with ERR_OUT_OF_MEMORY.
-fn hit_items_limit(vm: &mut TestVm, ctx: &CrossDomainContext, n: usize) {
+/// `n` more distinct GET_IMAGE_REQUIREMENTS, each refused with ERR_OUT_OF_MEMORY.
+fn hit_images_limit(vm: &mut TestVm, ctx: &CrossDomainContext, n: usize) {
     for i in 0..n {
         assert_resp(
-            &ctx.submit(vm, &xr24_requirements()),
+            &ctx.submit(vm, &r8_requirements(1_000_000 + i as u32)),
             RESP_ERR_OUT_OF_MEMORY,
             &format!(
-                "ctx {}: GET_IMAGE_REQUIREMENTS {i} past the item limit",
+                "ctx {}: GET_IMAGE_REQUIREMENTS {i} past the limit",
                 ctx.ctx_id
             ),
         );
@@ -63,21 +77,23 @@ fn hit_items_limit(vm: &mut TestVm, ctx: &CrossDomainContext, n: usize) {
 }
 
 #[test]
-fn items_limit_is_warned_about_once_per_context() {
+fn image_requirements_limit_is_warned_about_once_per_context() {
     let daemon = Daemon::builder().rust_log("debug").spawn();
     let mut vm = TestVm::connect(daemon.socket_path());
 
-    let ctx1 = full_context(&mut vm, 1);
-    hit_items_limit(&mut vm, &ctx1, HITS);
-    let ctx2 = full_context(&mut vm, 2);
-    hit_items_limit(&mut vm, &ctx2, HITS);
+    let ctx1 = full_context(&mut vm, 1, 0);
+    hit_images_limit(&mut vm, &ctx1, HITS);
+    let ctx2 = full_context(&mut vm, 2, 0);
+    hit_images_limit(&mut vm, &ctx2, HITS);
 
     // The daemon logs a refusal before it answers, so the log is complete here.
-    let refused = |ctx: u32| format!("SUBMIT_3D (ctx {ctx}): cross-domain: too many items");
+    let refused = |ctx: u32| {
+        format!("SUBMIT_3D (ctx {ctx}): cross-domain: too many distinct image requirements")
+    };
     let first = |ctx: u32| {
         format!(
-            "limit \"items per context\" is {MAX_ITEMS}; further hits by ctx {ctx} are logged \
-             at debug level"
+            "limit \"image requirements per context\" is {MAX_IMAGES}; further hits by ctx \
+             {ctx} are logged at debug level"
         )
     };
     let log = daemon.log();
@@ -91,10 +107,22 @@ fn items_limit_is_warned_about_once_per_context() {
         );
     }
 
+    // A query the context already made is answered from its table, even when it is full.
+    let again = ctx1
+        .image_requirements(&mut vm, 17, 1, R8, 0)
+        .expect("a repeated query in a full context");
+    let again2 = ctx1
+        .image_requirements(&mut vm, 17, 1, R8, 0)
+        .expect("the same query once more");
+    assert_eq!(
+        again.blob_id, again2.blob_id,
+        "a repeated query gets the same blob id"
+    );
+
     // A destroyed context is forgotten: a new context with the same id is reported again.
     assert_ok(&ctx1.destroy(&mut vm), "CTX_DESTROY 1");
-    let ctx1 = full_context(&mut vm, 1);
-    hit_items_limit(&mut vm, &ctx1, 3);
+    let ctx1 = full_context(&mut vm, 1, 0);
+    hit_images_limit(&mut vm, &ctx1, 3);
     let log = daemon.log();
     assert_eq!(count(&log, "WARN", &first(1)), 2, "{log}");
     assert_eq!(count(&log, "WARN", &first(2)), 1, "{log}");
@@ -108,7 +136,36 @@ fn items_limit_is_warned_about_once_per_context() {
     let ctx3 = CrossDomainContext::open(&mut vm, 3, 0);
     ctx3.image_requirements(&mut vm, 64, 64, u32::from_le_bytes(*b"XR24"), 0)
         .expect("GET_IMAGE_REQUIREMENTS in a fresh context");
-    hit_items_limit(&mut vm, &ctx2, 1);
+    hit_images_limit(&mut vm, &ctx2, 1);
+}
+
+/// All contexts together store at most `MAX_IMAGES_PER_VM` image requirements; a destroyed
+/// context gives its share back.
+#[test]
+fn image_requirements_have_a_vm_wide_budget() {
+    let daemon = Daemon::builder().rust_log("debug").spawn();
+    let mut vm = TestVm::connect(daemon.socket_path());
+    let full = (MAX_IMAGES_PER_VM / MAX_IMAGES) as u32;
+    let ctxs: Vec<_> = (1..=full).map(|id| full_context(&mut vm, id, 0)).collect();
+    let extra = CrossDomainContext::open(&mut vm, full + 1, 0);
+    for i in 0..HITS as u32 {
+        assert_resp(
+            &extra.submit(&mut vm, &r8_requirements(i + 1)),
+            RESP_ERR_OUT_OF_MEMORY,
+            &format!("GET_IMAGE_REQUIREMENTS {i} past the VM-wide budget"),
+        );
+    }
+    let log = daemon.log();
+    assert_eq!(
+        count(&log, "WARN", "limit \"image requirements per VM\" is 65536"),
+        1,
+        "{log}"
+    );
+    let [first, ..] = ctxs.as_slice() else {
+        unreachable!()
+    };
+    assert_ok(&first.clone().destroy(&mut vm), "CTX_DESTROY");
+    fill_images(&mut vm, &extra, 0, MAX_IMAGES);
 }
 
 #[test]
@@ -170,9 +227,22 @@ fn fds_received_into_a_full_item_table_are_warned_about_once() {
     let mut vm = TestVm::connect(daemon.socket_path());
     let ctx = CrossDomainContext::open(&mut vm, 1, 2);
     let host = accept_timeout(&l, T).expect("channel");
-    fill_items(&mut vm, &ctx);
 
-    // The host sends memfds the context has no room for: the data arrives, the fds are closed.
+    // The host fills the item table with memfds, 28 per message (the most one RECEIVE holds).
+    let mut held = 0;
+    while held < MAX_ITEMS {
+        let n = (MAX_ITEMS - held).min(28);
+        let memfds: Vec<_> = (0..n).map(|_| memfd_with(b"x")).collect();
+        let raw: Vec<_> = memfds.iter().map(|f| f.as_raw_fd()).collect();
+        send_with_fds(&host, b"fill", &raw);
+        match ctx.recv(&mut vm, T) {
+            ChannelMsg::Receive { ids, .. } => assert_eq!(ids.len(), n, "after {held} items"),
+            other => panic!("expected RECEIVE, got {other:?}"),
+        }
+        held += n;
+    }
+
+    // Then sends memfds the context has no room for: the data arrives, the fds are closed.
     let memfds: Vec<_> = (0..3).map(|_| memfd_with(b"x")).collect();
     let raw: Vec<_> = memfds.iter().map(|f| f.as_raw_fd()).collect();
     let rounds = HITS.div_ceil(raw.len());
@@ -204,10 +274,9 @@ fn fds_received_into_a_full_item_table_are_warned_about_once() {
         "{log}"
     );
 
-    // A GET_IMAGE_REQUIREMENTS refused by the same limit in the same context is not warned
-    // about again, and the channel still carries data.
-    hit_items_limit(&mut vm, &ctx, 1);
-    assert_eq!(count(&daemon.log(), "WARN", "items per context"), 1);
+    // Image requirements have their own table: still answered. The channel still carries data.
+    ctx.image_requirements(&mut vm, 64, 64, u32::from_le_bytes(*b"XR24"), 0)
+        .expect("GET_IMAGE_REQUIREMENTS with a full item table");
     send_with_fds(&host, b"still here", &[]);
     match ctx.recv(&mut vm, T) {
         ChannelMsg::Receive { data, .. } => assert_eq!(data, b"still here"),

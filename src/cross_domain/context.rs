@@ -21,6 +21,13 @@ use crate::virtio_gpu::sg::{GuestMem, SgError, SgList};
 
 /// Most items (received fds, pipes) one context may hold; further fds are refused.
 pub const MAX_ITEMS: usize = 1024;
+/// Most distinct image requirements (GET_IMAGE_REQUIREMENTS replies, kept for any number of
+/// CREATE_BLOBs) one context may hold. Identical queries share one entry; a guest allocator
+/// such as sommelier's asks once per distinct (width, height, format), e.g. once per shm pool
+/// size, for the life of the context.
+pub const MAX_IMAGE_REQUIREMENTS: usize = 4096;
+/// Most image requirements all contexts of a VM may hold together (about 50 bytes each).
+pub const MAX_IMAGE_REQUIREMENTS_PER_VM: usize = 65536;
 /// Most bytes copied into daemon memory for one slow host peer (channel socket or pipe).
 pub const MAX_BACKLOG_BYTES: usize = 8 << 20;
 /// Most guest requests held (left uncompleted, their bytes in guest memory) for one slow host
@@ -106,6 +113,14 @@ pub enum CtxError {
     FdsWithoutData,
     #[error("too many items in this context (limit {MAX_ITEMS})")]
     TooManyItems,
+    #[error(
+        "too many distinct image requirements in this context (limit {MAX_IMAGE_REQUIREMENTS})"
+    )]
+    TooManyImageRequirements,
+    #[error(
+        "too many distinct image requirements in this VM (limit {MAX_IMAGE_REQUIREMENTS_PER_VM})"
+    )]
+    VmImageRequirementsExhausted,
     #[error("host peer is not reading: {0} bytes already queued")]
     BacklogFull(usize),
     #[error("host I/O: {0}")]
@@ -125,7 +140,10 @@ impl CtxError {
                 gpu::RESP_ERR_INVALID_PARAMETER
             }
             CtxError::Image(_) => gpu::RESP_ERR_OUT_OF_MEMORY,
-            CtxError::TooManyItems | CtxError::BacklogFull(_) => gpu::RESP_ERR_OUT_OF_MEMORY,
+            CtxError::TooManyItems
+            | CtxError::TooManyImageRequirements
+            | CtxError::VmImageRequirementsExhausted
+            | CtxError::BacklogFull(_) => gpu::RESP_ERR_OUT_OF_MEMORY,
             CtxError::Connect { .. }
             | CtxError::HostIo(_)
             | CtxError::ChannelClosed
@@ -139,6 +157,14 @@ impl CtxError {
     pub fn limit(&self) -> Option<(LimitKind, usize)> {
         match self {
             CtxError::TooManyItems => Some((LimitKind::ItemsPerContext, MAX_ITEMS)),
+            CtxError::TooManyImageRequirements => Some((
+                LimitKind::ImageRequirementsPerContext,
+                MAX_IMAGE_REQUIREMENTS,
+            )),
+            CtxError::VmImageRequirementsExhausted => Some((
+                LimitKind::ImageRequirementsPerVm,
+                MAX_IMAGE_REQUIREMENTS_PER_VM,
+            )),
             CtxError::BacklogFull(_) => Some((LimitKind::QueuedBytes, MAX_BACKLOG_BYTES)),
             _ => None,
         }
@@ -192,6 +218,9 @@ pub struct Env<'a> {
     pub holds: u32,
     /// Heads of held requests whose last queued bytes went out or were dropped.
     pub released: &'a mut Vec<u16>,
+    /// How many more image requirements the VM may store (a VM-wide budget kept by the
+    /// device); the context takes one for every one it stores.
+    pub images_left: usize,
 }
 
 struct Channel {
@@ -214,8 +243,6 @@ struct Connection {
 enum Item {
     /// Seekable memory received from the host (memfd, dma-buf), waiting to become a blob.
     Memory { fd: OwnedFd, size: u64 },
-    /// Stored GET_IMAGE_REQUIREMENTS reply: any number of blobs of exactly `size` bytes.
-    ImageRequirements { size: u64, map_info: u32 },
     /// A pipe write end received from the host; the guest WRITEs into it.
     WritePipe {
         fd: OwnedFd,
@@ -227,12 +254,24 @@ enum Item {
     ReadPipe { fd: OwnedFd, readable: bool },
 }
 
+/// A stored GET_IMAGE_REQUIREMENTS reply.
+#[derive(Clone, Copy)]
+struct StoredImage {
+    size: u64,
+    map_info: u32,
+}
+
 /// One cross-domain context.
 pub struct Context {
     id: u32,
     name: String,
     conn: Option<Connection>,
     items: HashMap<u32, Item>,
+    /// Stored GET_IMAGE_REQUIREMENTS replies by blob id: any number of blobs of exactly `size`
+    /// bytes, with `map_info`. Ids come from the items' id space.
+    images: HashMap<u32, StoredImage>,
+    /// The blob id already given for a (width, height, drm_format) query.
+    image_ids: HashMap<(u32, u32, u32), u32>,
     last_item_id: u32,
     last_read_pipe_id: u32,
     poll_fence: Option<u64>,
@@ -251,6 +290,8 @@ impl Context {
             name,
             conn: None,
             items: HashMap::new(),
+            images: HashMap::new(),
+            image_ids: HashMap::new(),
             last_item_id: 1,
             last_read_pipe_id: READ_PIPE_ID_BASE,
             poll_fence: None,
@@ -266,6 +307,11 @@ impl Context {
     /// Number of items held (for limits and tests).
     pub fn item_count(&self) -> usize {
         self.items.len()
+    }
+
+    /// Number of image requirements stored (counted against the VM-wide budget).
+    pub fn image_count(&self) -> usize {
+        self.images.len()
     }
 
     /// Process the command stream `[start, start + len)` of a SUBMIT_3D request.
@@ -707,16 +753,33 @@ impl Context {
             q.drm_format,
             super::image::host_page_size(),
         )?;
-        let id = alloc_item_id(&mut self.last_item_id, &self.items)?;
+        // The reply depends on nothing but the key: a repeated query gets the same blob id.
+        let key = (q.width, q.height, q.drm_format);
+        if let Some(&id) = self.image_ids.get(&key) {
+            reqs.blob_id = id;
+            conn.query_ring.write_obj(env.mem, 0, &reqs)?;
+            return Ok(());
+        }
+        if self.images.len() >= MAX_IMAGE_REQUIREMENTS {
+            return Err(CtxError::TooManyImageRequirements);
+        }
+        if env.images_left == 0 {
+            return Err(CtxError::VmImageRequirementsExhausted);
+        }
+        env.images_left -= 1;
+        let id = next_item_id(&mut self.last_item_id, |id| {
+            self.items.contains_key(&id) || self.images.contains_key(&id)
+        });
         reqs.blob_id = id;
         conn.query_ring.write_obj(env.mem, 0, &reqs)?;
-        self.items.insert(
+        self.images.insert(
             id,
-            Item::ImageRequirements {
+            StoredImage {
                 size: reqs.size,
                 map_info: reqs.map_info,
             },
         );
+        self.image_ids.insert(key, id);
         Ok(())
     }
 
@@ -725,21 +788,22 @@ impl Context {
     /// `blob_id` (consumed). Returns the fd, its `map_info` cache type and whether it may be
     /// mapped writable.
     pub fn take_blob(&mut self, blob_id: u32, size: u64) -> Result<(OwnedFd, u32, bool), CtxError> {
-        match self.items.get(&blob_id) {
-            Some(&Item::ImageRequirements {
-                size: expected,
-                map_info,
-            }) => {
-                if size != expected {
-                    return Err(CtxError::BlobSize {
-                        id: blob_id,
-                        expected,
-                        got: size,
-                    });
-                }
-                let fd = new_memfd(size).map_err(CtxError::HostIo)?;
-                Ok((fd, map_info, true))
+        if let Some(&StoredImage {
+            size: expected,
+            map_info,
+        }) = self.images.get(&blob_id)
+        {
+            if size != expected {
+                return Err(CtxError::BlobSize {
+                    id: blob_id,
+                    expected,
+                    got: size,
+                });
             }
+            let fd = new_memfd(size).map_err(CtxError::HostIo)?;
+            return Ok((fd, map_info, true));
+        }
+        match self.items.get(&blob_id) {
             Some(Item::Memory { size: have, .. }) => {
                 let page = super::image::host_page_size();
                 let limit = have.div_ceil(page) * page;
@@ -984,7 +1048,8 @@ impl Context {
                         }
                     };
                     // Allocate after classification so refused fds consume no id.
-                    let Ok(id) = alloc_item_id(&mut self.last_item_id, &self.items) else {
+                    let Ok(id) = alloc_item_id(&mut self.last_item_id, &self.items, &self.images)
+                    else {
                         env.limiter.limit_hit(
                             ctx_id,
                             LimitKind::ItemsPerContext,
@@ -1157,18 +1222,30 @@ fn queue(
 
 /// Next free id for a non-read-pipe item: 2.. below the read-pipe range (first id 2, as
 /// libkrun and magma), skipping ids still in use after a wrap.
-fn alloc_item_id(last: &mut u32, items: &HashMap<u32, Item>) -> Result<u32, CtxError> {
+fn alloc_item_id(
+    last: &mut u32,
+    items: &HashMap<u32, Item>,
+    images: &HashMap<u32, StoredImage>,
+) -> Result<u32, CtxError> {
     if items.len() >= MAX_ITEMS {
         return Err(CtxError::TooManyItems);
     }
+    Ok(next_item_id(last, |id| {
+        items.contains_key(&id) || images.contains_key(&id)
+    }))
+}
+
+/// The id after `last` in 2.. below the read-pipe range that `in_use` does not claim. Ends:
+/// the two tables hold at most MAX_ITEMS + MAX_IMAGE_REQUIREMENTS ids of the ~2^31 in range.
+fn next_item_id(last: &mut u32, in_use: impl Fn(u32) -> bool) -> u32 {
     loop {
         let mut id = last.wrapping_add(1);
         if !(2..READ_PIPE_ID_BASE).contains(&id) {
             id = 2;
         }
         *last = id;
-        if !items.contains_key(&id) {
-            return Ok(id);
+        if !in_use(id) {
+            return id;
         }
     }
 }

@@ -14,5 +14,6 @@ pub mod protocol;
 
 pub use context::{
     capabilities, token_parts, Context, CtxError, Env, Lookup, ResourceView, Scratch,
-    MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER, MAX_ITEMS,
+    MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER, MAX_IMAGE_REQUIREMENTS, MAX_IMAGE_REQUIREMENTS_PER_VM,
+    MAX_ITEMS,
 };

@@ -221,6 +221,8 @@ pub struct Gpu {
     hold: Option<u16>,
     /// While a chain is processed: chunks queued that hold it.
     holds: u32,
+    /// Image requirements stored by all contexts (see `MAX_IMAGE_REQUIREMENTS_PER_VM`).
+    images: usize,
 }
 
 impl Gpu {
@@ -254,6 +256,7 @@ impl Gpu {
             released: Vec::new(),
             hold: None,
             holds: 0,
+            images: 0,
         })
     }
 
@@ -285,6 +288,7 @@ impl Gpu {
         self.completions.clear();
         self.held.clear();
         self.released.clear();
+        self.images = 0;
         self.limiter.limits.clear();
     }
 
@@ -312,6 +316,7 @@ impl Gpu {
         self.resources.clear();
         self.mappings.clear();
         self.total_entries = 0;
+        self.images = 0;
         self.scanouts = [0; MAX_SCANOUTS];
         self.limiter.limits.clear();
     }
@@ -545,6 +550,7 @@ impl Gpu {
             hold: None,
             holds: 0,
             released: &mut self.released,
+            images_left: 0,
         };
         if let Some(f) = ctx.cd.try_deliver(&mut env) {
             Self::complete_timeline(&mut self.pending, &mut self.completions, timeline, f);
@@ -629,6 +635,7 @@ impl Gpu {
                     hold: None,
                     holds: 0,
                     released: &mut self.released,
+                    images_left: 0,
                 };
                 ctx.cd.on_event(&mut env, src, ev.events());
                 if let Some(f) = ctx.cd.try_deliver(&mut env) {
@@ -818,6 +825,7 @@ impl Gpu {
                     .remove(&hdr.ctx_id)
                     .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
                 ctx.cd.teardown(&self.epoll, &mut self.released);
+                self.images = self.images.saturating_sub(ctx.cd.image_count());
                 self.complete_context(hdr.ctx_id);
                 self.limiter.limits.forget(hdr.ctx_id);
                 debug!("ctx {}: destroyed", hdr.ctx_id);
@@ -1202,9 +1210,13 @@ impl Gpu {
             hold: self.hold,
             holds: 0,
             released: &mut self.released,
+            images_left: cross_domain::MAX_IMAGE_REQUIREMENTS_PER_VM.saturating_sub(self.images),
         };
+        let images_before = ctx.cd.image_count();
         let res = ctx.cd.submit(&mut env, &view, &self.req, start, len);
         self.holds += env.holds;
+        // Submissions only add image requirements; destruction and reset remove them.
+        self.images += ctx.cd.image_count().saturating_sub(images_before);
         res?;
         Ok(())
     }
