@@ -100,6 +100,19 @@ fn contexts_and_sessions_keep_fds_and_memory_flat() {
         let mut vm = TestVm::connect(daemon.socket_path());
         if i % 10 == 0 {
             cycle(&mut vm, 1, i);
+        } else if i % 10 == 5 {
+            // A session that leaves SENDs held for a host service that does not read.
+            let _ctx = CrossDomainContext::open(&mut vm, 1, 2);
+            let _host = accept_timeout(&listener, T).expect("channel");
+            let big = vec![i as u8; 8192];
+            for _ in 0..64 {
+                vm.submit_3d(1, &cd_send(&big, &[]), None);
+            }
+            assert_resp(
+                &vm.get_display_info(),
+                RESP_OK_DISPLAY_INFO,
+                "GET_DISPLAY_INFO behind held SENDs",
+            );
         } else {
             // A session that leaves a context, a pending POLL and a channel behind.
             let ctx = CrossDomainContext::open(&mut vm, 1, 2);
