@@ -262,6 +262,10 @@ impl Backend {
             started: &self.started,
         };
         let cursor = queue == CURSOR_QUEUE;
+        if !cursor {
+            st.gpu
+                .set_control_queue_size(vring.get_ref().get_queue().size());
+        }
         let mut used = false;
         loop {
             let mut vr = vring.get_mut();

@@ -176,6 +176,8 @@ struct Held {
     refs: u32,
     /// Bytes written into the response buffer.
     len: u32,
+    /// Descriptors of the request (counted against the hold budget).
+    descs: usize,
 }
 
 /// A response body following the header.
@@ -186,6 +188,14 @@ enum Resp {
     Capset(cd::Capabilities),
     Uuid([u8; 16]),
     MapInfo(u32),
+}
+
+/// Control-queue size assumed until the VMM sets one (QEMU's vhost-user-test-device default).
+const DEFAULT_QUEUE_SIZE: u16 = 64;
+
+/// Descriptors that may be held at once for a control queue of `size` entries: a quarter.
+fn hold_budget(size: u16) -> usize {
+    usize::from(size) / 4
 }
 
 /// Most entries returned by one epoll poll of the device's own sources.
@@ -223,6 +233,11 @@ pub struct Gpu {
     holds: u32,
     /// Image requirements stored by all contexts (see `MAX_IMAGE_REQUIREMENTS_PER_VM`).
     images: usize,
+    /// Most descriptors held at once, over all contexts (see
+    /// [`Gpu::set_control_queue_size`]).
+    hold_budget: usize,
+    /// Descriptors of the requests in `held`.
+    held_descs: usize,
 }
 
 impl Gpu {
@@ -257,7 +272,20 @@ impl Gpu {
             hold: None,
             holds: 0,
             images: 0,
+            hold_budget: hold_budget(DEFAULT_QUEUE_SIZE),
+            held_descs: 0,
         })
+    }
+
+    /// Size the hold budget for a control queue of `size` entries: held requests (SEND and
+    /// WRITE bytes waiting for a slow host peer) may take at most a quarter of its
+    /// descriptors (an indirect table counts with its entries: conservative), so that the
+    /// guest always finds free entries for the POLLs and other requests that let slow host
+    /// services make progress. Holding the whole queue would deadlock a guest that blocks on a
+    /// full queue (Linux does) against a host service that stops reading while its own writes
+    /// towards the guest are blocked (an echo service, most request/event protocols).
+    pub fn set_control_queue_size(&mut self, size: u16) {
+        self.hold_budget = hold_budget(size);
     }
 
     /// The epoll fd of host sources (channel sockets, pipes); readable when
@@ -287,6 +315,7 @@ impl Gpu {
         self.scanouts = [0; MAX_SCANOUTS];
         self.completions.clear();
         self.held.clear();
+        self.held_descs = 0;
         self.released.clear();
         self.images = 0;
         self.limiter.limits.clear();
@@ -309,6 +338,7 @@ impl Gpu {
             debug!("completing request {head} still held after shutdown");
             self.completions.push((head, h.len));
         }
+        self.held_descs = 0;
         let leftovers: Vec<(u32, u8)> = self.pending.keys().copied().collect();
         for k in leftovers {
             Self::complete_timeline(&mut self.pending, &mut self.completions, k, u64::MAX);
@@ -348,7 +378,9 @@ impl Gpu {
         self.req.clear();
         self.resp.clear();
         let mut writable = false;
+        let mut ndesc = 0usize;
         for d in descs {
+            ndesc += 1;
             let len = d.len() as usize;
             if len == 0 {
                 continue;
@@ -393,7 +425,10 @@ impl Gpu {
         // whose timeline fixes when it completes. Unfenced (Linux >= 6.6) and globally fenced
         // (older kernels fence every execbuffer) ones may: a global fence is signalled at once
         // by this device anyway, and holding the request keeps its buffer, not its fence.
-        self.hold = (!cursor && hdr.type_ == CMD_SUBMIT_3D && hdr.flags & FLAG_INFO_RING_IDX == 0)
+        self.hold = (!cursor
+            && hdr.type_ == CMD_SUBMIT_3D
+            && hdr.flags & FLAG_INFO_RING_IDX == 0
+            && self.held_descs + ndesc <= self.hold_budget)
             .then_some(head);
         self.holds = 0;
         let result = if self.resp.len() < need {
@@ -443,7 +478,15 @@ impl Gpu {
         if refs > 0 {
             // Its bytes wait in its buffers for a slow host peer: complete it once they went
             // out (`settle_released`). Never on a ring timeline (see `self.hold`).
-            self.held.insert(head, Held { refs, len });
+            self.held.insert(
+                head,
+                Held {
+                    refs,
+                    len,
+                    descs: ndesc,
+                },
+            );
+            self.held_descs += ndesc;
             return None;
         }
         if written.is_err() {
@@ -601,8 +644,9 @@ impl Gpu {
             };
             h.refs -= 1;
             if h.refs == 0 {
-                let len = h.len;
+                let (len, descs) = (h.len, h.descs);
                 self.held.remove(&head);
+                self.held_descs -= descs;
                 self.completions.push((head, len));
             }
         }
