@@ -1,6 +1,5 @@
 //! One cross-domain context: INIT, SEND, WRITE, POLL delivery (RECEIVE/READ), teardown.
 
-use std::collections::HashMap;
 use std::io as stdio;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -13,6 +12,7 @@ use super::io::{self as cdio, Backlog, CmsgBuf, FdKind, Flush, Received};
 use super::protocol::*;
 use crate::config::ChannelTable;
 use crate::guest_warn;
+use crate::idmap::IdMap;
 use crate::ratelimit::RateLimiter;
 use crate::virtio_gpu::protocol as gpu;
 use crate::virtio_gpu::sg::{GuestMem, SgError, SgList};
@@ -207,7 +207,7 @@ pub struct Context {
     id: u32,
     name: String,
     conn: Option<Connection>,
-    items: HashMap<u32, Item>,
+    items: IdMap<u32, Item>,
     last_item_id: u32,
     last_read_pipe_id: u32,
     poll_fence: Option<u64>,
@@ -225,7 +225,7 @@ impl Context {
             id,
             name,
             conn: None,
-            items: HashMap::new(),
+            items: IdMap::default(),
             last_item_id: 1,
             last_read_pipe_id: READ_PIPE_ID_BASE,
             poll_fence: None,
@@ -1062,7 +1062,7 @@ impl Context {
 
 /// Next free id for a non-read-pipe item: 2.. below the read-pipe range (first id 2, as
 /// libkrun and magma), skipping ids still in use after a wrap.
-fn alloc_item_id(last: &mut u32, items: &HashMap<u32, Item>) -> Result<u32, CtxError> {
+fn alloc_item_id(last: &mut u32, items: &IdMap<u32, Item>) -> Result<u32, CtxError> {
     if items.len() >= MAX_ITEMS {
         return Err(CtxError::TooManyItems);
     }
