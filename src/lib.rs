@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod device;
 #[doc(hidden)]
 pub mod fuzz_harness;
+pub mod idmap;
 pub mod inherited;
 pub mod limitlog;
 pub mod proxy;

@@ -14,6 +14,7 @@ use super::io::{self as cdio, CmsgBuf, FdKind, Received};
 use super::protocol::*;
 use crate::config::ChannelTable;
 use crate::guest_warn;
+use crate::idmap::IdMap;
 use crate::limitlog::LimitKind;
 use crate::ratelimit::GuestLog;
 use crate::virtio_gpu::protocol as gpu;
@@ -266,11 +267,12 @@ pub struct Context {
     id: u32,
     name: String,
     conn: Option<Connection>,
-    items: HashMap<u32, Item>,
+    items: IdMap<u32, Item>,
     /// Stored GET_IMAGE_REQUIREMENTS replies by blob id: any number of blobs of exactly `size`
     /// bytes, with `map_info`. Ids come from the items' id space.
-    images: HashMap<u32, StoredImage>,
-    /// The blob id already given for a (width, height, drm_format) query.
+    images: IdMap<u32, StoredImage>,
+    /// The blob id already given for a (width, height, drm_format) query (96-bit keys: std's
+    /// hasher, as `IdMap` takes at most 64 bits; not on a per-message path).
     image_ids: HashMap<(u32, u32, u32), u32>,
     last_item_id: u32,
     last_read_pipe_id: u32,
@@ -289,8 +291,8 @@ impl Context {
             id,
             name,
             conn: None,
-            items: HashMap::new(),
-            images: HashMap::new(),
+            items: IdMap::default(),
+            images: IdMap::default(),
             image_ids: HashMap::new(),
             last_item_id: 1,
             last_read_pipe_id: READ_PIPE_ID_BASE,
@@ -1224,8 +1226,8 @@ fn queue(
 /// libkrun and magma), skipping ids still in use after a wrap.
 fn alloc_item_id(
     last: &mut u32,
-    items: &HashMap<u32, Item>,
-    images: &HashMap<u32, StoredImage>,
+    items: &IdMap<u32, Item>,
+    images: &IdMap<u32, StoredImage>,
 ) -> Result<u32, CtxError> {
     if items.len() >= MAX_ITEMS {
         return Err(CtxError::TooManyItems);

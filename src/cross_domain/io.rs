@@ -200,11 +200,19 @@ pub fn writev(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<Option<usiz
 }
 
 /// Put an fd in non-blocking mode.
+///
+/// One `ioctl(FIONBIO)`, which sets `O_NONBLOCK` alone on the open file description and leaves
+/// its other status flags (`O_APPEND`, `O_DIRECT`...) as they are: the same effect as
+/// `F_GETFL` + `F_SETFL(flags | O_NONBLOCK)` in one call instead of two, and without their race
+/// with a host service changing the flags of the description it shares with us in between.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
-    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO reads one `int` through its pointer argument; `on` is a live, aligned
+    // `c_int` for the duration of the call, and `fd` is a valid descriptor (borrowed).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONBIO, std::ptr::from_ref(&on)) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 
@@ -226,14 +234,16 @@ pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
         Err(_) => return FdKind::Refused("unreadable fd"),
     };
     let fmt = st.st_mode & libc::S_IFMT;
-    let accmode = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
-        .map(|f| f & libc::O_ACCMODE)
-        .unwrap_or(-1);
     match fmt {
         libc::S_IFSOCK => FdKind::Refused("socket"),
         libc::S_IFDIR => FdKind::Refused("directory"),
         libc::S_IFCHR | libc::S_IFBLK => FdKind::Refused("device node"),
         libc::S_IFIFO => {
+            // Only a pipe needs its access mode here (memory's is read by `memory_writable`
+            // when it is mapped): one F_GETFL, and none for the other kinds.
+            let accmode = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+                .map(|f| f & libc::O_ACCMODE)
+                .unwrap_or(-1);
             if accmode == libc::O_WRONLY {
                 FdKind::WritePipe
             } else {
@@ -368,6 +378,61 @@ mod tests {
         assert!(!memory_writable(f.as_fd()));
         let ro = std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
         assert!(!memory_writable(ro.as_fd()));
+    }
+
+    /// `set_nonblocking` adds `O_NONBLOCK` to the open file description and changes nothing
+    /// else, as the `F_GETFL` + `F_SETFL` pair it replaced did.
+    #[test]
+    fn set_nonblocking_sets_only_o_nonblocking() {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let flags =
+            |fd: BorrowedFd<'_>| OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).unwrap());
+        // Packet mode (O_DIRECT) is a status flag of each end's open file description.
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_DIRECT).unwrap();
+        let before = flags(w.as_fd());
+        assert!(before.contains(OFlag::O_DIRECT | OFlag::O_WRONLY));
+        assert!(!before.contains(OFlag::O_NONBLOCK));
+        set_nonblocking(w.as_fd()).unwrap();
+        assert_eq!(flags(w.as_fd()), before | OFlag::O_NONBLOCK);
+        set_nonblocking(w.as_fd()).unwrap();
+        assert_eq!(flags(w.as_fd()), before | OFlag::O_NONBLOCK);
+        // The read end is another open file description and stays blocking until asked.
+        assert!(!flags(r.as_fd()).contains(OFlag::O_NONBLOCK));
+        set_nonblocking(r.as_fd()).unwrap();
+        assert_eq!(
+            nix::unistd::read(&r, &mut [0u8; 4]),
+            Err(nix::errno::Errno::EAGAIN)
+        );
+        // O_APPEND survives too.
+        let mem = tempfile_in_memory();
+        let append = std::fs::OpenOptions::new()
+            .append(true)
+            .open(format!("/proc/self/fd/{}", mem.as_raw_fd()))
+            .unwrap();
+        set_nonblocking(append.as_fd()).unwrap();
+        let f = flags(append.as_fd());
+        assert!(f.contains(OFlag::O_APPEND | OFlag::O_NONBLOCK | OFlag::O_WRONLY));
+    }
+
+    /// Pipes are classified by their access mode, read only for FIFOs; memory by `fstat` alone,
+    /// whatever its access mode.
+    #[test]
+    fn classify_by_access_mode() {
+        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        // A FIFO opened read-write is not a write end either.
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{}", r.as_raw_fd()))
+            .unwrap();
+        assert_eq!(classify(rw.as_fd()), FdKind::Refused("pipe read end"));
+        let mut mem = tempfile_in_memory();
+        mem.write_all(&[1u8; 100]).unwrap();
+        let ro = std::fs::File::open(format!("/proc/self/fd/{}", mem.as_raw_fd())).unwrap();
+        assert_eq!(classify(ro.as_fd()), FdKind::Memory { size: 100 });
+        assert!(!memory_writable(ro.as_fd()));
+        assert_eq!(classify(mem.as_fd()), FdKind::Memory { size: 100 });
+        assert!(memory_writable(mem.as_fd()));
     }
 
     fn tempfile_in_memory() -> std::fs::File {

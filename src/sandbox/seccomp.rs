@@ -133,7 +133,7 @@ const FCNTL_COMMANDS: &[u64] = &[
 // The request type is `c_ulong` with glibc but `c_int` with musl; the cast serves both.
 #[allow(clippy::unnecessary_cast)]
 const IOCTL_REQUESTS: &[u64] = &[
-    // `set_nonblocking` of std's Unix sockets.
+    // `set_nonblocking` of std's Unix sockets, and of pipes (`cross_domain::io::set_nonblocking`).
     libc::FIONBIO as u64,
 ];
 
@@ -399,7 +399,7 @@ pub fn daemon_syscalls() -> Vec<Syscall> {
             "ioctl",
             libc::SYS_ioctl,
             When::OneOf(1, IOCTL_REQUESTS),
-            "FIONBIO only: std's set_nonblocking",
+            "FIONBIO only: non-blocking mode of sockets (std) and pipes",
         ),
         allow(
             "fstat",

@@ -1,7 +1,7 @@
 //! Device state and command dispatch. Everything here runs on the device's single event-loop
 //! thread; nothing blocks.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use crate::cross_domain::{
     self, image, protocol as cd, Context, CtxError, Env, Lookup, ResourceView,
 };
 use crate::guest_warn;
+use crate::idmap::{IdMap, IdSet};
 use crate::limitlog::LimitKind;
 use crate::ratelimit::GuestLog;
 
@@ -136,12 +137,12 @@ impl Resource {
 
 struct Ctx {
     cd: Context,
-    attached: HashSet<u32>,
+    attached: IdSet<u32>,
 }
 
 struct View<'a> {
-    resources: &'a HashMap<u32, Resource>,
-    attached: &'a HashSet<u32>,
+    resources: &'a IdMap<u32, Resource>,
+    attached: &'a IdSet<u32>,
 }
 
 impl ResourceView for View<'_> {
@@ -210,12 +211,12 @@ pub struct Gpu {
     /// Live mappings in the host-visible region: offset → (length, resource id).
     mappings: BTreeMap<u64, (u64, u32)>,
     limits: Limits,
-    resources: HashMap<u32, Resource>,
+    resources: IdMap<u32, Resource>,
     total_entries: usize,
-    contexts: HashMap<u32, Ctx>,
+    contexts: IdMap<u32, Ctx>,
     scanouts: [u32; MAX_SCANOUTS],
     /// Deferred fenced responses per `(ctx_id, ring_idx)` timeline.
-    pending: HashMap<(u32, u8), VecDeque<Pending>>,
+    pending: IdMap<(u32, u8), VecDeque<Pending>>,
     epoll: Epoll,
     events: Vec<EpollEvent>,
     scratch: cross_domain::Scratch,
@@ -224,7 +225,7 @@ pub struct Gpu {
     resp: SgList,
     completions: Vec<(u16, u32)>,
     /// Requests held for slow host peers, by control-queue head.
-    held: HashMap<u16, Held>,
+    held: IdMap<u16, Held>,
     /// Heads whose queued chunks went out or were dropped, not yet accounted in `held`.
     released: Vec<u16>,
     /// While a chain is processed: its head, if it may be held.
@@ -255,11 +256,11 @@ impl Gpu {
             page_size: image::host_page_size(),
             mappings: BTreeMap::new(),
             limits,
-            resources: HashMap::new(),
+            resources: IdMap::default(),
             total_entries: 0,
-            contexts: HashMap::new(),
+            contexts: IdMap::default(),
             scanouts: [0; MAX_SCANOUTS],
-            pending: HashMap::new(),
+            pending: IdMap::default(),
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?,
             events: vec![EpollEvent::empty(); EVENTS_PER_POLL],
             scratch: cross_domain::Scratch::default(),
@@ -267,7 +268,7 @@ impl Gpu {
             req: SgList::new(),
             resp: SgList::new(),
             completions: Vec::new(),
-            held: HashMap::new(),
+            held: IdMap::default(),
             released: Vec::new(),
             hold: None,
             holds: 0,
@@ -603,7 +604,7 @@ impl Gpu {
     }
 
     fn complete_timeline(
-        pending: &mut HashMap<(u32, u8), VecDeque<Pending>>,
+        pending: &mut IdMap<(u32, u8), VecDeque<Pending>>,
         completions: &mut Vec<(u16, u32)>,
         timeline: (u32, u8),
         fence_id: u64,
@@ -1220,7 +1221,7 @@ impl Gpu {
             ctx_id,
             Ctx {
                 cd: Context::new(ctx_id, name),
-                attached: HashSet::new(),
+                attached: IdSet::default(),
             },
         );
         Ok(())
