@@ -196,6 +196,7 @@ pub struct Scratch {
     iov: Vec<libc::iovec>,
     fds: Vec<OwnedFd>,
     raw: Vec<RawFd>,
+    pipes: Vec<(u32, OwnedFd)>,
     cmsg: CmsgBuf,
 }
 
@@ -508,10 +509,13 @@ impl Context {
         // Resolve identifiers into fds to pass.
         let scratch = &mut *env.scratch;
         scratch.fds.clear();
-        let mut read_pipes: [Option<(u32, OwnedFd)>; MAX_IDENTIFIERS] =
-            std::array::from_fn(|_| None);
+        // Read ends of pipes created for READ_PIPE identifiers, registered once the SEND went
+        // well. The scratch vector lends its capacity; on an error return this local is
+        // dropped, closing the pipes.
+        let mut read_pipes = std::mem::take(&mut scratch.pipes);
+        read_pipes.clear();
         let mut next_pipe = self.last_read_pipe_id;
-        for (i, slot) in read_pipes.iter_mut().enumerate().take(count) {
+        for i in 0..count {
             let id = hdr.identifiers[i];
             match hdr.identifier_types[i] {
                 ID_TYPE_READ_PIPE => {
@@ -527,7 +531,7 @@ impl Context {
                         .map_err(|e| CtxError::HostIo(e.into()))?;
                     cdio::set_nonblocking(r.as_fd()).map_err(CtxError::HostIo)?;
                     scratch.fds.push(w);
-                    *slot = Some((id, r));
+                    read_pipes.push((id, r));
                 }
                 ID_TYPE_VIRTGPU_BLOB => match res.lookup(id) {
                     Lookup::NotAttached => return Err(CtxError::ResourceNotAttached(id)),
@@ -634,12 +638,13 @@ impl Context {
             }
             chan.out_armed = true;
         }
-        for (id, fd) in read_pipes.iter_mut().filter_map(Option::take) {
+        for (id, fd) in read_pipes.drain(..) {
             env.epoll
                 .add(&fd, EpollEvent::new(CHANNEL_EVENTS, token(ctx_id, id)))
                 .map_err(|e| CtxError::HostIo(e.into()))?;
             self.items.insert(id, Item::ReadPipe { fd, readable: true });
         }
+        env.scratch.pipes = read_pipes;
         Ok(())
     }
 

@@ -344,6 +344,7 @@ impl Gpu {
         for k in leftovers {
             Self::complete_timeline(&mut self.pending, &mut self.completions, k, u64::MAX);
         }
+        self.pending.clear();
         self.resources.clear();
         self.mappings.clear();
         self.total_entries = 0;
@@ -618,9 +619,8 @@ impl Gpu {
                     true
                 }
             });
-            if q.is_empty() {
-                pending.remove(&timeline);
-            }
+            // An empty queue stays: the next POLL on this timeline reuses its allocation.
+            // Timelines are bounded (3 rings per live context) and go with their context.
         }
     }
 
@@ -633,6 +633,7 @@ impl Gpu {
             .collect();
         for k in keys {
             Self::complete_timeline(&mut self.pending, &mut self.completions, k, u64::MAX);
+            self.pending.remove(&k);
         }
     }
 
