@@ -497,6 +497,29 @@ fn check_numbered(got: &[u8], first: u32) {
     }
 }
 
+/// The requests among `heads` still outstanding once the daemon has processed all of them:
+/// it processes the control queue in order, so a GET_DISPLAY_INFO answered after them is the
+/// barrier.
+fn still_held(vm: &mut TestVm, heads: &[u16]) -> Vec<u16> {
+    assert_resp(
+        &vm.get_display_info(),
+        RESP_OK_DISPLAY_INFO,
+        "GET_DISPLAY_INFO behind the requests",
+    );
+    heads
+        .iter()
+        .copied()
+        .filter(|&h| !vm.is_done(CONTROLQ, h))
+        .collect()
+}
+
+/// Waits for every request in `heads` to complete (with any response).
+fn wait_all(vm: &mut TestVm, heads: Vec<u16>, what: &str) {
+    for h in heads {
+        assert!(vm.wait_for(CONTROLQ, h, T).is_some(), "{what}: request {h}");
+    }
+}
+
 /// SENDs to a host service that does not read: once its socket is full, the requests are held
 /// (left uncompleted, their bytes in guest memory) up to the per-peer budget, further ones are
 /// copied and completed up to the byte budget, then refused; the device keeps serving other
@@ -511,18 +534,7 @@ fn slow_host_service_holds_requests_then_copies_then_refuses() {
     let heads: Vec<u16> = (0..BURST)
         .map(|i| s.vm.submit_3d(1, &cd_send(&numbered(i), &[]), None))
         .collect();
-    // The control queue is processed in order: once this is answered, so were the SENDs.
-    let info = s.vm.get_display_info();
-    assert_resp(
-        &info,
-        RESP_OK_DISPLAY_INFO,
-        "GET_DISPLAY_INFO behind held SENDs",
-    );
-    let pending: Vec<u16> = heads
-        .iter()
-        .copied()
-        .filter(|&h| !s.vm.is_done(CONTROLQ, h))
-        .collect();
+    let pending = still_held(&mut s.vm, &heads);
     assert_eq!(
         pending.len(),
         HELD,
@@ -634,16 +646,7 @@ fn held_requests_leave_room_in_a_small_queue() {
             let _ = s.vm.get_display_info();
         }
     }
-    assert_resp(
-        &s.vm.get_display_info(),
-        RESP_OK_DISPLAY_INFO,
-        "GET_DISPLAY_INFO",
-    );
-    let pending: Vec<u16> = heads
-        .iter()
-        .copied()
-        .filter(|&h| !s.vm.is_done(CONTROLQ, h))
-        .collect();
+    let pending = still_held(&mut s.vm, &heads);
     assert_eq!(
         pending.len(),
         5,
@@ -684,13 +687,8 @@ fn fenced_sends_to_a_full_host() {
         let f = s.vm.next_fence_id();
         heads.push(s.vm.submit_3d(1, &cd_send(&numbered(i), &[]), Some((f, None))));
     }
-    assert_resp(
-        &s.vm.get_display_info(),
-        RESP_OK_DISPLAY_INFO,
-        "GET_DISPLAY_INFO",
-    );
     assert!(
-        heads.iter().any(|&h| !s.vm.is_done(CONTROLQ, h)),
+        !still_held(&mut s.vm, &heads).is_empty(),
         "globally fenced SENDs are held for a full host"
     );
     let got = read_exact_timeout(&mut host1, 150 * 3744, T);
@@ -707,16 +705,11 @@ fn fenced_sends_to_a_full_host() {
         let f = s.vm.next_fence_id();
         heads.push(s.vm.submit_3d(2, &cd_send(&numbered(i), &[]), Some((f, Some(0)))));
     }
-    assert_resp(
-        &s.vm.get_display_info(),
-        RESP_OK_DISPLAY_INFO,
-        "GET_DISPLAY_INFO",
+    assert!(
+        still_held(&mut s.vm, &heads).is_empty(),
+        "ring-fenced SENDs are copied, not held"
     );
     for &h in &heads {
-        assert!(
-            s.vm.is_done(CONTROLQ, h),
-            "ring-fenced SENDs are copied, not held"
-        );
         assert_ok(&s.vm.wait_for(CONTROLQ, h, T).unwrap(), "ring-fenced SEND");
     }
     check_numbered(&read_exact_timeout(&mut host2, 150 * 3744, T), 0);
@@ -733,22 +726,9 @@ fn held_requests_complete_when_the_peer_or_the_context_goes_away() {
     let heads: Vec<u16> = (0..150)
         .map(|i| s.vm.submit_3d(1, &cd_send(&numbered(i), &[]), None))
         .collect();
-    assert_resp(
-        &s.vm.get_display_info(),
-        RESP_OK_DISPLAY_INFO,
-        "GET_DISPLAY_INFO",
-    );
-    assert!(
-        heads.iter().any(|&h| !s.vm.is_done(CONTROLQ, h)),
-        "some SENDs held"
-    );
+    assert!(!still_held(&mut s.vm, &heads).is_empty(), "some SENDs held");
     drop(host);
-    for h in heads {
-        assert!(
-            s.vm.wait_for(CONTROLQ, h, T).is_some(),
-            "held SEND completed after hang-up"
-        );
-    }
+    wait_all(&mut s.vm, heads, "held SEND completed after hang-up");
     // 2. A write pipe whose reader closes.
     let (ctx, host) = s.open(2, 2);
     let (r, w) = pipe();
@@ -759,45 +739,22 @@ fn held_requests_complete_when_the_peer_or_the_context_goes_away() {
     let heads: Vec<u16> = (0..40)
         .map(|_| s.vm.submit_3d(2, &cd_write(id, &[7u8; 4072], false), None))
         .collect();
-    assert_resp(
-        &s.vm.get_display_info(),
-        RESP_OK_DISPLAY_INFO,
-        "GET_DISPLAY_INFO",
-    );
     assert!(
-        heads.iter().any(|&h| !s.vm.is_done(CONTROLQ, h)),
+        !still_held(&mut s.vm, &heads).is_empty(),
         "some WRITEs held"
     );
     drop(r);
     // The next WRITE finds the pipe broken; the held ones complete.
     let _ = ctx.try_write(&mut s.vm, id, b"x", false);
-    for h in heads {
-        assert!(
-            s.vm.wait_for(CONTROLQ, h, T).is_some(),
-            "held WRITE completed after EPIPE"
-        );
-    }
+    wait_all(&mut s.vm, heads, "held WRITE completed after EPIPE");
     // 3. The guest destroys a context with held requests.
     let (ctx3, _host3) = s.open(3, 2);
     let heads: Vec<u16> = (0..150)
         .map(|i| s.vm.submit_3d(3, &cd_send(&numbered(i), &[]), None))
         .collect();
-    assert_resp(
-        &s.vm.get_display_info(),
-        RESP_OK_DISPLAY_INFO,
-        "GET_DISPLAY_INFO",
-    );
-    assert!(
-        heads.iter().any(|&h| !s.vm.is_done(CONTROLQ, h)),
-        "some SENDs held"
-    );
+    assert!(!still_held(&mut s.vm, &heads).is_empty(), "some SENDs held");
     assert_ok(&ctx3.destroy(&mut s.vm), "CTX_DESTROY with held SENDs");
-    for h in heads {
-        assert!(
-            s.vm.wait_for(CONTROLQ, h, T).is_some(),
-            "held SEND completed by CTX_DESTROY"
-        );
-    }
+    wait_all(&mut s.vm, heads, "held SEND completed by CTX_DESTROY");
     // The device still serves.
     let (ctx, mut host) = s.open(4, 2);
     ctx.send(&mut s.vm, b"fresh", &[]);
