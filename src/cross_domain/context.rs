@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io as stdio;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use log::{debug, info, warn};
@@ -223,6 +223,26 @@ pub struct Env<'a> {
     /// How many more image requirements the VM may store (a VM-wide budget kept by the
     /// device); the context takes one for every one it stores.
     pub images_left: usize,
+}
+
+impl Env<'_> {
+    /// Send what `out` holds towards its peer `fd` (a socket when `socket`), with this
+    /// operation's guest memory, scratch buffers and release list.
+    fn flush(
+        &mut self,
+        out: &mut Backlog,
+        fd: BorrowedFd<'_>,
+        socket: bool,
+    ) -> stdio::Result<Flush> {
+        out.flush(
+            fd,
+            socket,
+            self.mem,
+            &mut self.scratch.iov,
+            &mut self.scratch.cmsg,
+            self.released,
+        )
+    }
 }
 
 struct Channel {
@@ -553,14 +573,7 @@ impl Context {
         let data_off = off + hdr_len;
         if !chan.out.is_empty() {
             // The peer may have drained since the last EPOLLOUT: try before queueing behind.
-            if let Err(e) = chan.out.flush(
-                chan.sock.as_fd(),
-                true,
-                env.mem,
-                &mut scratch.iov,
-                &mut scratch.cmsg,
-                env.released,
-            ) {
+            if let Err(e) = env.flush(&mut chan.out, chan.sock.as_fd(), true) {
                 chan.out.discard(env.released);
                 return Err(send_failed(
                     ctx_id,
@@ -572,6 +585,7 @@ impl Context {
             }
         }
         if chan.out.is_empty() {
+            let scratch = &mut *env.scratch;
             scratch.iov.clear();
             stream.iovecs(env.mem, data_off, data_len, &mut scratch.iov)?;
             scratch.raw.clear();
@@ -678,14 +692,7 @@ impl Context {
         let data_off = off + hdr_len;
         if !out.is_empty() {
             // The reader may have drained since the last EPOLLOUT: try before queueing behind.
-            if let Err(e) = out.flush(
-                fd.as_fd(),
-                false,
-                env.mem,
-                &mut env.scratch.iov,
-                &mut env.scratch.cmsg,
-                env.released,
-            ) {
+            if let Err(e) = env.flush(out, fd.as_fd(), false) {
                 debug!("ctx {}: write pipe {id:#x} failed: {e}", self.id);
                 self.remove_item(env.epoll, id, env.released);
                 return Err(CtxError::HostIo(e));
@@ -881,14 +888,7 @@ impl Context {
                 chan.readable = true;
             }
             if writable && chan.out_armed {
-                match chan.out.flush(
-                    chan.sock.as_fd(),
-                    true,
-                    env.mem,
-                    &mut env.scratch.iov,
-                    &mut env.scratch.cmsg,
-                    env.released,
-                ) {
+                match env.flush(&mut chan.out, chan.sock.as_fd(), true) {
                     Ok(Flush::Pending) => {}
                     Ok(Flush::Done) => {
                         chan.out_armed = false;
@@ -927,14 +927,7 @@ impl Context {
                 out,
                 armed,
                 close_when_flushed,
-            }) if writable => match out.flush(
-                fd.as_fd(),
-                false,
-                env.mem,
-                &mut env.scratch.iov,
-                &mut env.scratch.cmsg,
-                env.released,
-            ) {
+            }) if writable => match env.flush(out, fd.as_fd(), false) {
                 Ok(Flush::Pending) => {}
                 Ok(Flush::Done) => {
                     let _ = env.epoll.delete(&*fd);
