@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use log::{debug, info};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
-use vm_memory::{ByteValued, GuestAddress};
+use vm_memory::GuestAddress;
 
+use super::command::{self, response_size, BackingEntries, Command, Queue};
+use super::error::GpuError;
 use super::protocol::*;
 use super::sg::{range_is_valid, GuestMem, SgList};
 use super::ShmMapper;
 use crate::config::ChannelTable;
-use crate::cross_domain::{
-    self, image, protocol as cd, Context, CtxError, Env, Lookup, ResourceView,
-};
+use crate::cross_domain::{self, image, protocol as cd, Context, Env, Lookup, ResourceView};
 use crate::guest_warn;
 use crate::idmap::{IdMap, IdSet};
 use crate::limitlog::LimitKind;
@@ -42,68 +42,6 @@ impl Default for Limits {
             max_entries_per_resource: 1 << 18,
             max_total_entries: 1 << 22,
             max_attached_per_context: 16384,
-        }
-    }
-}
-
-/// Why a request was refused; each maps to a `RESP_ERR_*` code.
-#[derive(Debug, thiserror::Error)]
-pub enum GpuError {
-    #[error("request of {have} bytes is shorter than the {need} its command needs")]
-    ShortRequest { have: usize, need: usize },
-    #[error("unknown command {0:#x}")]
-    UnknownCommand(u32),
-    #[error("{0}")]
-    Unsupported(&'static str),
-    #[error("invalid resource id {0}")]
-    InvalidResource(u32),
-    #[error("resource id {0} already exists")]
-    ResourceExists(u32),
-    #[error("invalid context id {0}")]
-    InvalidContext(u32),
-    #[error("context id {0} already exists")]
-    ContextExists(u32),
-    #[error("invalid scanout id {0}")]
-    InvalidScanout(u32),
-    #[error("invalid parameter: {0}")]
-    InvalidParameter(&'static str),
-    #[error("backing entry {index} ({addr:#x}+{len}) is not guest memory")]
-    BadEntry { index: usize, addr: u64, len: u32 },
-    #[error("limit reached: {0} ({1})")]
-    Limit(LimitKind, usize),
-    #[error("fence on ring {0}: cross-domain contexts have rings 0 and 1 only")]
-    BadRing(u8),
-    #[error("cross-domain: {0}")]
-    CrossDomain(#[from] CtxError),
-    #[error("host-visible region: {0}")]
-    Map(std::io::Error),
-}
-
-impl GpuError {
-    /// The response type reported to the guest.
-    pub fn response(&self) -> u32 {
-        match self {
-            GpuError::InvalidResource(_) | GpuError::ResourceExists(_) => {
-                RESP_ERR_INVALID_RESOURCE_ID
-            }
-            GpuError::InvalidContext(_) | GpuError::ContextExists(_) => RESP_ERR_INVALID_CONTEXT_ID,
-            GpuError::InvalidScanout(_) => RESP_ERR_INVALID_SCANOUT_ID,
-            GpuError::Limit(..) => RESP_ERR_OUT_OF_MEMORY,
-            GpuError::UnknownCommand(_) | GpuError::Unsupported(_) | GpuError::Map(_) => {
-                RESP_ERR_UNSPEC
-            }
-            GpuError::CrossDomain(e) => e.response(),
-            _ => RESP_ERR_INVALID_PARAMETER,
-        }
-    }
-
-    /// The limit this error reports, with its value; `None` for other errors. Limits are
-    /// logged once per context (see [`GuestLog::limit_hit`]).
-    pub fn limit(&self) -> Option<(LimitKind, usize)> {
-        match self {
-            GpuError::Limit(kind, value) => Some((*kind, *value)),
-            GpuError::CrossDomain(e) => e.limit(),
-            _ => None,
         }
     }
 }
@@ -440,10 +378,16 @@ impl Gpu {
             && hdr.ring_idx > cd::CHANNEL_RING
         {
             Err(GpuError::BadRing(hdr.ring_idx))
-        } else if cursor && !matches!(hdr.type_, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) {
-            Err(GpuError::UnknownCommand(hdr.type_))
         } else {
-            self.dispatch(mem, &hdr, mapper)
+            let queue = if cursor {
+                Queue::Cursor
+            } else {
+                Queue::Control
+            };
+            match command::decode(mem, &hdr, &self.req, queue) {
+                Ok(cmd) => self.execute(mem, &hdr, cmd, mapper),
+                Err(e) => Err(e.into()),
+            }
         };
         let (resp_type, body) = match result {
             Ok(body) => (resp_type(&body), body),
@@ -700,79 +644,20 @@ impl Gpu {
         }
     }
 
-    fn body<T: ByteValued + Default>(&self, mem: &GuestMem) -> Result<T, GpuError> {
-        let need = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<T>();
-        if self.req.len() < need {
-            return Err(GpuError::ShortRequest {
-                have: self.req.len(),
-                need,
-            });
-        }
-        self.req
-            .read_obj(mem, std::mem::size_of::<CtrlHdr>())
-            .map_err(|_| GpuError::InvalidParameter("request not readable"))
-    }
-
-    fn dispatch(
+    /// Execute one decoded command.
+    fn execute(
         &mut self,
         mem: &GuestMem,
         hdr: &CtrlHdr,
+        cmd: Command,
         mapper: &dyn ShmMapper,
     ) -> Result<Resp, GpuError> {
-        match hdr.type_ {
-            CMD_GET_DISPLAY_INFO => Ok(Resp::DisplayInfo),
-            CMD_GET_EDID => Err(GpuError::Unsupported("GET_EDID: F_EDID is not offered")),
-            CMD_RESOURCE_CREATE_2D => {
-                let b: ResourceCreate2d = self.body(mem)?;
-                if !is_2d_format(b.format) {
-                    return Err(GpuError::InvalidParameter("unknown 2D format"));
-                }
-                if b.width == 0 || b.height == 0 {
-                    return Err(GpuError::InvalidParameter("zero-sized 2D resource"));
-                }
-                self.insert_resource(
-                    b.resource_id,
-                    Resource {
-                        kind: Kind::TwoD {
-                            width: b.width,
-                            height: b.height,
-                        },
-                        backing: None,
-                    },
-                )?;
-                Ok(Resp::NoData)
-            }
-            CMD_RESOURCE_UNREF => {
-                let b: ResourceId = self.body(mem)?;
-                self.existing(b.resource_id)?;
-                if let Err(e) = self.unmap(b.resource_id, mapper) {
-                    // The guest is done with the resource either way; the region slot stays
-                    // reserved if the VMM kept the mapping.
-                    if !matches!(e, GpuError::InvalidParameter(_)) {
-                        guest_warn!(
-                            self.limiter,
-                            "unmapping resource {} on UNREF: {e}",
-                            b.resource_id
-                        );
-                    }
-                }
-                let res = self
-                    .resources
-                    .remove(&b.resource_id)
-                    .ok_or(GpuError::InvalidResource(b.resource_id))?;
-                self.total_entries -= res.entries();
-                for ctx in self.contexts.values_mut() {
-                    ctx.attached.remove(&b.resource_id);
-                }
-                for s in self.scanouts.iter_mut() {
-                    if *s == b.resource_id {
-                        *s = 0;
-                    }
-                }
-                Ok(Resp::NoData)
-            }
-            CMD_SET_SCANOUT => {
-                let b: SetScanout = self.body(mem)?;
+        match cmd {
+            Command::GetDisplayInfo => Ok(Resp::DisplayInfo),
+            Command::GetEdid => Err(GpuError::Unsupported("GET_EDID: F_EDID is not offered")),
+            Command::ResourceCreate2d(b) => self.resource_create_2d(&b).map(|()| Resp::NoData),
+            Command::ResourceUnref(b) => self.resource_unref(b.resource_id, mapper),
+            Command::SetScanout(b) => {
                 self.check_scanout(b.scanout_id)?;
                 if b.resource_id != 0 {
                     let (w, h) = self.dims_2d(b.resource_id)?;
@@ -781,47 +666,24 @@ impl Gpu {
                 self.scanouts[b.scanout_id as usize] = b.resource_id;
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_FLUSH => {
-                let b: ResourceFlush = self.body(mem)?;
+            Command::ResourceFlush(b) => {
                 self.existing(b.resource_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_TRANSFER_TO_HOST_2D => {
-                let b: TransferToHost2d = self.body(mem)?;
+            Command::TransferToHost2d(b) => {
                 let (w, h) = self.dims_2d(b.resource_id)?;
                 check_rect(&b.r, w, h)?;
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_ATTACH_BACKING => {
-                let b: ResourceAttachBacking = self.body(mem)?;
-                self.existing(b.resource_id)?;
-                let base =
-                    std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<ResourceAttachBacking>();
-                let sg = self.read_entries(mem, base, b.nr_entries)?;
-                let old = self
-                    .resources
-                    .get(&b.resource_id)
-                    .map_or(0, Resource::entries);
-                self.check_entry_budget(sg.segments(), old)?;
-                self.total_entries = self.total_entries - old + sg.segments();
-                if let Some(r) = self.resources.get_mut(&b.resource_id) {
-                    r.backing = Some(sg);
-                }
+            Command::ResourceAttachBacking { body, entries } => {
+                self.attach_backing(mem, body.resource_id, entries)?;
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_DETACH_BACKING => {
-                let b: ResourceId = self.body(mem)?;
-                let r = self
-                    .resources
-                    .get_mut(&b.resource_id)
-                    .ok_or(GpuError::InvalidResource(b.resource_id))?;
-                let n = r.entries();
-                r.backing = None;
-                self.total_entries -= n;
+            Command::ResourceDetachBacking(b) => {
+                self.detach_backing(b.resource_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_GET_CAPSET_INFO => {
-                let b: GetCapsetInfo = self.body(mem)?;
+            Command::GetCapsetInfo(b) => {
                 if b.capset_index != 0 {
                     return Err(GpuError::InvalidParameter("capset index out of range"));
                 }
@@ -832,27 +694,23 @@ impl Gpu {
                     ..Default::default()
                 }))
             }
-            CMD_GET_CAPSET => {
-                let b: GetCapset = self.body(mem)?;
+            Command::GetCapset(b) => {
                 if b.capset_id != CAPSET_CROSS_DOMAIN {
                     return Err(GpuError::InvalidParameter("unknown capset id"));
                 }
                 Ok(Resp::Capset(cross_domain::capabilities(&self.channels)))
             }
-            CMD_RESOURCE_ASSIGN_UUID => {
-                let b: ResourceId = self.body(mem)?;
+            Command::ResourceAssignUuid(b) => {
                 self.existing(b.resource_id)?;
                 let mut uuid = [0u8; 16];
                 uuid[12..].copy_from_slice(&b.resource_id.to_be_bytes());
                 Ok(Resp::Uuid(uuid))
             }
-            CMD_RESOURCE_CREATE_BLOB => {
-                let b: ResourceCreateBlob = self.body(mem)?;
-                self.create_blob(mem, hdr, &b)?;
+            Command::ResourceCreateBlob { body, entries } => {
+                self.create_blob(mem, hdr, &body, entries)?;
                 Ok(Resp::NoData)
             }
-            CMD_SET_SCANOUT_BLOB => {
-                let b: SetScanoutBlob = self.body(mem)?;
+            Command::SetScanoutBlob(b) => {
                 self.check_scanout(b.scanout_id)?;
                 if b.resource_id != 0 {
                     self.existing(b.resource_id)?;
@@ -860,43 +718,19 @@ impl Gpu {
                 self.scanouts[b.scanout_id as usize] = b.resource_id;
                 Ok(Resp::NoData)
             }
-            CMD_CTX_CREATE => {
-                let b: CtxCreate = self.body(mem)?;
+            Command::CtxCreate(b) => {
                 self.create_context(hdr.ctx_id, &b)?;
                 Ok(Resp::NoData)
             }
-            CMD_CTX_DESTROY => {
-                let mut ctx = self
-                    .contexts
-                    .remove(&hdr.ctx_id)
-                    .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-                ctx.cd.teardown(&self.epoll, &mut self.released);
-                self.images = self.images.saturating_sub(ctx.cd.image_count());
-                self.complete_context(hdr.ctx_id);
-                self.limiter.limits.forget(hdr.ctx_id);
-                debug!("ctx {}: destroyed", hdr.ctx_id);
+            Command::CtxDestroy => {
+                self.destroy_context(hdr.ctx_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_CTX_ATTACH_RESOURCE => {
-                let b: ResourceId = self.body(mem)?;
-                self.existing(b.resource_id)?;
-                let ctx = self
-                    .contexts
-                    .get_mut(&hdr.ctx_id)
-                    .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-                if ctx.attached.len() >= self.limits.max_attached_per_context
-                    && !ctx.attached.contains(&b.resource_id)
-                {
-                    return Err(GpuError::Limit(
-                        LimitKind::AttachedPerContext,
-                        self.limits.max_attached_per_context,
-                    ));
-                }
-                ctx.attached.insert(b.resource_id);
+            Command::CtxAttachResource(b) => {
+                self.attach_resource(hdr.ctx_id, b.resource_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_CTX_DETACH_RESOURCE => {
-                let b: ResourceId = self.body(mem)?;
+            Command::CtxDetachResource(b) => {
                 let ctx = self
                     .contexts
                     .get_mut(&hdr.ctx_id)
@@ -906,40 +740,141 @@ impl Gpu {
                 }
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_CREATE_3D => {
-                let _: ResourceCreate3d = self.body(mem)?;
+            Command::ResourceCreate3d => {
                 Err(GpuError::Unsupported("RESOURCE_CREATE_3D: no 3D renderer"))
             }
-            CMD_TRANSFER_TO_HOST_3D | CMD_TRANSFER_FROM_HOST_3D => {
-                let _: Transfer3d = self.body(mem)?;
+            Command::TransferToHost3d | Command::TransferFromHost3d => {
                 Err(GpuError::Unsupported("3D transfers: no 3D renderer"))
             }
-            CMD_SUBMIT_3D => {
-                let b: Submit3d = self.body(mem)?;
-                self.submit_3d(mem, hdr, &b)?;
+            Command::Submit3d { offset, len } => {
+                self.submit_3d(mem, hdr, offset, len)?;
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_MAP_BLOB => {
-                let b: ResourceMapBlob = self.body(mem)?;
+            Command::ResourceMapBlob(b) => {
                 let map_info = self.map(b.resource_id, b.offset, mapper)?;
                 Ok(Resp::MapInfo(map_info))
             }
-            CMD_RESOURCE_UNMAP_BLOB => {
-                let b: ResourceId = self.body(mem)?;
+            Command::ResourceUnmapBlob(b) => {
                 self.existing(b.resource_id)?;
                 self.unmap(b.resource_id, mapper)?;
                 Ok(Resp::NoData)
             }
-            CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR => {
-                let b: UpdateCursor = self.body(mem)?;
+            Command::UpdateCursor(b) => {
                 self.check_scanout(b.pos.scanout_id)?;
-                if hdr.type_ == CMD_UPDATE_CURSOR && b.resource_id != 0 {
+                if b.resource_id != 0 {
                     self.existing(b.resource_id)?;
                 }
                 Ok(Resp::NoData)
             }
-            other => Err(GpuError::UnknownCommand(other)),
+            Command::MoveCursor(b) => {
+                self.check_scanout(b.pos.scanout_id)?;
+                Ok(Resp::NoData)
+            }
         }
+    }
+
+    fn resource_create_2d(&mut self, b: &ResourceCreate2d) -> Result<(), GpuError> {
+        if !is_2d_format(b.format) {
+            return Err(GpuError::InvalidParameter("unknown 2D format"));
+        }
+        if b.width == 0 || b.height == 0 {
+            return Err(GpuError::InvalidParameter("zero-sized 2D resource"));
+        }
+        self.insert_resource(
+            b.resource_id,
+            Resource {
+                kind: Kind::TwoD {
+                    width: b.width,
+                    height: b.height,
+                },
+                backing: None,
+            },
+        )
+    }
+
+    /// RESOURCE_UNREF: forget the resource, its mapping, attachments and scanouts.
+    fn resource_unref(&mut self, id: u32, mapper: &dyn ShmMapper) -> Result<Resp, GpuError> {
+        self.existing(id)?;
+        if let Err(e) = self.unmap(id, mapper) {
+            // The guest is done with the resource either way; the region slot stays
+            // reserved if the VMM kept the mapping.
+            if !matches!(e, GpuError::InvalidParameter(_)) {
+                guest_warn!(self.limiter, "unmapping resource {} on UNREF: {e}", id);
+            }
+        }
+        let res = self
+            .resources
+            .remove(&id)
+            .ok_or(GpuError::InvalidResource(id))?;
+        self.total_entries -= res.entries();
+        for ctx in self.contexts.values_mut() {
+            ctx.attached.remove(&id);
+        }
+        for s in self.scanouts.iter_mut() {
+            if *s == id {
+                *s = 0;
+            }
+        }
+        Ok(Resp::NoData)
+    }
+
+    fn attach_backing(
+        &mut self,
+        mem: &GuestMem,
+        id: u32,
+        entries: BackingEntries,
+    ) -> Result<(), GpuError> {
+        self.existing(id)?;
+        let sg = self.read_entries(mem, entries)?;
+        let old = self.resources.get(&id).map_or(0, Resource::entries);
+        self.check_entry_budget(sg.segments(), old)?;
+        self.total_entries = self.total_entries - old + sg.segments();
+        if let Some(r) = self.resources.get_mut(&id) {
+            r.backing = Some(sg);
+        }
+        Ok(())
+    }
+
+    fn detach_backing(&mut self, id: u32) -> Result<(), GpuError> {
+        let r = self
+            .resources
+            .get_mut(&id)
+            .ok_or(GpuError::InvalidResource(id))?;
+        let n = r.entries();
+        r.backing = None;
+        self.total_entries -= n;
+        Ok(())
+    }
+
+    fn destroy_context(&mut self, ctx_id: u32) -> Result<(), GpuError> {
+        let mut ctx = self
+            .contexts
+            .remove(&ctx_id)
+            .ok_or(GpuError::InvalidContext(ctx_id))?;
+        ctx.cd.teardown(&self.epoll, &mut self.released);
+        self.images = self.images.saturating_sub(ctx.cd.image_count());
+        self.complete_context(ctx_id);
+        self.limiter.limits.forget(ctx_id);
+        debug!("ctx {}: destroyed", ctx_id);
+        Ok(())
+    }
+
+    fn attach_resource(&mut self, ctx_id: u32, res_id: u32) -> Result<(), GpuError> {
+        self.existing(res_id)?;
+        let ctx = self
+            .contexts
+            .get_mut(&ctx_id)
+            .ok_or(GpuError::InvalidContext(ctx_id))?;
+        if ctx.attached.len() >= self.limits.max_attached_per_context
+            && !ctx.attached.contains(&res_id)
+        {
+            return Err(GpuError::Limit(
+                LimitKind::AttachedPerContext,
+                self.limits.max_attached_per_context,
+            ));
+        }
+        ctx.attached.insert(res_id);
+        Ok(())
     }
 
     /// Log a refused request: a limit once per context (see [`GuestLog::limit_hit`]; requests
@@ -1006,8 +941,8 @@ impl Gpu {
         Ok(())
     }
 
-    fn read_entries(&self, mem: &GuestMem, base: usize, nr: u32) -> Result<SgList, GpuError> {
-        let nr = nr as usize;
+    fn read_entries(&self, mem: &GuestMem, entries: BackingEntries) -> Result<SgList, GpuError> {
+        let (base, nr) = (entries.offset, entries.count as usize);
         if nr == 0 {
             return Err(GpuError::InvalidParameter("no backing entries"));
         }
@@ -1116,6 +1051,7 @@ impl Gpu {
         mem: &GuestMem,
         hdr: &CtrlHdr,
         b: &ResourceCreateBlob,
+        entries: BackingEntries,
     ) -> Result<(), GpuError> {
         if b.resource_id == 0 {
             return Err(GpuError::InvalidResource(0));
@@ -1137,8 +1073,7 @@ impl Gpu {
             }
             _ => return Err(GpuError::InvalidParameter("unknown blob_mem")),
         }
-        let base = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<ResourceCreateBlob>();
-        let sg = self.read_entries(mem, base, b.nr_entries)?;
+        let sg = self.read_entries(mem, entries)?;
         if b.size == 0 || b.size > sg.len() as u64 {
             return Err(GpuError::InvalidParameter(
                 "blob size is zero or larger than its backing",
@@ -1228,17 +1163,15 @@ impl Gpu {
         Ok(())
     }
 
-    fn submit_3d(&mut self, mem: &GuestMem, hdr: &CtrlHdr, b: &Submit3d) -> Result<(), GpuError> {
-        if b.padding != 0 {
-            return Err(GpuError::InvalidParameter("in-fences are not supported"));
-        }
-        let start = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<Submit3d>();
-        let len = b.size as usize;
-        if len > self.req.len() - start {
-            return Err(GpuError::InvalidParameter(
-                "command stream size exceeds the request",
-            ));
-        }
+    /// SUBMIT_3D: hand the command stream (`len` bytes at `start` of the request, checked by
+    /// [`command::decode`]) to the context.
+    fn submit_3d(
+        &mut self,
+        mem: &GuestMem,
+        hdr: &CtrlHdr,
+        start: usize,
+        len: usize,
+    ) -> Result<(), GpuError> {
         let ctx = self
             .contexts
             .get_mut(&hdr.ctx_id)
@@ -1285,19 +1218,6 @@ fn resp_type(r: &Resp) -> u32 {
         Resp::Capset(_) => RESP_OK_CAPSET,
         Resp::Uuid(_) => RESP_OK_RESOURCE_UUID,
         Resp::MapInfo(_) => RESP_OK_MAP_INFO,
-    }
-}
-
-/// Bytes the response to `cmd` needs.
-fn response_size(cmd: u32) -> usize {
-    let h = std::mem::size_of::<CtrlHdr>();
-    match cmd {
-        CMD_GET_DISPLAY_INFO => std::mem::size_of::<RespDisplayInfo>(),
-        CMD_GET_CAPSET_INFO => std::mem::size_of::<RespCapsetInfo>(),
-        CMD_GET_CAPSET => h + std::mem::size_of::<cd::Capabilities>(),
-        CMD_RESOURCE_ASSIGN_UUID => std::mem::size_of::<RespResourceUuid>(),
-        CMD_RESOURCE_MAP_BLOB => std::mem::size_of::<RespMapInfo>(),
-        _ => h,
     }
 }
 

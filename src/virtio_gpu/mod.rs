@@ -2,11 +2,14 @@
 //! and fence timelines, and encodes responses. It knows nothing about vhost-user; the device
 //! module feeds it descriptor chains and publishes the completions it produces.
 
+mod command;
+mod error;
 mod gpu;
 pub mod protocol;
 pub mod sg;
 
-pub use gpu::{Gpu, GpuError, Limits};
+pub use error::GpuError;
+pub use gpu::{Gpu, Limits};
 
 use std::os::fd::BorrowedFd;
 
