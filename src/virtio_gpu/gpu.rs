@@ -1,21 +1,20 @@
 //! Device state and command dispatch. Everything here runs on the device's single event-loop
 //! thread; nothing blocks.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use log::{debug, info};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
-use vm_memory::GuestAddress;
 
-use super::command::{self, response_size, BackingEntries, Command, Queue};
+use super::command::{self, response_size, Command, Queue};
 use super::error::GpuError;
 use super::protocol::*;
+use super::resources::Resources;
 use super::sg::{range_is_valid, GuestMem, SgList};
 use super::ShmMapper;
 use crate::config::ChannelTable;
-use crate::cross_domain::{self, image, protocol as cd, Context, Env, Lookup, ResourceView};
+use crate::cross_domain::{self, image, protocol as cd, Context, Env};
 use crate::guest_warn;
 use crate::idmap::{IdMap, IdSet};
 use crate::limitlog::LimitKind;
@@ -46,60 +45,9 @@ impl Default for Limits {
     }
 }
 
-enum Kind {
-    TwoD { width: u32, height: u32 },
-    GuestBlob,
-    HostBlob(HostMem),
-}
-
-/// Host memory behind a HOST3D blob.
-struct HostMem {
-    fd: OwnedFd,
-    size: u64,
-    map_info: u32,
-    writable: bool,
-    /// Offset and length of the live mapping in the host-visible region.
-    mapped: Option<(u64, u64)>,
-}
-
-struct Resource {
-    kind: Kind,
-    backing: Option<SgList>,
-}
-
-impl Resource {
-    fn entries(&self) -> usize {
-        self.backing.as_ref().map_or(0, SgList::segments)
-    }
-}
-
 struct Ctx {
     cd: Context,
     attached: IdSet<u32>,
-}
-
-struct View<'a> {
-    resources: &'a IdMap<u32, Resource>,
-    attached: &'a IdSet<u32>,
-}
-
-impl ResourceView for View<'_> {
-    fn lookup(&self, res_id: u32) -> Lookup<'_> {
-        if !self.attached.contains(&res_id) {
-            return Lookup::NotAttached;
-        }
-        match self.resources.get(&res_id) {
-            None => Lookup::NotAttached,
-            Some(Resource {
-                kind: Kind::HostBlob(h),
-                ..
-            }) => Lookup::Host(h.fd.as_fd()),
-            Some(Resource {
-                backing: Some(sg), ..
-            }) => Lookup::Guest(sg),
-            Some(_) => Lookup::Unbacked,
-        }
-    }
 }
 
 struct Pending {
@@ -144,13 +92,8 @@ const EVENTS_PER_POLL: usize = 64;
 pub struct Gpu {
     channels: Arc<ChannelTable>,
     num_scanouts: u32,
-    shm_size: u64,
-    page_size: u64,
-    /// Live mappings in the host-visible region: offset → (length, resource id).
-    mappings: BTreeMap<u64, (u64, u32)>,
     limits: Limits,
-    resources: IdMap<u32, Resource>,
-    total_entries: usize,
+    resources: Resources,
     contexts: IdMap<u32, Ctx>,
     scanouts: [u32; MAX_SCANOUTS],
     /// Deferred fenced responses per `(ctx_id, ring_idx)` timeline.
@@ -190,12 +133,8 @@ impl Gpu {
         Ok(Gpu {
             channels,
             num_scanouts: num_scanouts.min(MAX_SCANOUTS as u32),
-            shm_size,
-            page_size: image::host_page_size(),
-            mappings: BTreeMap::new(),
             limits,
-            resources: IdMap::default(),
-            total_entries: 0,
+            resources: Resources::new(shm_size, image::host_page_size(), limits),
             contexts: IdMap::default(),
             scanouts: [0; MAX_SCANOUTS],
             pending: IdMap::default(),
@@ -248,8 +187,6 @@ impl Gpu {
             }
         }
         self.resources.clear();
-        self.mappings.clear();
-        self.total_entries = 0;
         self.pending.clear();
         self.scanouts = [0; MAX_SCANOUTS];
         self.completions.clear();
@@ -284,8 +221,6 @@ impl Gpu {
         }
         self.pending.clear();
         self.resources.clear();
-        self.mappings.clear();
-        self.total_entries = 0;
         self.images = 0;
         self.scanouts = [0; MAX_SCANOUTS];
         self.limiter.limits.clear();
@@ -655,32 +590,48 @@ impl Gpu {
         match cmd {
             Command::GetDisplayInfo => Ok(Resp::DisplayInfo),
             Command::GetEdid => Err(GpuError::Unsupported("GET_EDID: F_EDID is not offered")),
-            Command::ResourceCreate2d(b) => self.resource_create_2d(&b).map(|()| Resp::NoData),
-            Command::ResourceUnref(b) => self.resource_unref(b.resource_id, mapper),
+            Command::ResourceCreate2d(b) => {
+                self.resources.create_2d(&b)?;
+                Ok(Resp::NoData)
+            }
+            Command::ResourceUnref(b) => {
+                let id = b.resource_id;
+                self.resources.unref(id, mapper, &mut self.limiter)?;
+                for ctx in self.contexts.values_mut() {
+                    ctx.attached.remove(&id);
+                }
+                for s in self.scanouts.iter_mut() {
+                    if *s == id {
+                        *s = 0;
+                    }
+                }
+                Ok(Resp::NoData)
+            }
             Command::SetScanout(b) => {
                 self.check_scanout(b.scanout_id)?;
                 if b.resource_id != 0 {
-                    let (w, h) = self.dims_2d(b.resource_id)?;
+                    let (w, h) = self.resources.dims_2d(b.resource_id)?;
                     check_rect(&b.r, w, h)?;
                 }
                 self.scanouts[b.scanout_id as usize] = b.resource_id;
                 Ok(Resp::NoData)
             }
             Command::ResourceFlush(b) => {
-                self.existing(b.resource_id)?;
+                self.resources.check_exists(b.resource_id)?;
                 Ok(Resp::NoData)
             }
             Command::TransferToHost2d(b) => {
-                let (w, h) = self.dims_2d(b.resource_id)?;
+                let (w, h) = self.resources.dims_2d(b.resource_id)?;
                 check_rect(&b.r, w, h)?;
                 Ok(Resp::NoData)
             }
             Command::ResourceAttachBacking { body, entries } => {
-                self.attach_backing(mem, body.resource_id, entries)?;
+                self.resources
+                    .attach_backing(mem, &self.req, body.resource_id, entries)?;
                 Ok(Resp::NoData)
             }
             Command::ResourceDetachBacking(b) => {
-                self.detach_backing(b.resource_id)?;
+                self.resources.detach_backing(b.resource_id)?;
                 Ok(Resp::NoData)
             }
             Command::GetCapsetInfo(b) => {
@@ -701,19 +652,27 @@ impl Gpu {
                 Ok(Resp::Capset(cross_domain::capabilities(&self.channels)))
             }
             Command::ResourceAssignUuid(b) => {
-                self.existing(b.resource_id)?;
+                self.resources.check_exists(b.resource_id)?;
                 let mut uuid = [0u8; 16];
                 uuid[12..].copy_from_slice(&b.resource_id.to_be_bytes());
                 Ok(Resp::Uuid(uuid))
             }
             Command::ResourceCreateBlob { body, entries } => {
-                self.create_blob(mem, hdr, &body, entries)?;
+                let contexts = &mut self.contexts;
+                let take_host = |blob_id, size| {
+                    let ctx = contexts
+                        .get_mut(&hdr.ctx_id)
+                        .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
+                    Ok(ctx.cd.take_blob(blob_id, size)?)
+                };
+                self.resources
+                    .create_blob(mem, &self.req, &body, entries, take_host)?;
                 Ok(Resp::NoData)
             }
             Command::SetScanoutBlob(b) => {
                 self.check_scanout(b.scanout_id)?;
                 if b.resource_id != 0 {
-                    self.existing(b.resource_id)?;
+                    self.resources.check_exists(b.resource_id)?;
                 }
                 self.scanouts[b.scanout_id as usize] = b.resource_id;
                 Ok(Resp::NoData)
@@ -751,18 +710,18 @@ impl Gpu {
                 Ok(Resp::NoData)
             }
             Command::ResourceMapBlob(b) => {
-                let map_info = self.map(b.resource_id, b.offset, mapper)?;
+                let map_info = self.resources.map(b.resource_id, b.offset, mapper)?;
                 Ok(Resp::MapInfo(map_info))
             }
             Command::ResourceUnmapBlob(b) => {
-                self.existing(b.resource_id)?;
-                self.unmap(b.resource_id, mapper)?;
+                self.resources.check_exists(b.resource_id)?;
+                self.resources.unmap(b.resource_id, mapper)?;
                 Ok(Resp::NoData)
             }
             Command::UpdateCursor(b) => {
                 self.check_scanout(b.pos.scanout_id)?;
                 if b.resource_id != 0 {
-                    self.existing(b.resource_id)?;
+                    self.resources.check_exists(b.resource_id)?;
                 }
                 Ok(Resp::NoData)
             }
@@ -771,79 +730,6 @@ impl Gpu {
                 Ok(Resp::NoData)
             }
         }
-    }
-
-    fn resource_create_2d(&mut self, b: &ResourceCreate2d) -> Result<(), GpuError> {
-        if !is_2d_format(b.format) {
-            return Err(GpuError::InvalidParameter("unknown 2D format"));
-        }
-        if b.width == 0 || b.height == 0 {
-            return Err(GpuError::InvalidParameter("zero-sized 2D resource"));
-        }
-        self.insert_resource(
-            b.resource_id,
-            Resource {
-                kind: Kind::TwoD {
-                    width: b.width,
-                    height: b.height,
-                },
-                backing: None,
-            },
-        )
-    }
-
-    /// RESOURCE_UNREF: forget the resource, its mapping, attachments and scanouts.
-    fn resource_unref(&mut self, id: u32, mapper: &dyn ShmMapper) -> Result<Resp, GpuError> {
-        self.existing(id)?;
-        if let Err(e) = self.unmap(id, mapper) {
-            // The guest is done with the resource either way; the region slot stays
-            // reserved if the VMM kept the mapping.
-            if !matches!(e, GpuError::InvalidParameter(_)) {
-                guest_warn!(self.limiter, "unmapping resource {} on UNREF: {e}", id);
-            }
-        }
-        let res = self
-            .resources
-            .remove(&id)
-            .ok_or(GpuError::InvalidResource(id))?;
-        self.total_entries -= res.entries();
-        for ctx in self.contexts.values_mut() {
-            ctx.attached.remove(&id);
-        }
-        for s in self.scanouts.iter_mut() {
-            if *s == id {
-                *s = 0;
-            }
-        }
-        Ok(Resp::NoData)
-    }
-
-    fn attach_backing(
-        &mut self,
-        mem: &GuestMem,
-        id: u32,
-        entries: BackingEntries,
-    ) -> Result<(), GpuError> {
-        self.existing(id)?;
-        let sg = self.read_entries(mem, entries)?;
-        let old = self.resources.get(&id).map_or(0, Resource::entries);
-        self.check_entry_budget(sg.segments(), old)?;
-        self.total_entries = self.total_entries - old + sg.segments();
-        if let Some(r) = self.resources.get_mut(&id) {
-            r.backing = Some(sg);
-        }
-        Ok(())
-    }
-
-    fn detach_backing(&mut self, id: u32) -> Result<(), GpuError> {
-        let r = self
-            .resources
-            .get_mut(&id)
-            .ok_or(GpuError::InvalidResource(id))?;
-        let n = r.entries();
-        r.backing = None;
-        self.total_entries -= n;
-        Ok(())
     }
 
     fn destroy_context(&mut self, ctx_id: u32) -> Result<(), GpuError> {
@@ -860,7 +746,7 @@ impl Gpu {
     }
 
     fn attach_resource(&mut self, ctx_id: u32, res_id: u32) -> Result<(), GpuError> {
-        self.existing(res_id)?;
+        self.resources.check_exists(res_id)?;
         let ctx = self
             .contexts
             .get_mut(&ctx_id)
@@ -895,236 +781,11 @@ impl Gpu {
         }
     }
 
-    fn existing(&self, id: u32) -> Result<&Resource, GpuError> {
-        self.resources.get(&id).ok_or(GpuError::InvalidResource(id))
-    }
-
-    fn dims_2d(&self, id: u32) -> Result<(u32, u32), GpuError> {
-        match self.existing(id)?.kind {
-            Kind::TwoD { width, height } => Ok((width, height)),
-            _ => Err(GpuError::InvalidParameter("resource is not a 2D resource")),
-        }
-    }
-
     fn check_scanout(&self, id: u32) -> Result<(), GpuError> {
         if id >= self.num_scanouts {
             return Err(GpuError::InvalidScanout(id));
         }
         Ok(())
-    }
-
-    fn insert_resource(&mut self, id: u32, res: Resource) -> Result<(), GpuError> {
-        if id == 0 {
-            return Err(GpuError::InvalidResource(0));
-        }
-        if self.resources.contains_key(&id) {
-            return Err(GpuError::ResourceExists(id));
-        }
-        if self.resources.len() >= self.limits.max_resources {
-            return Err(GpuError::Limit(
-                LimitKind::ResourcesPerVm,
-                self.limits.max_resources,
-            ));
-        }
-        self.total_entries += res.entries();
-        self.resources.insert(id, res);
-        Ok(())
-    }
-
-    fn check_entry_budget(&self, new: usize, replacing: usize) -> Result<(), GpuError> {
-        if self.total_entries - replacing + new > self.limits.max_total_entries {
-            return Err(GpuError::Limit(
-                LimitKind::EntriesPerVm,
-                self.limits.max_total_entries,
-            ));
-        }
-        Ok(())
-    }
-
-    fn read_entries(&self, mem: &GuestMem, entries: BackingEntries) -> Result<SgList, GpuError> {
-        let (base, nr) = (entries.offset, entries.count as usize);
-        if nr == 0 {
-            return Err(GpuError::InvalidParameter("no backing entries"));
-        }
-        if nr > self.limits.max_entries_per_resource {
-            return Err(GpuError::Limit(
-                LimitKind::EntriesPerResource,
-                self.limits.max_entries_per_resource,
-            ));
-        }
-        let entry = std::mem::size_of::<MemEntry>();
-        let need = base + nr * entry;
-        if self.req.len() < need {
-            return Err(GpuError::ShortRequest {
-                have: self.req.len(),
-                need,
-            });
-        }
-        let mut sg = SgList::new();
-        for i in 0..nr {
-            let e: MemEntry = self
-                .req
-                .read_obj(mem, base + i * entry)
-                .map_err(|_| GpuError::InvalidParameter("entries not readable"))?;
-            if e.length == 0 || !range_is_valid(mem, e.addr, e.length as usize) {
-                return Err(GpuError::BadEntry {
-                    index: i,
-                    addr: e.addr,
-                    len: e.length,
-                });
-            }
-            sg.push(GuestAddress(e.addr), e.length as usize);
-        }
-        Ok(sg)
-    }
-
-    /// RESOURCE_MAP_BLOB: place a host blob at `offset` of the host-visible region.
-    fn map(&mut self, res_id: u32, offset: u64, mapper: &dyn ShmMapper) -> Result<u32, GpuError> {
-        let page = self.page_size;
-        let res = self
-            .resources
-            .get(&res_id)
-            .ok_or(GpuError::InvalidResource(res_id))?;
-        let Kind::HostBlob(host) = &res.kind else {
-            return Err(GpuError::InvalidParameter(
-                "only host-backed (HOST3D) blobs can be mapped",
-            ));
-        };
-        if host.mapped.is_some() {
-            return Err(GpuError::InvalidParameter("resource is already mapped"));
-        }
-        let len = host.size.div_ceil(page) * page;
-        if offset % page != 0 {
-            return Err(GpuError::InvalidParameter(
-                "offset is not aligned to the host page size",
-            ));
-        }
-        match offset.checked_add(len) {
-            Some(end) if end <= self.shm_size => {
-                if let Some((&start, &(l, _))) = self.mappings.range(..end).next_back() {
-                    if start + l > offset {
-                        return Err(GpuError::InvalidParameter("range overlaps a live mapping"));
-                    }
-                }
-            }
-            _ => {
-                return Err(GpuError::InvalidParameter(
-                    "range exceeds the host-visible region",
-                ))
-            }
-        }
-        mapper
-            .map(host.fd.as_fd(), offset, len, host.writable)
-            .map_err(GpuError::Map)?;
-        let map_info = host.map_info;
-        if let Some(Resource {
-            kind: Kind::HostBlob(h),
-            ..
-        }) = self.resources.get_mut(&res_id)
-        {
-            h.mapped = Some((offset, len));
-        }
-        self.mappings.insert(offset, (len, res_id));
-        Ok(map_info)
-    }
-
-    /// RESOURCE_UNMAP_BLOB (and UNREF of a mapped blob).
-    fn unmap(&mut self, res_id: u32, mapper: &dyn ShmMapper) -> Result<(), GpuError> {
-        let Some(Resource {
-            kind: Kind::HostBlob(host),
-            ..
-        }) = self.resources.get_mut(&res_id)
-        else {
-            return Err(GpuError::InvalidParameter("resource is not mapped"));
-        };
-        let Some((offset, len)) = host.mapped else {
-            return Err(GpuError::InvalidParameter("resource is not mapped"));
-        };
-        mapper.unmap(offset, len).map_err(GpuError::Map)?;
-        host.mapped = None;
-        self.mappings.remove(&offset);
-        Ok(())
-    }
-
-    fn create_blob(
-        &mut self,
-        mem: &GuestMem,
-        hdr: &CtrlHdr,
-        b: &ResourceCreateBlob,
-        entries: BackingEntries,
-    ) -> Result<(), GpuError> {
-        if b.resource_id == 0 {
-            return Err(GpuError::InvalidResource(0));
-        }
-        if self.resources.contains_key(&b.resource_id) {
-            return Err(GpuError::ResourceExists(b.resource_id));
-        }
-        let known = BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE | BLOB_FLAG_USE_CROSS_DEVICE;
-        if b.blob_flags & !known != 0 {
-            return Err(GpuError::InvalidParameter("unknown blob flags"));
-        }
-        match b.blob_mem {
-            BLOB_MEM_GUEST => {}
-            BLOB_MEM_HOST3D => return self.create_host_blob(hdr, b),
-            BLOB_MEM_HOST3D_GUEST => {
-                return Err(GpuError::Unsupported(
-                    "HOST3D_GUEST blobs need a 3D renderer",
-                ))
-            }
-            _ => return Err(GpuError::InvalidParameter("unknown blob_mem")),
-        }
-        let sg = self.read_entries(mem, entries)?;
-        if b.size == 0 || b.size > sg.len() as u64 {
-            return Err(GpuError::InvalidParameter(
-                "blob size is zero or larger than its backing",
-            ));
-        }
-        self.check_entry_budget(sg.segments(), 0)?;
-        self.insert_resource(
-            b.resource_id,
-            Resource {
-                kind: Kind::GuestBlob,
-                backing: Some(sg),
-            },
-        )
-    }
-
-    /// RESOURCE_CREATE_BLOB(HOST3D): memory named by `blob_id` in the creating context.
-    fn create_host_blob(&mut self, hdr: &CtrlHdr, b: &ResourceCreateBlob) -> Result<(), GpuError> {
-        if b.nr_entries != 0 {
-            return Err(GpuError::InvalidParameter(
-                "host blobs take no backing entries",
-            ));
-        }
-        if b.size == 0 {
-            return Err(GpuError::InvalidParameter("zero-sized blob"));
-        }
-        let blob_id = u32::try_from(b.blob_id)
-            .map_err(|_| GpuError::InvalidParameter("blob_id does not fit 32 bits"))?;
-        if self.resources.len() >= self.limits.max_resources {
-            return Err(GpuError::Limit(
-                LimitKind::ResourcesPerVm,
-                self.limits.max_resources,
-            ));
-        }
-        let ctx = self
-            .contexts
-            .get_mut(&hdr.ctx_id)
-            .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-        let (fd, map_info, writable) = ctx.cd.take_blob(blob_id, b.size)?;
-        self.insert_resource(
-            b.resource_id,
-            Resource {
-                kind: Kind::HostBlob(HostMem {
-                    fd,
-                    size: b.size,
-                    map_info,
-                    writable,
-                    mapped: None,
-                }),
-                backing: None,
-            },
-        )
     }
 
     fn create_context(&mut self, ctx_id: u32, b: &CtxCreate) -> Result<(), GpuError> {
@@ -1176,10 +837,7 @@ impl Gpu {
             .contexts
             .get_mut(&hdr.ctx_id)
             .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-        let view = View {
-            resources: &self.resources,
-            attached: &ctx.attached,
-        };
+        let view = self.resources.view(&ctx.attached);
         let mut env = Env {
             mem,
             epoll: &self.epoll,
@@ -1219,11 +877,6 @@ fn resp_type(r: &Resp) -> u32 {
         Resp::Uuid(_) => RESP_OK_RESOURCE_UUID,
         Resp::MapInfo(_) => RESP_OK_MAP_INFO,
     }
-}
-
-fn is_2d_format(f: u32) -> bool {
-    // B8G8R8A8, B8G8R8X8, A8R8G8B8, X8R8G8B8, R8G8B8A8, X8B8G8R8, A8B8G8R8, R8G8B8X8.
-    matches!(f, 1 | 2 | 3 | 4 | 67 | 68 | 121 | 134)
 }
 
 fn check_rect(r: &Rect, w: u32, h: u32) -> Result<(), GpuError> {

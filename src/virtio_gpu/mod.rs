@@ -6,6 +6,7 @@ mod command;
 mod error;
 mod gpu;
 pub mod protocol;
+mod resources;
 pub mod sg;
 
 pub use error::GpuError;
