@@ -1,7 +1,6 @@
 //! Device state and command dispatch. Everything here runs on the device's single event-loop
 //! thread; nothing blocks.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use log::{debug, info};
@@ -9,6 +8,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
 
 use super::command::{self, response_size, Command, Queue};
 use super::error::GpuError;
+use super::fences::Fences;
 use super::protocol::*;
 use super::resources::Resources;
 use super::sg::{range_is_valid, GuestMem, SgList};
@@ -48,12 +48,6 @@ impl Default for Limits {
 struct Ctx {
     cd: Context,
     attached: IdSet<u32>,
-}
-
-struct Pending {
-    fence_id: u64,
-    head: u16,
-    len: u32,
 }
 
 /// A request left uncompleted while bytes of it wait, in guest memory, for a slow host peer
@@ -96,15 +90,14 @@ pub struct Gpu {
     resources: Resources,
     contexts: IdMap<u32, Ctx>,
     scanouts: [u32; MAX_SCANOUTS],
-    /// Deferred fenced responses per `(ctx_id, ring_idx)` timeline.
-    pending: IdMap<(u32, u8), VecDeque<Pending>>,
+    /// Deferred fenced responses and completed responses to publish.
+    fences: Fences,
     epoll: Epoll,
     events: Vec<EpollEvent>,
     scratch: cross_domain::Scratch,
     limiter: GuestLog,
     req: SgList,
     resp: SgList,
-    completions: Vec<(u16, u32)>,
     /// Requests held for slow host peers, by control-queue head.
     held: IdMap<u16, Held>,
     /// Heads whose queued chunks went out or were dropped, not yet accounted in `held`.
@@ -137,14 +130,13 @@ impl Gpu {
             resources: Resources::new(shm_size, image::host_page_size(), limits),
             contexts: IdMap::default(),
             scanouts: [0; MAX_SCANOUTS],
-            pending: IdMap::default(),
+            fences: Fences::default(),
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?,
             events: vec![EpollEvent::empty(); EVENTS_PER_POLL],
             scratch: cross_domain::Scratch::default(),
             limiter: GuestLog::new(limits.max_contexts),
             req: SgList::new(),
             resp: SgList::new(),
-            completions: Vec::new(),
             held: IdMap::default(),
             released: Vec::new(),
             hold: None,
@@ -187,9 +179,8 @@ impl Gpu {
             }
         }
         self.resources.clear();
-        self.pending.clear();
+        self.fences.clear();
         self.scanouts = [0; MAX_SCANOUTS];
-        self.completions.clear();
         self.held.clear();
         self.held_descs = 0;
         self.released.clear();
@@ -206,20 +197,16 @@ impl Gpu {
             if let Some(mut ctx) = self.contexts.remove(&id) {
                 ctx.cd.teardown(&self.epoll, &mut self.released);
             }
-            self.complete_context(id);
+            self.fences.complete_context(id);
         }
         self.settle_released();
         for (head, h) in self.held.drain() {
             // Not reachable: every held chunk belongs to a context torn down above.
             debug!("completing request {head} still held after shutdown");
-            self.completions.push((head, h.len));
+            self.fences.complete(head, h.len);
         }
         self.held_descs = 0;
-        let leftovers: Vec<(u32, u8)> = self.pending.keys().copied().collect();
-        for k in leftovers {
-            Self::complete_timeline(&mut self.pending, &mut self.completions, k, u64::MAX);
-        }
-        self.pending.clear();
+        self.fences.complete_all();
         self.resources.clear();
         self.images = 0;
         self.scanouts = [0; MAX_SCANOUTS];
@@ -228,12 +215,12 @@ impl Gpu {
 
     /// Completed deferred responses (control queue heads and lengths) to publish.
     pub fn take_completions(&mut self) -> std::vec::Drain<'_, (u16, u32)> {
-        self.completions.drain(..)
+        self.fences.take()
     }
 
     /// True when deferred responses are waiting to be published.
     pub fn has_completions(&self) -> bool {
-        !self.completions.is_empty()
+        self.fences.has_completions()
     }
 
     /// Process one descriptor chain. Returns the number of bytes written into the chain when it
@@ -456,14 +443,7 @@ impl Gpu {
             return Some(len);
         };
         let timeline = (hdr.ctx_id, hdr.ring_idx);
-        self.pending
-            .entry(timeline)
-            .or_default()
-            .push_back(Pending {
-                fence_id: hdr.fence_id,
-                head,
-                len,
-            });
+        self.fences.defer(timeline, hdr.fence_id, head, len);
         ctx.cd.arm_poll(hdr.fence_id);
         let mut env = Env {
             mem,
@@ -477,43 +457,10 @@ impl Gpu {
             images_left: 0,
         };
         if let Some(f) = ctx.cd.try_deliver(&mut env) {
-            Self::complete_timeline(&mut self.pending, &mut self.completions, timeline, f);
+            self.fences.signal(timeline, f);
         }
         self.settle_released();
         None
-    }
-
-    fn complete_timeline(
-        pending: &mut IdMap<(u32, u8), VecDeque<Pending>>,
-        completions: &mut Vec<(u16, u32)>,
-        timeline: (u32, u8),
-        fence_id: u64,
-    ) {
-        if let Some(q) = pending.get_mut(&timeline) {
-            q.retain(|p| {
-                if p.fence_id <= fence_id {
-                    completions.push((p.head, p.len));
-                    false
-                } else {
-                    true
-                }
-            });
-            // An empty queue stays: the next POLL on this timeline reuses its allocation.
-            // Timelines are bounded (3 rings per live context) and go with their context.
-        }
-    }
-
-    fn complete_context(&mut self, ctx_id: u32) {
-        let keys: Vec<(u32, u8)> = self
-            .pending
-            .keys()
-            .filter(|(c, _)| *c == ctx_id)
-            .copied()
-            .collect();
-        for k in keys {
-            Self::complete_timeline(&mut self.pending, &mut self.completions, k, u64::MAX);
-            self.pending.remove(&k);
-        }
     }
 
     /// Account released chunks; requests with none left are completed.
@@ -528,7 +475,7 @@ impl Gpu {
                 let (len, descs) = (h.len, h.descs);
                 self.held.remove(&head);
                 self.held_descs -= descs;
-                self.completions.push((head, len));
+                self.fences.complete(head, len);
             }
         }
     }
@@ -564,12 +511,7 @@ impl Gpu {
                 };
                 ctx.cd.on_event(&mut env, src, ev.events());
                 if let Some(f) = ctx.cd.try_deliver(&mut env) {
-                    Self::complete_timeline(
-                        &mut self.pending,
-                        &mut self.completions,
-                        (ctx_id, cd::CHANNEL_RING),
-                        f,
-                    );
+                    self.fences.signal((ctx_id, cd::CHANNEL_RING), f);
                 }
             }
             self.settle_released();
@@ -739,7 +681,7 @@ impl Gpu {
             .ok_or(GpuError::InvalidContext(ctx_id))?;
         ctx.cd.teardown(&self.epoll, &mut self.released);
         self.images = self.images.saturating_sub(ctx.cd.image_count());
-        self.complete_context(ctx_id);
+        self.fences.complete_context(ctx_id);
         self.limiter.limits.forget(ctx_id);
         debug!("ctx {}: destroyed", ctx_id);
         Ok(())

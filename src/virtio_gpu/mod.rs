@@ -4,6 +4,7 @@
 
 mod command;
 mod error;
+mod fences;
 mod gpu;
 pub mod protocol;
 mod resources;
