@@ -9,6 +9,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
 use super::command::{self, response_size, Command, Queue};
 use super::error::GpuError;
 use super::fences::Fences;
+use super::held::HeldRequests;
 use super::protocol::*;
 use super::resources::Resources;
 use super::sg::{range_is_valid, GuestMem, SgList};
@@ -50,17 +51,6 @@ struct Ctx {
     attached: IdSet<u32>,
 }
 
-/// A request left uncompleted while bytes of it wait, in guest memory, for a slow host peer
-/// (see `cross_domain::backlog`). Its response is already written.
-struct Held {
-    /// Queued chunks still referring to the request.
-    refs: u32,
-    /// Bytes written into the response buffer.
-    len: u32,
-    /// Descriptors of the request (counted against the hold budget).
-    descs: usize,
-}
-
 /// A response body following the header.
 enum Resp {
     NoData,
@@ -69,14 +59,6 @@ enum Resp {
     Capset(cd::Capabilities),
     Uuid([u8; 16]),
     MapInfo(u32),
-}
-
-/// Control-queue size assumed until the VMM sets one (QEMU's vhost-user-test-device default).
-const DEFAULT_QUEUE_SIZE: u16 = 64;
-
-/// Descriptors that may be held at once for a control queue of `size` entries: a quarter.
-fn hold_budget(size: u16) -> usize {
-    usize::from(size) / 4
 }
 
 /// Most entries returned by one epoll poll of the device's own sources.
@@ -98,21 +80,10 @@ pub struct Gpu {
     limiter: GuestLog,
     req: SgList,
     resp: SgList,
-    /// Requests held for slow host peers, by control-queue head.
-    held: IdMap<u16, Held>,
-    /// Heads whose queued chunks went out or were dropped, not yet accounted in `held`.
-    released: Vec<u16>,
-    /// While a chain is processed: its head, if it may be held.
-    hold: Option<u16>,
-    /// While a chain is processed: chunks queued that hold it.
-    holds: u32,
+    /// Requests held for slow host peers.
+    held: HeldRequests,
     /// Image requirements stored by all contexts (see `MAX_IMAGE_REQUIREMENTS_PER_VM`).
     images: usize,
-    /// Most descriptors held at once, over all contexts (see
-    /// [`Gpu::set_control_queue_size`]).
-    hold_budget: usize,
-    /// Descriptors of the requests in `held`.
-    held_descs: usize,
 }
 
 impl Gpu {
@@ -137,13 +108,8 @@ impl Gpu {
             limiter: GuestLog::new(limits.max_contexts),
             req: SgList::new(),
             resp: SgList::new(),
-            held: IdMap::default(),
-            released: Vec::new(),
-            hold: None,
-            holds: 0,
+            held: HeldRequests::default(),
             images: 0,
-            hold_budget: hold_budget(DEFAULT_QUEUE_SIZE),
-            held_descs: 0,
         })
     }
 
@@ -155,7 +121,7 @@ impl Gpu {
     /// full queue (Linux does) against a host service that stops reading while its own writes
     /// towards the guest are blocked (an echo service, most request/event protocols).
     pub fn set_control_queue_size(&mut self, size: u16) {
-        self.hold_budget = hold_budget(size);
+        self.held.set_queue_size(size);
     }
 
     /// The epoll fd of host sources (channel sockets, pipes); readable when
@@ -175,15 +141,13 @@ impl Gpu {
         let ids: Vec<u32> = self.contexts.keys().copied().collect();
         for id in ids {
             if let Some(mut ctx) = self.contexts.remove(&id) {
-                ctx.cd.teardown(&self.epoll, &mut self.released);
+                ctx.cd.teardown(&self.epoll, self.held.released());
             }
         }
         self.resources.clear();
         self.fences.clear();
         self.scanouts = [0; MAX_SCANOUTS];
         self.held.clear();
-        self.held_descs = 0;
-        self.released.clear();
         self.images = 0;
         self.limiter.limits.clear();
     }
@@ -195,17 +159,13 @@ impl Gpu {
         let ids: Vec<u32> = self.contexts.keys().copied().collect();
         for id in ids {
             if let Some(mut ctx) = self.contexts.remove(&id) {
-                ctx.cd.teardown(&self.epoll, &mut self.released);
+                ctx.cd.teardown(&self.epoll, self.held.released());
             }
             self.fences.complete_context(id);
         }
         self.settle_released();
-        for (head, h) in self.held.drain() {
-            // Not reachable: every held chunk belongs to a context torn down above.
-            debug!("completing request {head} still held after shutdown");
-            self.fences.complete(head, h.len);
-        }
-        self.held_descs = 0;
+        self.held
+            .complete_all(|head, len| self.fences.complete(head, len));
         self.fences.complete_all();
         self.resources.clear();
         self.images = 0;
@@ -287,12 +247,8 @@ impl Gpu {
         // whose timeline fixes when it completes. Unfenced (Linux >= 6.6) and globally fenced
         // (older kernels fence every execbuffer) ones may: a global fence is signalled at once
         // by this device anyway, and holding the request keeps its buffer, not its fence.
-        self.hold = (!cursor
-            && hdr.type_ == CMD_SUBMIT_3D
-            && hdr.flags & FLAG_INFO_RING_IDX == 0
-            && self.held_descs + ndesc <= self.hold_budget)
-            .then_some(head);
-        self.holds = 0;
+        let may_hold = !cursor && hdr.type_ == CMD_SUBMIT_3D && hdr.flags & FLAG_INFO_RING_IDX == 0;
+        self.held.begin(head, ndesc, may_hold);
         let result = if self.resp.len() < need {
             Err(GpuError::InvalidParameter("response buffer too small"))
         } else if hdr.flags & FLAG_FENCE != 0
@@ -319,19 +275,7 @@ impl Gpu {
             }
         };
         let written = self.write_response(mem, &hdr, resp_type, &body);
-        self.hold = None;
-        let mut refs = std::mem::take(&mut self.holds);
-        if refs > 0 {
-            // Chunks of this very request that already went out while it was processed.
-            self.released.retain(|&h| {
-                if h == head && refs > 0 {
-                    refs -= 1;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
+        let refs = self.held.end(head);
         self.settle_released();
         let len = match &written {
             Ok(len) => *len,
@@ -345,16 +289,8 @@ impl Gpu {
         };
         if refs > 0 {
             // Its bytes wait in its buffers for a slow host peer: complete it once they went
-            // out (`settle_released`). Never on a ring timeline (see `self.hold`).
-            self.held.insert(
-                head,
-                Held {
-                    refs,
-                    len,
-                    descs: ndesc,
-                },
-            );
-            self.held_descs += ndesc;
+            // out (`settle_released`). Never on a ring timeline (see `may_hold`).
+            self.held.hold(head, refs, len, ndesc);
             return None;
         }
         if written.is_err() {
@@ -453,7 +389,7 @@ impl Gpu {
             limiter: &mut self.limiter,
             hold: None,
             holds: 0,
-            released: &mut self.released,
+            released: self.held.released(),
             images_left: 0,
         };
         if let Some(f) = ctx.cd.try_deliver(&mut env) {
@@ -465,19 +401,8 @@ impl Gpu {
 
     /// Account released chunks; requests with none left are completed.
     fn settle_released(&mut self) {
-        for head in self.released.drain(..) {
-            let Some(h) = self.held.get_mut(&head) else {
-                debug!("released request {head} is not held");
-                continue;
-            };
-            h.refs -= 1;
-            if h.refs == 0 {
-                let (len, descs) = (h.len, h.descs);
-                self.held.remove(&head);
-                self.held_descs -= descs;
-                self.fences.complete(head, len);
-            }
-        }
+        self.held
+            .settle(|head, len| self.fences.complete(head, len));
     }
 
     /// Handle readiness of host fds (channel sockets, pipes): deliver messages to contexts with
@@ -506,7 +431,7 @@ impl Gpu {
                     limiter: &mut self.limiter,
                     hold: None,
                     holds: 0,
-                    released: &mut self.released,
+                    released: self.held.released(),
                     images_left: 0,
                 };
                 ctx.cd.on_event(&mut env, src, ev.events());
@@ -679,7 +604,7 @@ impl Gpu {
             .contexts
             .remove(&ctx_id)
             .ok_or(GpuError::InvalidContext(ctx_id))?;
-        ctx.cd.teardown(&self.epoll, &mut self.released);
+        ctx.cd.teardown(&self.epoll, self.held.released());
         self.images = self.images.saturating_sub(ctx.cd.image_count());
         self.fences.complete_context(ctx_id);
         self.limiter.limits.forget(ctx_id);
@@ -786,14 +711,15 @@ impl Gpu {
             channels: &self.channels,
             scratch: &mut self.scratch,
             limiter: &mut self.limiter,
-            hold: self.hold,
+            hold: self.held.current(),
             holds: 0,
-            released: &mut self.released,
+            released: self.held.released(),
             images_left: cross_domain::MAX_IMAGE_REQUIREMENTS_PER_VM.saturating_sub(self.images),
         };
         let images_before = ctx.cd.image_count();
         let res = ctx.cd.submit(&mut env, &view, &self.req, start, len);
-        self.holds += env.holds;
+        let holds = env.holds;
+        self.held.add_refs(holds);
         // Submissions only add image requirements; destruction and reset remove them.
         self.images += ctx.cd.image_count().saturating_sub(images_before);
         res?;

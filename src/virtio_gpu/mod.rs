@@ -6,6 +6,7 @@ mod command;
 mod error;
 mod fences;
 mod gpu;
+mod held;
 pub mod protocol;
 mod resources;
 pub mod sg;
