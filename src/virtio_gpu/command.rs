@@ -14,7 +14,6 @@ use vm_memory::ByteValued;
 use super::error::GpuError;
 use super::protocol::*;
 use super::sg::{GuestMem, SgList};
-use crate::cross_domain::protocol as cd;
 
 /// The queue a request came from: the cursor queue takes cursor commands only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,19 +203,6 @@ fn body<T: ByteValued + Default>(mem: &GuestMem, req: &SgList) -> Result<T, Deco
     }
     req.read_obj(mem, size_of::<CtrlHdr>())
         .map_err(|_| DecodeError::Unreadable)
-}
-
-/// Bytes the response to `cmd` needs.
-pub(super) fn response_size(cmd: u32) -> usize {
-    let h = size_of::<CtrlHdr>();
-    match cmd {
-        CMD_GET_DISPLAY_INFO => size_of::<RespDisplayInfo>(),
-        CMD_GET_CAPSET_INFO => size_of::<RespCapsetInfo>(),
-        CMD_GET_CAPSET => h + size_of::<cd::Capabilities>(),
-        CMD_RESOURCE_ASSIGN_UUID => size_of::<RespResourceUuid>(),
-        CMD_RESOURCE_MAP_BLOB => size_of::<RespMapInfo>(),
-        _ => h,
-    }
 }
 
 #[cfg(test)]
@@ -625,19 +611,5 @@ mod tests {
             assert_eq!(g.response(), code, "{e:?}");
             assert_eq!(g.to_string(), text);
         }
-    }
-
-    #[test]
-    fn response_sizes() {
-        assert_eq!(
-            response_size(CMD_GET_DISPLAY_INFO),
-            size_of::<RespDisplayInfo>()
-        );
-        assert_eq!(
-            response_size(CMD_RESOURCE_MAP_BLOB),
-            size_of::<RespMapInfo>()
-        );
-        assert_eq!(response_size(CMD_SUBMIT_3D), size_of::<CtrlHdr>());
-        assert_eq!(response_size(0xdead), size_of::<CtrlHdr>());
     }
 }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use log::{debug, info};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
 
-use super::command::{self, response_size, Command, Queue};
+use super::command::{self, Command, Queue};
 use super::error::GpuError;
 use super::fences::Fences;
 use super::held::HeldRequests;
 use super::protocol::*;
 use super::resources::Resources;
+use super::response::{response_size, Resp};
 use super::sg::{range_is_valid, GuestMem, SgList};
 use super::ShmMapper;
 use crate::config::ChannelTable;
@@ -49,16 +50,6 @@ impl Default for Limits {
 struct Ctx {
     cd: Context,
     attached: IdSet<u32>,
-}
-
-/// A response body following the header.
-enum Resp {
-    NoData,
-    DisplayInfo,
-    CapsetInfo(RespCapsetInfo),
-    Capset(cd::Capabilities),
-    Uuid([u8; 16]),
-    MapInfo(u32),
 }
 
 /// Most entries returned by one epoll poll of the device's own sources.
@@ -268,13 +259,13 @@ impl Gpu {
             }
         };
         let (resp_type, body) = match result {
-            Ok(body) => (resp_type(&body), body),
+            Ok(body) => (body.response_type(), body),
             Err(e) => {
                 self.log_refusal(&hdr, &e);
                 (e.response(), Resp::NoData)
             }
         };
-        let written = self.write_response(mem, &hdr, resp_type, &body);
+        let written = body.write(mem, &self.resp, &hdr, resp_type, self.num_scanouts);
         let refs = self.held.end(head);
         self.settle_released();
         let len = match &written {
@@ -301,73 +292,6 @@ impl Gpu {
             return self.create_fence(mem, &hdr, head, len);
         }
         Some(len)
-    }
-
-    fn write_response(
-        &mut self,
-        mem: &GuestMem,
-        req: &CtrlHdr,
-        type_: u32,
-        body: &Resp,
-    ) -> Result<u32, super::sg::SgError> {
-        let mut hdr = CtrlHdr {
-            type_,
-            ..Default::default()
-        };
-        if req.flags & FLAG_FENCE != 0 {
-            hdr.flags = req.flags & (FLAG_FENCE | FLAG_INFO_RING_IDX);
-            hdr.fence_id = req.fence_id;
-            hdr.ctx_id = req.ctx_id;
-            hdr.ring_idx = req.ring_idx;
-        }
-        let h = std::mem::size_of::<CtrlHdr>();
-        let total = match body {
-            Resp::NoData => {
-                self.resp.write_obj(mem, 0, &hdr)?;
-                h
-            }
-            Resp::DisplayInfo => {
-                let mut r = RespDisplayInfo {
-                    hdr,
-                    ..Default::default()
-                };
-                if self.num_scanouts > 0 {
-                    r.pmodes[0].r = Rect {
-                        x: 0,
-                        y: 0,
-                        width: 1024,
-                        height: 768,
-                    };
-                }
-                self.resp.write_obj(mem, 0, &r)?;
-                std::mem::size_of::<RespDisplayInfo>()
-            }
-            Resp::CapsetInfo(info) => {
-                let r = RespCapsetInfo { hdr, ..*info };
-                self.resp.write_obj(mem, 0, &r)?;
-                std::mem::size_of::<RespCapsetInfo>()
-            }
-            Resp::Capset(caps) => {
-                self.resp.write_obj(mem, 0, &hdr)?;
-                self.resp.write_obj(mem, h, caps)?;
-                h + std::mem::size_of::<cd::Capabilities>()
-            }
-            Resp::Uuid(uuid) => {
-                let r = RespResourceUuid { hdr, uuid: *uuid };
-                self.resp.write_obj(mem, 0, &r)?;
-                std::mem::size_of::<RespResourceUuid>()
-            }
-            Resp::MapInfo(map_info) => {
-                let r = RespMapInfo {
-                    hdr,
-                    map_info: *map_info,
-                    padding: 0,
-                };
-                self.resp.write_obj(mem, 0, &r)?;
-                std::mem::size_of::<RespMapInfo>()
-            }
-        };
-        Ok(total as u32)
     }
 
     fn create_fence(&mut self, mem: &GuestMem, hdr: &CtrlHdr, head: u16, len: u32) -> Option<u32> {
@@ -733,17 +657,6 @@ impl Drop for Gpu {
             info!("dropping {} context(s)", self.contexts.len());
         }
         self.reset();
-    }
-}
-
-fn resp_type(r: &Resp) -> u32 {
-    match r {
-        Resp::NoData => RESP_OK_NODATA,
-        Resp::DisplayInfo => RESP_OK_DISPLAY_INFO,
-        Resp::CapsetInfo(_) => RESP_OK_CAPSET_INFO,
-        Resp::Capset(_) => RESP_OK_CAPSET,
-        Resp::Uuid(_) => RESP_OK_RESOURCE_UUID,
-        Resp::MapInfo(_) => RESP_OK_MAP_INFO,
     }
 }
 

@@ -9,6 +9,7 @@ mod gpu;
 mod held;
 pub mod protocol;
 mod resources;
+mod response;
 pub mod sg;
 
 pub use error::GpuError;
