@@ -6,6 +6,7 @@ use std::sync::Arc;
 use log::{debug, info};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
 
+use super::chain;
 use super::command::{self, Command, Queue};
 use super::error::GpuError;
 use super::fences::Fences;
@@ -13,7 +14,7 @@ use super::held::HeldRequests;
 use super::protocol::*;
 use super::resources::Resources;
 use super::response::{response_size, Resp};
-use super::sg::{range_is_valid, GuestMem, SgList};
+use super::sg::{GuestMem, SgList};
 use super::ShmMapper;
 use crate::config::ChannelTable;
 use crate::cross_domain::{self, image, protocol as cd, Context, Env};
@@ -188,47 +189,13 @@ impl Gpu {
     where
         I: Iterator<Item = virtio_queue::desc::split::Descriptor>,
     {
-        self.req.clear();
-        self.resp.clear();
-        let mut writable = false;
-        let mut ndesc = 0usize;
-        for d in descs {
-            ndesc += 1;
-            let len = d.len() as usize;
-            if len == 0 {
-                continue;
-            }
-            if !range_is_valid(mem, d.addr().0, len) {
-                guest_warn!(
-                    self.limiter,
-                    "dropping descriptor chain {head}: buffer {:#x}+{len} is outside guest memory",
-                    d.addr().0
-                );
+        let ndesc = match chain::split(mem, descs, &mut self.req, &mut self.resp) {
+            Ok(n) => n,
+            Err(e) => {
+                guest_warn!(self.limiter, "dropping descriptor chain {head}: {e}");
                 return Some(0);
             }
-            if d.is_write_only() {
-                writable = true;
-                self.resp.push(d.addr(), len);
-            } else if writable {
-                guest_warn!(
-                    self.limiter,
-                    "dropping descriptor chain {head}: readable buffer after a writable one"
-                );
-                return Some(0);
-            } else {
-                self.req.push(d.addr(), len);
-            }
-        }
-        let hdr_len = std::mem::size_of::<CtrlHdr>();
-        if self.req.len() < hdr_len || self.resp.len() < hdr_len {
-            guest_warn!(
-                self.limiter,
-                "dropping descriptor chain {head}: request {} bytes, response buffer {} bytes",
-                self.req.len(),
-                self.resp.len()
-            );
-            return Some(0);
-        }
+        };
         let hdr: CtrlHdr = match self.req.read_obj(mem, 0) {
             Ok(h) => h,
             Err(_) => return Some(0),

@@ -2,6 +2,7 @@
 //! and fence timelines, and encodes responses. It knows nothing about vhost-user; the device
 //! module feeds it descriptor chains and publishes the completions it produces.
 
+mod chain;
 mod command;
 mod error;
 mod fences;
