@@ -8,50 +8,20 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
 
 use super::chain;
 use super::command::{self, Command, Queue};
+use super::contexts::Contexts;
 use super::error::GpuError;
 use super::fences::Fences;
 use super::held::HeldRequests;
 use super::protocol::*;
 use super::resources::Resources;
 use super::response::{response_size, Resp};
+use super::scanouts::{check_rect, Scanouts};
 use super::sg::{GuestMem, SgList};
-use super::ShmMapper;
+use super::{Limits, ShmMapper};
 use crate::config::ChannelTable;
-use crate::cross_domain::{self, image, protocol as cd, Context, Env};
+use crate::cross_domain::{self, image, protocol as cd, Env};
 use crate::guest_warn;
-use crate::idmap::{IdMap, IdSet};
-use crate::limitlog::LimitKind;
 use crate::ratelimit::GuestLog;
-
-/// Bounds on what a guest may make the device hold.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_contexts: usize,
-    pub max_resources: usize,
-    /// Backing entries of one resource.
-    pub max_entries_per_resource: usize,
-    /// Backing entries over all resources.
-    pub max_total_entries: usize,
-    /// Resources attached to one context (contexts x resources would otherwise be the bound).
-    pub max_attached_per_context: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_contexts: 1024,
-            max_resources: 65536,
-            max_entries_per_resource: 1 << 18,
-            max_total_entries: 1 << 22,
-            max_attached_per_context: 16384,
-        }
-    }
-}
-
-struct Ctx {
-    cd: Context,
-    attached: IdSet<u32>,
-}
 
 /// Most entries returned by one epoll poll of the device's own sources.
 const EVENTS_PER_POLL: usize = 64;
@@ -59,11 +29,9 @@ const EVENTS_PER_POLL: usize = 64;
 /// The device: resources, contexts, fence timelines and the epoll set of host fds.
 pub struct Gpu {
     channels: Arc<ChannelTable>,
-    num_scanouts: u32,
-    limits: Limits,
     resources: Resources,
-    contexts: IdMap<u32, Ctx>,
-    scanouts: [u32; MAX_SCANOUTS],
+    contexts: Contexts,
+    scanouts: Scanouts,
     /// Deferred fenced responses and completed responses to publish.
     fences: Fences,
     epoll: Epoll,
@@ -88,11 +56,9 @@ impl Gpu {
     ) -> std::io::Result<Self> {
         Ok(Gpu {
             channels,
-            num_scanouts: num_scanouts.min(MAX_SCANOUTS as u32),
-            limits,
             resources: Resources::new(shm_size, image::host_page_size(), limits),
-            contexts: IdMap::default(),
-            scanouts: [0; MAX_SCANOUTS],
+            contexts: Contexts::new(limits),
+            scanouts: Scanouts::new(num_scanouts),
             fences: Fences::default(),
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?,
             events: vec![EpollEvent::empty(); EVENTS_PER_POLL],
@@ -130,15 +96,14 @@ impl Gpu {
     /// Drop every resource and context (device reset or VMM disconnect). Pending fenced
     /// responses are forgotten: their queue is gone.
     pub fn reset(&mut self) {
-        let ids: Vec<u32> = self.contexts.keys().copied().collect();
-        for id in ids {
-            if let Some(mut ctx) = self.contexts.remove(&id) {
+        for id in self.contexts.ids() {
+            if let Some(mut ctx) = self.contexts.remove(id) {
                 ctx.cd.teardown(&self.epoll, self.held.released());
             }
         }
         self.resources.clear();
         self.fences.clear();
-        self.scanouts = [0; MAX_SCANOUTS];
+        self.scanouts.clear();
         self.held.clear();
         self.images = 0;
         self.limiter.limits.clear();
@@ -148,9 +113,8 @@ impl Gpu {
     /// wait forever), close every context's host sockets and pipes, and drop all resources.
     /// The completions are left in [`Gpu::take_completions`] for the caller to publish.
     pub fn complete_all_and_reset(&mut self) {
-        let ids: Vec<u32> = self.contexts.keys().copied().collect();
-        for id in ids {
-            if let Some(mut ctx) = self.contexts.remove(&id) {
+        for id in self.contexts.ids() {
+            if let Some(mut ctx) = self.contexts.remove(id) {
                 ctx.cd.teardown(&self.epoll, self.held.released());
             }
             self.fences.complete_context(id);
@@ -161,7 +125,7 @@ impl Gpu {
         self.fences.complete_all();
         self.resources.clear();
         self.images = 0;
-        self.scanouts = [0; MAX_SCANOUTS];
+        self.scanouts.clear();
         self.limiter.limits.clear();
     }
 
@@ -232,7 +196,7 @@ impl Gpu {
                 (e.response(), Resp::NoData)
             }
         };
-        let written = body.write(mem, &self.resp, &hdr, resp_type, self.num_scanouts);
+        let written = body.write(mem, &self.resp, &hdr, resp_type, self.scanouts.count());
         let refs = self.held.end(head);
         self.settle_released();
         let len = match &written {
@@ -266,7 +230,7 @@ impl Gpu {
             // Global timeline and the query ring: the work is already done.
             return Some(len);
         }
-        let Some(ctx) = self.contexts.get_mut(&hdr.ctx_id) else {
+        let Some(ctx) = self.contexts.get_mut(hdr.ctx_id) else {
             return Some(len);
         };
         let timeline = (hdr.ctx_id, hdr.ring_idx);
@@ -311,7 +275,7 @@ impl Gpu {
             for i in 0..n {
                 let ev = self.events[i];
                 let (ctx_id, src) = cross_domain::token_parts(ev.data());
-                let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+                let Some(ctx) = self.contexts.get_mut(ctx_id) else {
                     continue;
                 };
                 let mut env = Env {
@@ -355,23 +319,17 @@ impl Gpu {
             Command::ResourceUnref(b) => {
                 let id = b.resource_id;
                 self.resources.unref(id, mapper, &mut self.limiter)?;
-                for ctx in self.contexts.values_mut() {
-                    ctx.attached.remove(&id);
-                }
-                for s in self.scanouts.iter_mut() {
-                    if *s == id {
-                        *s = 0;
-                    }
-                }
+                self.contexts.forget_resource(id);
+                self.scanouts.forget_resource(id);
                 Ok(Resp::NoData)
             }
             Command::SetScanout(b) => {
-                self.check_scanout(b.scanout_id)?;
+                self.scanouts.check(b.scanout_id)?;
                 if b.resource_id != 0 {
                     let (w, h) = self.resources.dims_2d(b.resource_id)?;
                     check_rect(&b.r, w, h)?;
                 }
-                self.scanouts[b.scanout_id as usize] = b.resource_id;
+                self.scanouts.set(b.scanout_id, b.resource_id)?;
                 Ok(Resp::NoData)
             }
             Command::ResourceFlush(b) => {
@@ -418,9 +376,7 @@ impl Gpu {
             Command::ResourceCreateBlob { body, entries } => {
                 let contexts = &mut self.contexts;
                 let take_host = |blob_id, size| {
-                    let ctx = contexts
-                        .get_mut(&hdr.ctx_id)
-                        .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
+                    let ctx = contexts.live(hdr.ctx_id)?;
                     Ok(ctx.cd.take_blob(blob_id, size)?)
                 };
                 self.resources
@@ -428,15 +384,15 @@ impl Gpu {
                 Ok(Resp::NoData)
             }
             Command::SetScanoutBlob(b) => {
-                self.check_scanout(b.scanout_id)?;
+                self.scanouts.check(b.scanout_id)?;
                 if b.resource_id != 0 {
                     self.resources.check_exists(b.resource_id)?;
                 }
-                self.scanouts[b.scanout_id as usize] = b.resource_id;
+                self.scanouts.set(b.scanout_id, b.resource_id)?;
                 Ok(Resp::NoData)
             }
             Command::CtxCreate(b) => {
-                self.create_context(hdr.ctx_id, &b)?;
+                self.contexts.create(hdr.ctx_id, &b)?;
                 Ok(Resp::NoData)
             }
             Command::CtxDestroy => {
@@ -444,17 +400,12 @@ impl Gpu {
                 Ok(Resp::NoData)
             }
             Command::CtxAttachResource(b) => {
-                self.attach_resource(hdr.ctx_id, b.resource_id)?;
+                self.resources.check_exists(b.resource_id)?;
+                self.contexts.attach(hdr.ctx_id, b.resource_id)?;
                 Ok(Resp::NoData)
             }
             Command::CtxDetachResource(b) => {
-                let ctx = self
-                    .contexts
-                    .get_mut(&hdr.ctx_id)
-                    .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-                if !ctx.attached.remove(&b.resource_id) {
-                    return Err(GpuError::InvalidResource(b.resource_id));
-                }
+                self.contexts.detach(hdr.ctx_id, b.resource_id)?;
                 Ok(Resp::NoData)
             }
             Command::ResourceCreate3d => {
@@ -477,14 +428,14 @@ impl Gpu {
                 Ok(Resp::NoData)
             }
             Command::UpdateCursor(b) => {
-                self.check_scanout(b.pos.scanout_id)?;
+                self.scanouts.check(b.pos.scanout_id)?;
                 if b.resource_id != 0 {
                     self.resources.check_exists(b.resource_id)?;
                 }
                 Ok(Resp::NoData)
             }
             Command::MoveCursor(b) => {
-                self.check_scanout(b.pos.scanout_id)?;
+                self.scanouts.check(b.pos.scanout_id)?;
                 Ok(Resp::NoData)
             }
         }
@@ -493,7 +444,7 @@ impl Gpu {
     fn destroy_context(&mut self, ctx_id: u32) -> Result<(), GpuError> {
         let mut ctx = self
             .contexts
-            .remove(&ctx_id)
+            .remove(ctx_id)
             .ok_or(GpuError::InvalidContext(ctx_id))?;
         ctx.cd.teardown(&self.epoll, self.held.released());
         self.images = self.images.saturating_sub(ctx.cd.image_count());
@@ -503,31 +454,13 @@ impl Gpu {
         Ok(())
     }
 
-    fn attach_resource(&mut self, ctx_id: u32, res_id: u32) -> Result<(), GpuError> {
-        self.resources.check_exists(res_id)?;
-        let ctx = self
-            .contexts
-            .get_mut(&ctx_id)
-            .ok_or(GpuError::InvalidContext(ctx_id))?;
-        if ctx.attached.len() >= self.limits.max_attached_per_context
-            && !ctx.attached.contains(&res_id)
-        {
-            return Err(GpuError::Limit(
-                LimitKind::AttachedPerContext,
-                self.limits.max_attached_per_context,
-            ));
-        }
-        ctx.attached.insert(res_id);
-        Ok(())
-    }
-
     /// Log a refused request: a limit once per context (see [`GuestLog::limit_hit`]; requests
     /// naming no live context count as context 0), anything else through the rate limiter.
     fn log_refusal(&mut self, hdr: &CtrlHdr, e: &GpuError) {
         let cmd = command_name(hdr.type_);
         match e.limit() {
             Some((kind, value)) => {
-                let ctx = if self.contexts.contains_key(&hdr.ctx_id) {
+                let ctx = if self.contexts.contains(hdr.ctx_id) {
                     hdr.ctx_id
                 } else {
                     0
@@ -539,49 +472,6 @@ impl Gpu {
         }
     }
 
-    fn check_scanout(&self, id: u32) -> Result<(), GpuError> {
-        if id >= self.num_scanouts {
-            return Err(GpuError::InvalidScanout(id));
-        }
-        Ok(())
-    }
-
-    fn create_context(&mut self, ctx_id: u32, b: &CtxCreate) -> Result<(), GpuError> {
-        if ctx_id == 0 {
-            return Err(GpuError::InvalidContext(0));
-        }
-        if self.contexts.contains_key(&ctx_id) {
-            return Err(GpuError::ContextExists(ctx_id));
-        }
-        let capset = b.context_init & CONTEXT_INIT_CAPSET_ID_MASK;
-        if capset != 0 && capset != CAPSET_CROSS_DOMAIN {
-            return Err(GpuError::InvalidParameter(
-                "only the cross-domain capset (5) is supported",
-            ));
-        }
-        if b.nlen as usize > b.debug_name.len() {
-            return Err(GpuError::InvalidParameter(
-                "debug name longer than 64 bytes",
-            ));
-        }
-        if self.contexts.len() >= self.limits.max_contexts {
-            return Err(GpuError::Limit(
-                LimitKind::ContextsPerVm,
-                self.limits.max_contexts,
-            ));
-        }
-        let name = String::from_utf8_lossy(&b.debug_name[..b.nlen as usize]).into_owned();
-        debug!("ctx {ctx_id}: created ({name})");
-        self.contexts.insert(
-            ctx_id,
-            Ctx {
-                cd: Context::new(ctx_id, name),
-                attached: IdSet::default(),
-            },
-        );
-        Ok(())
-    }
-
     /// SUBMIT_3D: hand the command stream (`len` bytes at `start` of the request, checked by
     /// [`command::decode`]) to the context.
     fn submit_3d(
@@ -591,10 +481,7 @@ impl Gpu {
         start: usize,
         len: usize,
     ) -> Result<(), GpuError> {
-        let ctx = self
-            .contexts
-            .get_mut(&hdr.ctx_id)
-            .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
+        let ctx = self.contexts.live(hdr.ctx_id)?;
         let view = self.resources.view(&ctx.attached);
         let mut env = Env {
             mem,
@@ -624,14 +511,5 @@ impl Drop for Gpu {
             info!("dropping {} context(s)", self.contexts.len());
         }
         self.reset();
-    }
-}
-
-fn check_rect(r: &Rect, w: u32, h: u32) -> Result<(), GpuError> {
-    let x_end = r.x.checked_add(r.width);
-    let y_end = r.y.checked_add(r.height);
-    match (x_end, y_end) {
-        (Some(x), Some(y)) if x <= w && y <= h => Ok(()),
-        _ => Err(GpuError::InvalidParameter("rectangle outside the resource")),
     }
 }

@@ -4,6 +4,7 @@
 
 mod chain;
 mod command;
+mod contexts;
 mod error;
 mod fences;
 mod gpu;
@@ -11,10 +12,11 @@ mod held;
 pub mod protocol;
 mod resources;
 mod response;
+mod scanouts;
 pub mod sg;
 
 pub use error::GpuError;
-pub use gpu::{Gpu, Limits};
+pub use gpu::Gpu;
 
 use std::os::fd::BorrowedFd;
 
@@ -27,4 +29,29 @@ pub trait ShmMapper {
         -> std::io::Result<()>;
     /// Remove the mapping of `len` bytes at `offset`.
     fn unmap(&self, offset: u64, len: u64) -> std::io::Result<()>;
+}
+
+/// Bounds on what a guest may make the device hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_contexts: usize,
+    pub max_resources: usize,
+    /// Backing entries of one resource.
+    pub max_entries_per_resource: usize,
+    /// Backing entries over all resources.
+    pub max_total_entries: usize,
+    /// Resources attached to one context (contexts x resources would otherwise be the bound).
+    pub max_attached_per_context: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_contexts: 1024,
+            max_resources: 65536,
+            max_entries_per_resource: 1 << 18,
+            max_total_entries: 1 << 22,
+            max_attached_per_context: 16384,
+        }
+    }
 }

@@ -15,10 +15,9 @@ use vm_memory::GuestAddress;
 
 use super::command::BackingEntries;
 use super::error::GpuError;
-use super::gpu::Limits;
 use super::protocol::*;
 use super::sg::{range_is_valid, GuestMem, SgList};
-use super::ShmMapper;
+use super::{Limits, ShmMapper};
 use crate::cross_domain::{Lookup, ResourceView};
 use crate::guest_warn;
 use crate::idmap::{IdMap, IdSet};
