@@ -1,5 +1,12 @@
-//! Device state and command dispatch. Everything here runs on the device's single event-loop
-//! thread; nothing blocks.
+//! The coordinator: takes a descriptor chain through split ([`chain`]), decode
+//! ([`command`]), execution and response ([`super::response`]), and decides what happens to
+//! the request afterwards (completed now, deferred on a fence timeline, or held for a slow
+//! host peer). It owns the epoll set of host fds and hands host events to the contexts, and it
+//! is the one place that logs a refused request and builds the cross-domain layer's `Env`.
+//! Each piece of state lives in its own module (resources, contexts, scanouts, fences, held
+//! requests); this file must never grow their rules back, only call them in the order that
+//! fixes which error a bad request gets. Everything here runs on the device's single
+//! event-loop thread; nothing blocks.
 
 use std::sync::Arc;
 

@@ -1,6 +1,12 @@
 //! The virtio-gpu layer: decodes control- and cursor-queue requests, owns resources, contexts
 //! and fence timelines, and encodes responses. It knows nothing about vhost-user; the device
 //! module feeds it descriptor chains and publishes the completions it produces.
+//!
+//! A chain is split into request and response buffers (`chain`), its request decoded into a
+//! typed command (`command`), executed by the coordinator (`gpu`) against the state each
+//! file owns — resources and the host-visible region (`resources`), contexts (`contexts`),
+//! scanouts (`scanouts`), fence timelines (`fences`), requests held for slow host peers
+//! (`held`) — and answered (`response`); refusals are [`GpuError`]s.
 
 mod chain;
 mod command;
