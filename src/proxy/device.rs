@@ -54,7 +54,7 @@ pub const BLOB_FLAG_USE_SHAREABLE: u32 = 2;
 pub const EVENT_FENCE_SIGNALED: u32 = 0x9000_0000;
 
 /// The cross-domain capset id.
-pub const CAPSET_CROSS_DOMAIN: u32 = 5;
+pub use cross_domain_protocol::CAPSET_CROSS_DOMAIN;
 
 /// A failed device operation: which one, and the OS error.
 #[derive(Debug, thiserror::Error)]

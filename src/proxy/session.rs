@@ -247,13 +247,6 @@ pub struct Session<D: VirtGpuDevice> {
 
 const MIB: usize = 1 << 20;
 
-fn page_size() -> u64 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
-        Ok(Some(n)) if n > 0 => n as u64,
-        _ => 4096,
-    }
-}
-
 fn round_up(v: u64, to: u64) -> Option<u64> {
     v.checked_next_multiple_of(to)
 }
@@ -302,7 +295,7 @@ impl<D: VirtGpuDevice> Session<D> {
             client_gone: false,
             host_closed: false,
             client_shut: false,
-            page_size: page_size(),
+            page_size: cross_domain_protocol::page_size(),
             stats: Stats::default(),
         };
         session.confirm_channel()?;
