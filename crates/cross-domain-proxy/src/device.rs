@@ -2,7 +2,7 @@
 //!
 //! The proxy needs a dozen operations of one DRM file (one cross-domain context): parameter and
 //! capset queries, CONTEXT_INIT, blob creation and mapping, EXECBUFFER, WAIT, PRIME export and
-//! import, GEM_CLOSE and the file's event queue. [`crate::proxy::kernel::KernelDevice`]
+//! import, GEM_CLOSE and the file's event queue. [`crate::kernel::KernelDevice`]
 //! implements them with the Linux virtgpu ioctls; the tests implement them on top of the
 //! project's test VMM, so the session logic runs without a kernel.
 //!

@@ -669,7 +669,7 @@ pub struct Received {
 
 /// Most descriptors [`recv_with_fds`] accepts with one message: a SEND carries at most 28
 /// identifiers.
-pub const MAX_FDS: usize = crate::cross_domain::protocol::MAX_IDENTIFIERS;
+pub const MAX_FDS: usize = cross_domain_protocol::wire::MAX_IDENTIFIERS;
 
 /// `recvmsg` on a stream socket into `buf`, accepting up to [`MAX_FDS`] descriptors.
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {

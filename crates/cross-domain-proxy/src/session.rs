@@ -38,7 +38,7 @@ use super::device::{
 };
 use super::kernel::recv_with_fds;
 use super::wire::{self, ChannelMessage, Identifier, WireError};
-use crate::cross_domain::protocol::{
+use cross_domain_protocol::wire::{
     Capabilities, CHANNEL_RING, ID_TYPE_READ_PIPE, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE,
     QUERY_RING,
 };
@@ -890,7 +890,7 @@ impl<D: VirtGpuDevice> Session<D> {
     fn query_requirements(
         &mut self,
         width: u32,
-    ) -> Result<crate::cross_domain::protocol::ImageRequirements, SessionError> {
+    ) -> Result<cross_domain_protocol::wire::ImageRequirements, SessionError> {
         self.query
             .map
             .write(0, &[0u8; wire::IMAGE_REQUIREMENTS_SIZE])?;
