@@ -1,5 +1,5 @@
-//! The Linux side of the proxy: virtgpu and DRM ioctls, `mmap` of blobs, and adopting file
-//! descriptors received with `SCM_RIGHTS`.
+//! The Linux side of the proxy: virtgpu and DRM ioctls, `mmap` of blobs, and receiving file
+//! descriptors with `SCM_RIGHTS` (through the workspace's one `recvmsg`, `cross-domain-fdpass`).
 //!
 //! Every `unsafe` block of the proxy lives in this module (the other modules forbid unsafe
 //! code). The structs below are the `include/uapi/drm/virtgpu_drm.h` and `drm.h` layouts; the
@@ -11,14 +11,14 @@
 
 use std::ffi::c_void;
 use std::fs::OpenOptions;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use cross_domain_fdpass as fdpass;
 use vm_memory::VolatileSlice;
 
 use super::device::{Blob, BlobCreate, BlobMapping, DeviceError, ResourceInfo, VirtGpuDevice};
@@ -671,43 +671,29 @@ pub struct Received {
 /// identifiers.
 pub const MAX_FDS: usize = cross_domain_protocol::wire::MAX_IDENTIFIERS;
 
-/// `recvmsg` on a stream socket into `buf`, accepting up to [`MAX_FDS`] descriptors.
+/// Non-blocking `recvmsg` on a stream socket into `buf`, accepting up to [`MAX_FDS`]
+/// descriptors; `EAGAIN` is an error of kind [`io::ErrorKind::WouldBlock`].
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = loop {
-        match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-        ) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            r => break r.map_err(io::Error::from)?,
-        }
-    };
+    let mut cmsg = fdpass::CmsgBuf::new(MAX_FDS);
     let mut fds = Vec::new();
-    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    let len = msg.bytes;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(v) = c {
-            fds.extend(v.into_iter().map(|fd: RawFd| {
-                // SAFETY: the kernel installed these descriptors in this process for this
-                // message; each is adopted exactly once here.
-                unsafe { OwnedFd::from_raw_fd(fd) }
-            }));
-        }
+    let r = fdpass::recv(sock, buf, &mut fds, &mut cmsg, fdpass::Wait::DontWait)?;
+    // As before the receive was shared: a message with more than MAX_FDS descriptors is an
+    // error (ENOBUFS), which ends the client's session; the ones that arrived are closed.
+    if r.fds_truncated {
+        return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
     }
     Ok(Received {
-        len,
+        len: r.len,
         fds,
-        fds_truncated: truncated,
+        fds_truncated: r.fds_truncated,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use std::mem::offset_of;
+
+    use nix::sys::socket::MsgFlags;
 
     use super::*;
 
