@@ -677,11 +677,6 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Receive
     let mut cmsg = fdpass::CmsgBuf::new(MAX_FDS);
     let mut fds = Vec::new();
     let r = fdpass::recv(sock, buf, &mut fds, &mut cmsg, fdpass::Wait::DontWait)?;
-    // As before the receive was shared: a message with more than MAX_FDS descriptors is an
-    // error (ENOBUFS), which ends the client's session; the ones that arrived are closed.
-    if r.fds_truncated {
-        return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
-    }
     Ok(Received {
         len: r.len,
         fds,
@@ -806,5 +801,29 @@ mod tests {
         assert!(got.fds.is_empty());
         let e = recv_with_fds(b.as_fd(), &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    /// A message with more than MAX_FDS descriptors delivers its bytes and the first MAX_FDS
+    /// descriptors, and says that the rest were dropped (docs/guest-proxy.md, "What is
+    /// forwarded").
+    #[test]
+    fn recv_with_fds_reports_dropped_descriptors() {
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let fds = [null.as_raw_fd(); MAX_FDS + 2];
+        nix::sys::socket::sendmsg::<()>(
+            a.as_raw_fd(),
+            &[std::io::IoSlice::new(b"many")],
+            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let mut buf = [0u8; 16];
+        let got = recv_with_fds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..got.len], b"many");
+        assert_eq!(got.fds.len(), MAX_FDS);
+        assert!(got.fds_truncated);
     }
 }
