@@ -12,9 +12,6 @@
 //! daemon binary or a wrapper script (e.g. one that execs the daemon under callgrind or strace).
 //! See docs/performance.md for the method and a full run.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 #[path = "bench/cases.rs"]
 mod cases;
 #[path = "bench/limit.rs"]

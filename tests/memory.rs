@@ -2,8 +2,6 @@
 //! test frontend), HOST3D blobs from received memfds and from image requirements, read-only
 //! mappings, and the errors a hostile guest can provoke.
 
-mod support;
-
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;

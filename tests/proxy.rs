@@ -18,8 +18,6 @@
 //!   for a mapping), so it returns a memfd holding a copy of the blob's bytes taken at export
 //!   time; PRIME import is not supported (no dma-bufs exist here).
 
-mod support;
-
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
