@@ -27,7 +27,6 @@ pub mod fuzz_harness;
 pub mod idmap;
 pub mod inherited;
 pub mod limitlog;
-pub mod proxy;
 pub mod ratelimit;
 pub mod relay;
 pub mod sandbox;
