@@ -22,6 +22,9 @@ pub mod config;
 pub mod cross_domain;
 pub mod daemon;
 pub mod device;
+// Binds sockets under /tmp and exists for the fuzz targets and tests/fuzz_corpus.rs only, so it
+// is not part of the default library.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_harness;
 pub mod idmap;
