@@ -233,6 +233,13 @@ impl ChannelTable {
             .map_err(|e| e.in_argument(CHANNEL_FLAG, arg))
     }
 
+    /// Adds a `--channel` argument parsed by [`ChannelSpec::parse`]; errors name the argument
+    /// as given.
+    pub fn add_spec(&mut self, spec: &ChannelSpec) -> Result<(), ConfigError> {
+        self.insert(spec.channel_type, spec.path.clone())
+            .map_err(|e| e.in_argument(CHANNEL_FLAG, &spec.arg))
+    }
+
     /// Adds a `--wayland-sock PATH` argument, which means `--channel 1:PATH`.
     pub fn add_wayland_sock_arg(&mut self, path: &Path) -> Result<(), ConfigError> {
         let value = path.display().to_string();
@@ -341,6 +348,30 @@ pub fn parse_channel_spec(s: &str) -> Result<(u32, PathBuf), ConfigError> {
     Ok((channel_type, PathBuf::from(path)))
 }
 
+/// One `--channel TYPE:PATH` argument, parsed; whether its type is already taken is checked
+/// when it is added to a table ([`ChannelTable::add_spec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSpec {
+    /// The channel type (never 0 or 0xFFFFFFFF).
+    pub channel_type: u32,
+    /// The host socket (never empty).
+    pub path: PathBuf,
+    /// The argument as given, for messages.
+    pub arg: String,
+}
+
+impl ChannelSpec {
+    /// Parses a `--channel TYPE:PATH` value (see [`parse_channel_spec`]).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let (channel_type, path) = parse_channel_spec(s)?;
+        Ok(Self {
+            channel_type,
+            path,
+            arg: s.to_owned(),
+        })
+    }
+}
+
 /// Parses `--scanouts N`: a decimal number from 0 to [`MAX_SCANOUTS`].
 pub fn parse_scanouts(s: &str) -> Result<u32, ConfigError> {
     s.parse::<u32>()
@@ -376,10 +407,10 @@ pub fn parse_fd(s: &str) -> Result<RawFd, ConfigError> {
 }
 
 /// An `--fd N` whose descriptor cannot be served (not open, not a connected Unix stream socket).
-pub fn unusable_fd(value: &str, reason: FdError) -> ConfigError {
+pub fn unusable_fd(fd: RawFd, reason: FdError) -> ConfigError {
     ConfigError::UnusableFd {
         flag: FD_FLAG,
-        value: value.to_owned(),
+        value: fd.to_string(),
         reason,
     }
 }
@@ -1080,7 +1111,7 @@ mod tests {
             "--fd 'x': expected a file descriptor number, for example 3"
         );
         assert_eq!(
-            unusable_fd("9", FdError::NotOpen).to_string(),
+            unusable_fd(9, FdError::NotOpen).to_string(),
             "--fd '9': not an open file descriptor"
         );
     }

@@ -3,6 +3,7 @@
 //! configured for the channel type the guest names in INIT.
 //!
 //! Module map:
+//! - [`cli`]: the command line (clap definition, typed flag values).
 //! - [`config`]: the validated configuration, the channel table (`TYPE:PATH`) and how the VMM
 //!   reaches the daemon (`--socket-path`, `--fd`, socket activation).
 //! - [`daemon`]: the serve loops (re-listening after a VMM disconnect, or one session on a
@@ -18,6 +19,7 @@
 //! - [`ratelimit`], [`limitlog`]: logging of guest-caused problems (a rate limit for all of
 //!   them; limits hit are warned about once per context).
 
+pub mod cli;
 pub mod config;
 pub mod cross_domain;
 pub mod daemon;
