@@ -8,6 +8,7 @@
 //!   reaches the daemon (`--socket-path`, `--fd`, socket activation).
 //! - [`daemon`]: the serve loops (re-listening after a VMM disconnect, or one session on a
 //!   connected socket), readiness notification, and shutdown on SIGTERM/SIGINT.
+//! - [`socket_path`]: claiming `--socket-path` (lock file, stale sockets) and releasing it.
 //! - [`inherited`]: checks and ownership of the sockets the daemon is started with.
 //! - [`relay`]: the framing-aware message relay behind `--fd`.
 //! - [`systemd`]: socket activation and `sd_notify` readiness messages.
@@ -36,6 +37,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod relay;
 pub mod sandbox;
+pub mod socket_path;
 pub mod systemd;
 pub mod virtio_gpu;
 

@@ -57,6 +57,12 @@ fn main() -> ExitCode {
 
     match vhost_user_cross_domain::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
+        // The path is checked only when the daemon creates the socket, but it is part of the
+        // configuration all the same.
+        Err(vhost_user_cross_domain::Error::SocketPath(e)) => {
+            eprintln!("vhost-user-cross-domain: error: {e}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
         Err(e) => {
             error!("{}", error_chain(&e));
             ExitCode::from(EXIT_RUNTIME_FAILURE)

@@ -347,3 +347,17 @@ fn version() {
         format!("vhost-user-cross-domain {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn socket_path_in_a_missing_directory() {
+    let out = run(&["--socket-path", SOCKET]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "vhost-user-cross-domain: error: --socket-path '{SOCKET}': the directory \
+             /nonexistent-vhost-user-cross-domain-test does not exist"
+        )),
+        "{}",
+        out.stderr
+    );
+}

@@ -550,3 +550,133 @@ fn open_file_limit_is_raised_to_the_hard_limit() {
         );
     }
 }
+
+/// Runs `--socket-path PATH` (with its log in a directory of its own) and expects exit 2 with a
+/// message naming the flag, the value and `needles`; returns the message.
+#[track_caller]
+fn assert_socket_path_refused(path: &Path, needles: &[&str]) -> String {
+    let logs = temp_dir();
+    let (cmd, log_path) = command(logs.path(), &["--socket-path".into(), path.into()], false);
+    let mut d = spawn(cmd, log_path);
+    assert_eq!(d.exit_code(T), 2, "{}", d.log());
+    let log = d.log();
+    let value = format!("--socket-path '{}': ", path.display());
+    assert!(
+        log.contains(&format!("vhost-user-cross-domain: error: {value}")),
+        "{log}"
+    );
+    for n in needles {
+        assert!(log.contains(n), "{n:?} missing from: {log}");
+    }
+    log
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    name.into()
+}
+
+#[test]
+fn socket_path_of_a_running_daemon_is_refused_and_it_keeps_serving() {
+    let dir = temp_dir();
+    let (channel_path, host) = channel_listener(dir.path());
+    let first = Daemon::start_in(dir, channel_args(&channel_path));
+    let path = first.socket_path().to_path_buf();
+    assert!(
+        lock_path(&path).exists(),
+        "the lock file is next to the socket"
+    );
+    assert_socket_path_refused(&path, &["already in use by another process", ".lock"]);
+    // The first daemon's socket and lock file are where they were, and it serves the next VMM.
+    assert!(path.exists());
+    assert!(lock_path(&path).exists());
+    let mut vm = TestVm::connect(&path);
+    exchange(&mut vm, &host, 0);
+    vm.disconnect();
+    let log = first.log();
+    assert!(log.contains("session 1: VMM connected"), "{log}");
+    assert!(
+        !log.contains("session 2: VMM connected"),
+        "the refused daemon connected to the first one: {log}"
+    );
+}
+
+#[test]
+fn socket_path_where_another_program_listens_is_refused() {
+    let dir = temp_dir();
+    let path = dir.path().join("gpu.sock");
+    let other = UnixListener::bind(&path).unwrap();
+    assert_socket_path_refused(&path, &["already in use by another process"]);
+    assert!(path.exists());
+    assert!(!lock_path(&path).exists(), "the lock file is cleaned up");
+    // The program still has its socket.
+    UnixStream::connect(&path).expect("the other program's socket still works");
+    drop(other);
+}
+
+#[test]
+fn socket_path_that_is_a_regular_file_is_left_alone() {
+    let dir = temp_dir();
+    let path = dir.path().join("gpu.sock");
+    std::fs::write(&path, "not a socket").unwrap();
+    assert_socket_path_refused(&path, &["a regular file, not a socket"]);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+    assert!(!lock_path(&path).exists(), "the lock file is cleaned up");
+}
+
+#[test]
+fn socket_path_that_is_a_directory_is_refused() {
+    let dir = temp_dir();
+    let path = dir.path().join("gpu.sock");
+    std::fs::create_dir(&path).unwrap();
+    let log = assert_socket_path_refused(&path, &["a directory, not a socket"]);
+    assert!(!log.contains("Address already in use"), "{log}");
+    assert!(path.is_dir());
+}
+
+#[test]
+fn socket_path_in_a_missing_directory_is_refused() {
+    let dir = temp_dir();
+    let missing = dir.path().join("vm1");
+    let path = missing.join("gpu.sock");
+    assert_socket_path_refused(
+        &path,
+        &[&format!(
+            "the directory {} does not exist",
+            missing.display()
+        )],
+    );
+    assert!(!missing.exists(), "the daemon creates no directory");
+}
+
+#[test]
+fn stale_socket_is_replaced_and_removed_at_shutdown() {
+    let dir = temp_dir();
+    let path = dir.path().join("gpu.sock");
+    // A socket nothing accepts on any more, as a daemon killed with SIGKILL leaves behind.
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let (cmd, log_path) = command(
+        dir.path(),
+        &["--socket-path".into(), path.clone().into()],
+        false,
+    );
+    let mut d = spawn(cmd, log_path);
+    let deadline = Instant::now() + T;
+    while !d.log().contains("listening on") {
+        assert!(Instant::now() < deadline, "not listening\n{}", d.log());
+        assert!(d.wait_exit(Duration::ZERO).is_none(), "exited\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(d.log().contains("removing the stale socket"), "{}", d.log());
+    let vm = TestVm::connect(&path);
+    vm.disconnect();
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.exit_code(EXIT_DEADLINE), 0);
+    assert!(!path.exists(), "the socket is removed at shutdown");
+    assert!(
+        !lock_path(&path).exists(),
+        "the lock file is removed at shutdown"
+    );
+}
