@@ -23,6 +23,7 @@ use crate::config::{
     parse_fd, parse_sandbox, parse_scanouts, parse_seccomp, parse_shm_size, parse_socket_path,
     ChannelSpec, ChannelTable, ConfigError, SandboxMode, SeccompMode, CHANNEL_NAMES,
 };
+use crate::logging::{parse_log_level, LogLevel};
 
 const ABOUT: &str =
     "vhost-user virtio-gpu device carrying cross-domain channels to host Unix sockets";
@@ -175,6 +176,20 @@ to find calls missing from the list. Ignored with --sandbox none.
 Example: --seccomp log"
     )]
     pub seccomp: Option<SeccompMode>,
+
+    /// Log level: error, warn, info (default), debug or trace; wins over RUST_LOG.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        value_parser = parse_log_level,
+        long_help = "\
+The least severe messages logged: error, warn, info (the default), debug or trace.
+When given, it wins over RUST_LOG; without it, RUST_LOG is read as an env_logger
+filter (for example RUST_LOG=vhost_user_cross_domain=debug), and without either the
+level is info. Fatal errors are printed whatever the level.
+Example: --log-level debug"
+    )]
+    pub log_level: Option<LogLevel>,
 }
 
 impl Args {
@@ -256,9 +271,12 @@ Examples:
   arrives as fd 3 (LISTEN_FDS=1) and the daemon keeps accepting after each VMM:
     systemctl start vhost-user-cross-domain@vm1.socket
 
-Environment: RUST_LOG selects the log level (default: info), for example RUST_LOG=debug.
-LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES pass a socket-activated socket; NOTIFY_SOCKET
-receives READY=1 once the daemon accepts connections and STOPPING=1 on shutdown.
+Environment: RUST_LOG selects the log level when --log-level is not given (default:
+info), for example RUST_LOG=debug. When JOURNAL_STREAM names standard error (systemd
+sets it), each log line starts with its syslog priority (<3> error ... <7> debug)
+instead of a timestamp. LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES pass a
+socket-activated socket; NOTIFY_SOCKET receives READY=1 once the daemon accepts
+connections and STOPPING=1 on shutdown.
 Signals: SIGTERM or SIGINT completes pending fences, closes the channels and exits 0.
 Sandbox: on by default (seccomp, Landlock, no capabilities, a connection broker);
 --sandbox none turns it off, --seccomp log logs calls outside the allow-list instead

@@ -621,6 +621,10 @@ pub enum ConfigError {
     )]
     InvalidSeccomp { flag: &'static str, value: String },
 
+    /// `--log-level` not one of the five levels.
+    #[error("{flag} '{value}': expected one of error, warn, info, debug, trace")]
+    InvalidLogLevel { flag: &'static str, value: String },
+
     /// The socket-activation variables are malformed or pass something the daemon cannot serve.
     #[error("socket activation: {reason}")]
     Activation { reason: String },
@@ -660,7 +664,8 @@ impl ConfigError {
             | Self::UnusableFd { flag, value, .. }
             | Self::InvalidShmSize { flag, value, .. }
             | Self::InvalidSandbox { flag, value }
-            | Self::InvalidSeccomp { flag, value } => {
+            | Self::InvalidSeccomp { flag, value }
+            | Self::InvalidLogLevel { flag, value } => {
                 *flag = new_flag;
                 new_value.clone_into(value);
             }

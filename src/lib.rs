@@ -17,6 +17,8 @@
 //! - [`device`]: the vhost-user backend (features, config space, queue events).
 //! - [`virtio_gpu`]: virtio-gpu wire structs, control-queue dispatch, resources and fences.
 //! - [`cross_domain`]: cross-domain wire structs, contexts, items and channel I/O.
+//! - [`logging`]: the logger (`--log-level`, `RUST_LOG`, the journal's format), fatal errors,
+//!   the start-up summary.
 //! - [`ratelimit`], [`limitlog`]: logging of guest-caused problems (a rate limit for all of
 //!   them; limits hit are warned about once per context).
 
@@ -33,6 +35,7 @@ pub mod fuzz_harness;
 pub mod idmap;
 pub mod inherited;
 pub mod limitlog;
+pub mod logging;
 pub mod proxy;
 pub mod ratelimit;
 pub mod relay;

@@ -1,8 +1,9 @@
 //! Command line of `vhost-user-cross-domain`: parses the flags ([`cli::Args`]) and the
-//! socket-activation environment into a [`Config`], answers `--print-capabilities`, sets up logging and hands
-//! over to the library. All device behaviour lives in the library; this file only maps outcomes
-//! to exit codes: 0 clean stop, 1 runtime failure, 2 invalid configuration (clap's own usage
-//! errors also exit with 2).
+//! socket-activation environment into a [`Config`], answers `--print-capabilities`, sets up
+//! logging ([`logging`]) and hands over to the library. All device behaviour lives in the
+//! library; this file only maps outcomes to exit codes: 0 clean stop, 1 runtime failure, 2
+//! invalid configuration (clap's own usage errors also exit with 2). Every failure is reported
+//! by [`logging::fatal`], which no log filter silences.
 
 use std::error::Error as StdError;
 use std::ffi::OsString;
@@ -10,14 +11,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use log::{error, info, warn};
+use log::warn;
 use vhost_user_cross_domain::cli::{self, Args};
 use vhost_user_cross_domain::config::{
-    channel_name, select_listen, unusable_fd, ChannelTable, ConfigError, Listen, SandboxMode,
-    ACTIVATION_SOURCE,
+    select_listen, unusable_fd, ConfigError, Listen, SandboxMode, ACTIVATION_SOURCE,
 };
 use vhost_user_cross_domain::inherited::{self, FdError, SocketKind};
-use vhost_user_cross_domain::{systemd, Config};
+use vhost_user_cross_domain::{logging, systemd, Config};
 
 /// Exit status for a failure after the configuration was accepted.
 const EXIT_RUNTIME_FAILURE: u8 = 1;
@@ -40,17 +40,22 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => match cli::config_error(&e) {
             Some(ours) => return bad_config(ours),
+            // clap's own usage errors (status 2), with priority prefixes under the journal.
+            None if e.use_stderr() && logging::to_journal() => {
+                logging::usage_error(&e.render().to_string());
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
             // Exits with 2 on a usage error, 0 for --help and --version.
             None => e.exit(),
         },
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    logging::init(args.log_level);
 
     let config = match config_from_args(&args) {
         Ok(config) => config,
         Err(e) => return bad_config(&e),
     };
-    log_channels(&config.channels);
+    logging::log_startup(&config);
     if config.sandbox == SandboxMode::None && args.seccomp.is_some() {
         warn!("--seccomp has no effect with --sandbox none");
     }
@@ -60,11 +65,11 @@ fn main() -> ExitCode {
         // The path is checked only when the daemon creates the socket, but it is part of the
         // configuration all the same.
         Err(vhost_user_cross_domain::Error::SocketPath(e)) => {
-            eprintln!("vhost-user-cross-domain: error: {e}");
+            logging::fatal(e);
             ExitCode::from(EXIT_BAD_CONFIG)
         }
         Err(e) => {
-            error!("{}", error_chain(&e));
+            logging::fatal(error_chain(&e));
             ExitCode::from(EXIT_RUNTIME_FAILURE)
         }
     }
@@ -72,7 +77,7 @@ fn main() -> ExitCode {
 
 /// Reports a rejected configuration: one line naming the flag and the value, exit status 2.
 fn bad_config(e: &ConfigError) -> ExitCode {
-    eprintln!("vhost-user-cross-domain: error: {e}");
+    logging::fatal(e);
     ExitCode::from(EXIT_BAD_CONFIG)
 }
 
@@ -152,35 +157,6 @@ fn activated(activation: systemd::Activation) -> Result<Listen, ConfigError> {
             origin: format!("socket activation (fd {fd}, '{name}')"),
         },
     })
-}
-
-fn log_channels(channels: &ChannelTable) {
-    if channels.is_empty() {
-        warn!("no --channel given: guests can only open query-only contexts");
-        return;
-    }
-    let list: Vec<String> = channels
-        .iter()
-        .map(|(t, path)| format!("{} -> {}", describe_channel(t), path.display()))
-        .collect();
-    info!(
-        "channels: {} (capset channel mask {:#x})",
-        list.join(", "),
-        channels.capset_mask()
-    );
-    for t in channels.unadvertised() {
-        warn!(
-            "channel type {t} ({t:#x}) cannot be advertised in the capset's 32-bit channel mask; \
-             a guest that knows the number can still use it"
-        );
-    }
-}
-
-fn describe_channel(channel_type: u32) -> String {
-    match channel_name(channel_type) {
-        Some(name) => format!("{channel_type} ({name})"),
-        None => channel_type.to_string(),
-    }
 }
 
 /// The error's message followed by those of its sources that it does not already contain.

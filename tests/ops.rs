@@ -680,3 +680,229 @@ fn stale_socket_is_replaced_and_removed_at_shutdown() {
         "the lock file is removed at shutdown"
     );
 }
+
+/// `JOURNAL_STREAM` naming `log_path`, the way systemd names the journal stream it gives a
+/// service as standard error.
+fn journal_stream(log_path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(log_path).expect("stat the log");
+    format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// Waits until the daemon's log contains `needle`.
+#[track_caller]
+fn wait_log(d: &mut Proc, needle: &str) {
+    let deadline = Instant::now() + T;
+    while !d.log().contains(needle) {
+        assert!(Instant::now() < deadline, "no {needle:?} in:\n{}", d.log());
+        assert!(
+            d.wait_exit(Duration::ZERO).is_none(),
+            "exited:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn journal_lines_carry_priorities_and_no_timestamps() {
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    // No channel: the start-up warning shows the warning priority.
+    let (mut cmd, log_path) = command(
+        dir.path(),
+        &["--socket-path".into(), sock.clone().into()],
+        false,
+    );
+    cmd.env("JOURNAL_STREAM", journal_stream(&log_path))
+        .env("RUST_LOG", "info");
+    let mut d = spawn(cmd, log_path);
+    wait_log(&mut d, "listening on");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.exit_code(EXIT_DEADLINE), 0);
+    let log = d.log();
+    for line in log.lines() {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "line without a priority prefix: {line:?}\n{log}"
+        );
+        assert!(!line.contains("[20"), "a timestamp of its own: {line:?}");
+    }
+    assert!(log.contains("<4>no --channel given"), "{log}");
+    assert!(log.contains("<6>listening on"), "{log}");
+    assert!(log.contains("<6>SIGTERM received"), "{log}");
+
+    // A fatal error has the error priority.
+    let dir = temp_dir();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let (mut cmd, log_path) = command(dir.path(), &["--socket-path".into(), file.into()], false);
+    cmd.env("JOURNAL_STREAM", journal_stream(&log_path));
+    let mut d = spawn(cmd, log_path);
+    assert_eq!(d.exit_code(T), 2);
+    assert!(
+        d.log()
+            .contains("<3>vhost-user-cross-domain: error: --socket-path '"),
+        "{}",
+        d.log()
+    );
+
+    // JOURNAL_STREAM naming another stream (inherited by a program whose standard error goes
+    // elsewhere): the usual format.
+    let dir = temp_dir();
+    let (mut cmd, log_path) = command(dir.path(), &["--fd".into(), "x".into()], false);
+    cmd.env("JOURNAL_STREAM", "1:1");
+    let mut d = spawn(cmd, log_path);
+    assert_eq!(d.exit_code(T), 2);
+    assert!(
+        d.log()
+            .starts_with("vhost-user-cross-domain: error: --fd 'x': "),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn fatal_errors_are_printed_whatever_the_log_filter() {
+    for filter in ["off", "bogus"] {
+        // A configuration error found at start-up (exit 2).
+        let dir = temp_dir();
+        let sock = dir.path().join("missing/gpu.sock");
+        let (mut cmd, log_path) =
+            command(dir.path(), &["--socket-path".into(), sock.into()], false);
+        cmd.env("RUST_LOG", filter);
+        let mut d = spawn(cmd, log_path);
+        assert_eq!(d.exit_code(T), 2, "{filter}");
+        let log = d.log();
+        assert!(
+            log.contains("vhost-user-cross-domain: error: --socket-path '")
+                && log.contains("does not exist"),
+            "RUST_LOG={filter}: {log:?}"
+        );
+
+        // A failure while running (exit 1).
+        let dir = temp_dir();
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let (mut cmd, log_path) = command(dir.path(), &["--fd".into(), "4".into()], false);
+        cmd.env("RUST_LOG", filter);
+        pass_fd(&mut cmd, theirs.as_raw_fd(), 4);
+        let mut d = spawn(cmd, log_path);
+        drop(theirs);
+        let mut msg = Vec::new();
+        for word in [0xffffu32, 1, 0] {
+            msg.extend_from_slice(&word.to_ne_bytes());
+        }
+        ours.write_all(&msg).unwrap();
+        assert_eq!(d.exit_code(T), 1);
+        let log = d.log();
+        assert_eq!(
+            log.lines().count(),
+            1,
+            "RUST_LOG={filter}: only the fatal error: {log:?}"
+        );
+        assert!(
+            log.starts_with("vhost-user-cross-domain: error: the session ended with an error"),
+            "RUST_LOG={filter}: {log:?}"
+        );
+    }
+}
+
+#[test]
+fn log_level_flag_wins_over_rust_log() {
+    // --log-level warn: warnings, no info lines, whatever RUST_LOG says.
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    let args: Vec<OsString> = vec![
+        "--socket-path".into(),
+        sock.clone().into(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    let (mut cmd, log_path) = command(dir.path(), &args, false);
+    cmd.env("RUST_LOG", "trace");
+    let mut d = spawn(cmd, log_path);
+    wait_log(&mut d, "no --channel given");
+    let deadline = Instant::now() + T;
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.exit_code(EXIT_DEADLINE), 0);
+    let log = d.log();
+    assert!(!log.contains("INFO"), "{log}");
+    assert!(!log.contains("DEBUG"), "{log}");
+    assert!(log.contains("WARN"), "{log}");
+
+    // --log-level debug under RUST_LOG=off.
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    let args: Vec<OsString> = vec![
+        "--socket-path".into(),
+        sock.clone().into(),
+        "--log-level".into(),
+        "debug".into(),
+    ];
+    let (mut cmd, log_path) = command(dir.path(), &args, false);
+    cmd.env("RUST_LOG", "off");
+    let mut d = spawn(cmd, log_path);
+    wait_log(&mut d, "listening on");
+    // A VMM's feature negotiation is logged at debug level.
+    let vm = TestVm::connect(&sock);
+    vm.disconnect();
+    wait_log(&mut d, "acked features");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.exit_code(EXIT_DEADLINE), 0);
+    let log = d.log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(log.contains("DEBUG"), "{log}");
+
+    // A level that does not exist.
+    let dir = temp_dir();
+    let (cmd, log_path) = command(dir.path(), &["--log-level".into(), "loud".into()], false);
+    assert_exit_2(
+        spawn(cmd, log_path),
+        &["--log-level 'loud'", "error, warn, info"],
+    );
+}
+
+#[test]
+fn start_up_lines_describe_the_configuration() {
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    let args: Vec<OsString> = vec![
+        "--socket-path".into(),
+        sock.into(),
+        "--channel".into(),
+        "wayland:/run/w-0".into(),
+        "--channel".into(),
+        "0x14:/run/agent.sock".into(),
+        "--shm-size".into(),
+        "512M".into(),
+        "--scanouts".into(),
+        "0".into(),
+        "--sandbox".into(),
+        "none".into(),
+    ];
+    let (mut cmd, log_path) = command(dir.path(), &args, false);
+    cmd.env("RUST_LOG", "info");
+    let mut d = spawn(cmd, log_path);
+    wait_log(&mut d, "listening on");
+    let log = d.log();
+    for needle in [
+        &format!(
+            "vhost-user-cross-domain {} starting",
+            env!("CARGO_PKG_VERSION")
+        )[..],
+        "--shm-size 512 MiB",
+        "--scanouts 0",
+        "--sandbox none",
+        "2 channels",
+        "channel 1 (wayland): /run/w-0",
+        "channel 20 (0x14): /run/agent.sock",
+    ] {
+        assert!(log.contains(needle), "{needle:?} missing from:\n{log}");
+    }
+}
