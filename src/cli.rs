@@ -67,6 +67,20 @@ Example: --socket-path /run/vm1/gpu.sock"
     )]
     pub socket_path: Option<PathBuf>,
 
+    /// Give the --socket-path socket to group GROUP, mode 0660.
+    #[arg(
+        long,
+        value_name = "GROUP",
+        long_help = "\
+Give the socket the daemon creates at --socket-path to group GROUP (a name or a
+number), with mode 0660, so that a VMM running as another user in that group can
+connect. The daemon must run as root or as a member of the group. Only with
+--socket-path: with --fd or socket activation the socket exists already (the socket
+unit's SocketGroup= and SocketMode= set it there).
+Example: --socket-group kvm"
+    )]
+    pub socket_group: Option<String>,
+
     /// Serve the vhost-user connection already open on file descriptor N, then exit.
     #[arg(
         long,

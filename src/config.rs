@@ -78,6 +78,19 @@ pub struct Config {
     /// What a system call outside the seccomp allow-list does (`--seccomp`); meaningless with
     /// [`SandboxMode::None`].
     pub seccomp: SeccompMode,
+    /// The group the `--socket-path` socket is given to (`--socket-group`); only with
+    /// [`Listen::Path`].
+    pub socket_group: Option<SocketGroup>,
+}
+
+/// `--socket-group GROUP`, looked up: the `--socket-path` socket gets this group and mode
+/// 0660, so that a VMM running as another user in the group can connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketGroup {
+    /// The name as given (a group name or a number), for messages.
+    pub name: String,
+    /// The group id.
+    pub gid: u32,
 }
 
 /// `--sandbox MODE`: whether the daemon confines itself once its vhost-user socket is open
@@ -621,6 +634,22 @@ pub enum ConfigError {
     )]
     InvalidSeccomp { flag: &'static str, value: String },
 
+    /// `--socket-group` names no group.
+    #[error("{flag} '{value}': no such group")]
+    UnknownGroup { flag: &'static str, value: String },
+
+    /// `--socket-group` where the daemon does not create the socket.
+    #[error(
+        "{flag} '{value}': only with --socket-path, where the daemon creates the socket; with \
+         {other} the socket exists already{hint}"
+    )]
+    SocketGroupWithoutPath {
+        flag: &'static str,
+        value: String,
+        other: &'static str,
+        hint: &'static str,
+    },
+
     /// `--log-level` not one of the five levels.
     #[error("{flag} '{value}': expected one of error, warn, info, debug, trace")]
     InvalidLogLevel { flag: &'static str, value: String },
@@ -665,7 +694,9 @@ impl ConfigError {
             | Self::InvalidShmSize { flag, value, .. }
             | Self::InvalidSandbox { flag, value }
             | Self::InvalidSeccomp { flag, value }
-            | Self::InvalidLogLevel { flag, value } => {
+            | Self::InvalidLogLevel { flag, value }
+            | Self::UnknownGroup { flag, value }
+            | Self::SocketGroupWithoutPath { flag, value, .. } => {
                 *flag = new_flag;
                 new_value.clone_into(value);
             }

@@ -106,10 +106,15 @@ impl Endpoint {
     fn open(config: &Config) -> Result<Endpoint, Error> {
         match &config.listen {
             Listen::Path(path) => {
-                let (claim, listener) = socket_path::claim(path)?;
+                let group = config.socket_group.as_ref();
+                let (claim, listener) = socket_path::claim(path, group)?;
                 let place = path.display().to_string();
+                let access = match group {
+                    Some(g) => format!(", group {} (gid {}), mode 0660", g.name, g.gid),
+                    None => String::new(),
+                };
                 info!(
-                    "listening on {place} for the VMM's vhost-user connection (lock file {})",
+                    "listening on {place} for the VMM's vhost-user connection (lock file {}{access})",
                     claim.lock_path().display()
                 );
                 Ok(Endpoint::Listener {

@@ -14,10 +14,10 @@ use clap::Parser;
 use log::warn;
 use vhost_user_cross_domain::cli::{self, Args};
 use vhost_user_cross_domain::config::{
-    select_listen, unusable_fd, ConfigError, Listen, SandboxMode, ACTIVATION_SOURCE,
+    select_listen, unusable_fd, ConfigError, Listen, SandboxMode, SocketGroup, ACTIVATION_SOURCE,
 };
 use vhost_user_cross_domain::inherited::{self, FdError, SocketKind};
-use vhost_user_cross_domain::{logging, systemd, Config};
+use vhost_user_cross_domain::{logging, socket_path, systemd, Config};
 
 /// Exit status for a failure after the configuration was accepted.
 const EXIT_RUNTIME_FAILURE: u8 = 1;
@@ -89,6 +89,10 @@ fn wants_capabilities(args: impl Iterator<Item = OsString>) -> bool {
 
 fn config_from_args(args: &Args) -> Result<Config, ConfigError> {
     let listen = listen_from_args(args)?;
+    let socket_group = match &args.socket_group {
+        Some(name) => Some(socket_group(args, name, &listen)?),
+        None => None,
+    };
     let channels = args.channel_table()?;
     Ok(Config {
         listen,
@@ -97,6 +101,28 @@ fn config_from_args(args: &Args) -> Result<Config, ConfigError> {
         shm_size: args.shm_size,
         sandbox: args.sandbox,
         seccomp: args.seccomp.unwrap_or_default(),
+        socket_group,
+    })
+}
+
+/// `--socket-group NAME`: only where the daemon creates the socket itself.
+fn socket_group(args: &Args, name: &str, listen: &Listen) -> Result<SocketGroup, ConfigError> {
+    if let Listen::Path(_) = listen {
+        return socket_path::lookup_group(name);
+    }
+    let (other, hint) = if args.fd.is_some() {
+        ("--fd", "")
+    } else {
+        (
+            "socket activation",
+            " (set SocketGroup= and SocketMode= in the socket unit)",
+        )
+    };
+    Err(ConfigError::SocketGroupWithoutPath {
+        flag: "--socket-group",
+        value: name.to_owned(),
+        other,
+        hint,
     })
 }
 

@@ -6,7 +6,8 @@
 //! nothing, or a stale socket (one nothing accepts connections on: `connect` is refused), is
 //! replaced by the new socket. Anything else is refused with a [`SocketPathError`] naming the
 //! flag and the value: a live socket ("already in use by another process"), a regular file, a
-//! directory, a missing parent directory.
+//! directory, a missing parent directory. With `--socket-group` the socket is created with mode
+//! 0660 and given to that group.
 //!
 //! It must never remove anything but a stale socket at PATH, the socket it created itself and
 //! its own lock file, and it removes those two only while it holds the lock.
@@ -20,16 +21,23 @@ use std::path::{Path, PathBuf};
 use log::info;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::Group;
+
+use crate::config::{ConfigError, SocketGroup};
 
 /// How often claiming retries when the lock file it locked was removed or replaced meanwhile
 /// (a daemon that owned it was exiting).
 const LOCK_ATTEMPTS: usize = 5;
 
-/// A rejected `--socket-path`: the message names the flag and the value as given.
+/// A rejected `--socket-path` (or `--socket-group`): the message names the flag and the value
+/// as given.
 #[derive(Debug, thiserror::Error)]
-#[error("--socket-path '{value}': {problem}")]
+#[error("{flag} '{value}': {problem}")]
 pub struct SocketPathError {
-    /// The path as given.
+    /// `--socket-path`, or `--socket-group` if the group could not be given to the socket.
+    pub flag: &'static str,
+    /// The value as given.
     pub value: String,
     /// What is wrong with it.
     pub problem: Problem,
@@ -56,6 +64,19 @@ pub enum Problem {
          choose another path"
     )]
     NotSocket(&'static str),
+    /// The socket could not be given to the `--socket-group` group.
+    #[error(
+        "cannot give the socket {path} to group {gid}: {source} (the daemon must run as root \
+         or as a member of the group)"
+    )]
+    Chown {
+        /// The socket.
+        path: String,
+        /// The group id.
+        gid: u32,
+        /// Why it failed.
+        source: io::Error,
+    },
     /// A system call failed.
     #[error("cannot {action}: {source}")]
     Io {
@@ -102,9 +123,16 @@ impl Drop for SocketClaim {
 }
 
 /// Claims `path` (see the module documentation) and returns the listening socket created
-/// there.
-pub fn claim(path: &Path) -> Result<(SocketClaim, UnixListener), SocketPathError> {
+/// there, with mode 0660 and group `group` if one is given.
+///
+/// Call it before any other thread starts: with a group, it changes the process's umask for the
+/// time of the `bind`.
+pub fn claim(
+    path: &Path,
+    group: Option<&SocketGroup>,
+) -> Result<(SocketClaim, UnixListener), SocketPathError> {
     let fail = |problem| SocketPathError {
+        flag: "--socket-path",
         value: path.display().to_string(),
         problem,
     };
@@ -112,7 +140,7 @@ pub fn claim(path: &Path) -> Result<(SocketClaim, UnixListener), SocketPathError
     let lock_path = lock_path_for(path);
     let lock = lock(&lock_path).map_err(fail)?;
     // From here on, no other daemon using the same path gets past `lock`.
-    match clear_stale(path).and_then(|()| bind(path)) {
+    match clear_stale(path).and_then(|()| bind(path, group)) {
         Ok(listener) => Ok((
             SocketClaim {
                 path: path.to_path_buf(),
@@ -125,9 +153,40 @@ pub fn claim(path: &Path) -> Result<(SocketClaim, UnixListener), SocketPathError
             // Whatever is at the path stays; only the lock file goes, while still locked.
             let _ = std::fs::remove_file(&lock_path);
             drop(lock);
-            Err(fail(problem))
+            Err(match (&problem, group) {
+                (Problem::Chown { .. }, Some(group)) => SocketPathError {
+                    flag: "--socket-group",
+                    value: group.name.clone(),
+                    problem,
+                },
+                _ => fail(problem),
+            })
         }
     }
+}
+
+/// Looks up `--socket-group GROUP`: a group name, or else a decimal group id.
+pub fn lookup_group(name: &str) -> Result<SocketGroup, ConfigError> {
+    let unknown = || ConfigError::UnknownGroup {
+        flag: "--socket-group",
+        value: name.to_owned(),
+    };
+    if name.is_empty() || name.contains('\0') {
+        return Err(unknown());
+    }
+    let gid = match Group::from_name(name) {
+        Ok(Some(group)) => group.gid.as_raw(),
+        // Not a name (or the group database cannot be read): a number still works.
+        _ => name
+            .parse::<u32>()
+            .ok()
+            .filter(|_| name.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(unknown)?,
+    };
+    Ok(SocketGroup {
+        name: name.to_owned(),
+        gid,
+    })
 }
 
 /// `PATH.lock`.
@@ -237,15 +296,38 @@ fn clear_stale(path: &Path) -> Result<(), Problem> {
     }
 }
 
-fn bind(path: &Path) -> Result<UnixListener, Problem> {
-    UnixListener::bind(path).map_err(|source| match source.raw_os_error() {
+/// Creates the socket. With a group, the umask makes its mode 0660 from the start (a socket's
+/// mode cannot be changed through its descriptor, and a `chmod` by path afterwards would leave
+/// a moment with the mode the umask gives), and `lchown` then gives it to the group.
+fn bind(path: &Path, group: Option<&SocketGroup>) -> Result<UnixListener, Problem> {
+    let bound = match group {
+        None => UnixListener::bind(path),
+        Some(_) => {
+            let old = umask(Mode::from_bits_truncate(0o117));
+            let bound = UnixListener::bind(path);
+            umask(old);
+            bound
+        }
+    };
+    let listener = bound.map_err(|source| match source.raw_os_error() {
         // Something appeared at the path after it was checked.
         Some(libc::EADDRINUSE) => Problem::Live,
         _ => Problem::Io {
             action: "create the socket".into(),
             source,
         },
-    })
+    })?;
+    if let Some(group) = group {
+        if let Err(source) = std::os::unix::fs::lchown(path, None, Some(group.gid)) {
+            let _ = std::fs::remove_file(path);
+            return Err(Problem::Chown {
+                path: path.display().to_string(),
+                gid: group.gid,
+                source,
+            });
+        }
+    }
+    Ok(listener)
 }
 
 fn describe(kind: &std::fs::FileType) -> &'static str {
@@ -271,14 +353,14 @@ mod tests {
     use super::*;
 
     fn problem(path: &Path) -> Problem {
-        claim(path).unwrap_err().problem
+        claim(path, None).unwrap_err().problem
     }
 
     #[test]
     fn fresh_path_is_claimed_and_released() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gpu.sock");
-        let (c, listener) = claim(&path).unwrap();
+        let (c, listener) = claim(&path, None).unwrap();
         assert!(path.exists());
         assert!(c.lock_path().exists());
         assert_eq!(c.lock_path(), dir.path().join("gpu.sock.lock"));
@@ -293,8 +375,8 @@ mod tests {
     fn second_claim_is_refused_by_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gpu.sock");
-        let (_c, _l) = claim(&path).unwrap();
-        let e = claim(&path).unwrap_err();
+        let (_c, _l) = claim(&path, None).unwrap();
+        let e = claim(&path, None).unwrap_err();
         assert!(matches!(e.problem, Problem::Locked(_)), "{e}");
         assert!(
             e.to_string().contains("already in use by another process"),
@@ -318,7 +400,7 @@ mod tests {
         );
         drop(other);
         // Stale now: nothing accepts on it.
-        let (_c, _l) = claim(&path).unwrap();
+        let (_c, _l) = claim(&path, None).unwrap();
         UnixStream::connect(&path).unwrap();
     }
 
@@ -327,7 +409,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, "keep me").unwrap();
-        let e = claim(&file).unwrap_err();
+        let e = claim(&file, None).unwrap_err();
         assert!(
             matches!(e.problem, Problem::NotSocket("a regular file")),
             "{e}"
@@ -336,7 +418,7 @@ mod tests {
 
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
-        let e = claim(&sub).unwrap_err();
+        let e = claim(&sub, None).unwrap_err();
         assert!(
             matches!(e.problem, Problem::NotSocket("a directory")),
             "{e}"
@@ -351,12 +433,40 @@ mod tests {
             Problem::NotSocket("a symbolic link")
         ));
 
-        let e = claim(&dir.path().join("missing/gpu.sock")).unwrap_err();
+        let e = claim(&dir.path().join("missing/gpu.sock"), None).unwrap_err();
         assert!(matches!(e.problem, Problem::NoDirectory(_)), "{e}");
         assert!(e.to_string().contains("does not exist"), "{e}");
         assert!(matches!(
             problem(&file.join("gpu.sock")),
             Problem::ParentNotDirectory(_)
         ));
+    }
+
+    #[test]
+    fn groups() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let e = lookup_group("no-such-group-vucd").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--socket-group 'no-such-group-vucd': no such group"
+        );
+        assert!(lookup_group("").is_err());
+        assert!(lookup_group("-1").is_err());
+        assert_eq!(lookup_group("root").unwrap().gid, 0);
+        assert_eq!(lookup_group("4242").unwrap().gid, 4242);
+
+        // The caller's own group always works, root or not.
+        let gid = nix::unistd::getegid().as_raw();
+        let group = SocketGroup {
+            name: gid.to_string(),
+            gid,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gpu.sock");
+        let (_c, _l) = claim(&path, Some(&group)).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.gid(), gid);
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
     }
 }

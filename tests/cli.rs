@@ -361,3 +361,14 @@ fn socket_path_in_a_missing_directory() {
         out.stderr
     );
 }
+
+#[test]
+fn unknown_socket_group() {
+    let err = assert_rejected(
+        &["--socket-group", "no-such-group-vucd"],
+        "--socket-group",
+        "no-such-group-vucd",
+    );
+    assert!(err.contains("no such group"), "{err}");
+    assert_rejected(&["--socket-group", ""], "--socket-group", "");
+}

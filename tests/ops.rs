@@ -906,3 +906,75 @@ fn start_up_lines_describe_the_configuration() {
         assert!(log.contains(needle), "{needle:?} missing from:\n{log}");
     }
 }
+
+/// A group the daemon may give its socket to: as root one that exists on Debian and is not
+/// root's own, otherwise the test's own group.
+fn other_group() -> (String, u32) {
+    if nix::unistd::geteuid().is_root() {
+        for name in ["nogroup", "daemon"] {
+            if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
+                return (name.to_owned(), g.gid.as_raw());
+            }
+        }
+    }
+    let gid = nix::unistd::getegid().as_raw();
+    (gid.to_string(), gid)
+}
+
+#[test]
+fn socket_group_gives_the_socket_to_the_group_with_mode_0660() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let (name, gid) = other_group();
+    let d = Daemon::builder()
+        .args(["--socket-group", name.as_str()])
+        .spawn();
+    // The socket exists from its bind on; the group is given right after, before this line.
+    assert!(d.wait_for_log("listening on", T), "{}", d.log());
+    let meta = std::fs::symlink_metadata(d.socket_path()).unwrap();
+    assert_eq!(meta.gid(), gid, "{}", d.log());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    assert!(
+        d.log()
+            .contains(&format!("group {name} (gid {gid}), mode 0660")),
+        "{}",
+        d.log()
+    );
+    // The VMM still connects.
+    let vm = TestVm::connect(d.socket_path());
+    vm.disconnect();
+}
+
+#[test]
+fn socket_group_needs_socket_path() {
+    let dir = temp_dir();
+    let (_ours, theirs) = UnixStream::pair().unwrap();
+    let args: Vec<OsString> = vec![
+        "--fd".into(),
+        "5".into(),
+        "--socket-group".into(),
+        "daemon".into(),
+    ];
+    let (mut cmd, log_path) = command(dir.path(), &args, false);
+    pass_fd(&mut cmd, theirs.as_raw_fd(), 5);
+    assert_exit_2(
+        spawn(cmd, log_path),
+        &[
+            "--socket-group 'daemon': only with --socket-path",
+            "with --fd",
+        ],
+    );
+
+    let dir = temp_dir();
+    let listener = UnixListener::bind(dir.path().join("a.sock")).unwrap();
+    let args: Vec<OsString> = vec!["--socket-group".into(), "daemon".into()];
+    let d = spawn_activated(dir.path(), &[listener.as_raw_fd()], &args);
+    assert_exit_2(
+        d,
+        &[
+            "--socket-group 'daemon': only with --socket-path",
+            "socket activation",
+            "SocketGroup=",
+        ],
+    );
+}
