@@ -21,7 +21,8 @@ use clap::{ArgGroup, Parser};
 
 use crate::config::{
     parse_fd, parse_sandbox, parse_scanouts, parse_seccomp, parse_shm_size, parse_socket_path,
-    ChannelSpec, ChannelTable, ConfigError, SandboxMode, SeccompMode, CHANNEL_NAMES,
+    parse_wayland_sock, ChannelSpec, ChannelTable, ConfigError, SandboxMode, SeccompMode,
+    CHANNEL_NAMES,
 };
 use crate::logging::{parse_log_level, LogLevel};
 
@@ -86,6 +87,9 @@ Example: --socket-group kvm"
         long,
         value_name = "N",
         value_parser = parse_fd,
+        // So that `--fd -1` reaches our parser, which names the flag, instead of looking like
+        // an unknown option.
+        allow_negative_numbers = true,
         long_help = "\
 Serve the vhost-user connection already open on file descriptor N (a Unix stream
 socket connected to the VMM, as libvirt passes it), for one session: the daemon exits
@@ -118,12 +122,12 @@ renderer."
     #[arg(
         long,
         value_name = "PATH",
-        // Not clap's PathBuf parser, which refuses an empty value in its own words; the
-        // channel table refuses it in ours.
-        value_parser = OsStringValueParser::new().map(PathBuf::from),
+        value_parser = OsStringValueParser::new().try_map(|s| parse_wayland_sock(&s)),
         long_help = "\
 Same as --channel 1:PATH, the Wayland channel; kept for command lines written for
-crosvm's --wayland-sock. Giving both this flag and a --channel of type 1 is an error.
+crosvm's --wayland-sock. crosvm's form PATH[,name=NAME] is accepted without a name
+(or with an empty one); named sockets belong to crosvm's virtio-wl device and are
+refused. Giving both this flag and a --channel of type 1 is an error.
 Example: --wayland-sock $XDG_RUNTIME_DIR/wayland-0"
     )]
     pub wayland_sock: Option<PathBuf>,
@@ -134,6 +138,7 @@ Example: --wayland-sock $XDG_RUNTIME_DIR/wayland-0"
         value_name = "N",
         default_value = "1",
         value_parser = parse_scanouts,
+        allow_negative_numbers = true,
         long_help = "\
 Number of scanouts (display outputs) the device reports, 0 to 16. The device never
 shows anything; the scanouts exist because the guest driver asks for them. Linux 6.4
@@ -148,11 +153,13 @@ Example: --scanouts 0"
         value_name = "SIZE",
         default_value = "8G",
         value_parser = parse_shm_size,
+        allow_negative_numbers = true,
         long_help = "\
 Size of the host-visible shared memory region the device offers the VMM, in bytes,
-with an optional K, M or G suffix (binary units: 8G is 8 GiB). It must be a non-zero
-multiple of the host page size. The VMM reserves this much guest physical address
-space; nothing is allocated up front.
+with an optional K, M or G suffix, also written KiB, MiB, GiB (binary units: 8G is
+8 GiB). It must be a multiple of the host page size, from one page to 1024G (1 TiB).
+The VMM reserves this much guest physical address space; nothing is allocated up
+front.
 Example: --shm-size 4G"
     )]
     pub shm_size: u64,
@@ -368,6 +375,15 @@ mod tests {
                 &["--fd", "x"],
                 "--fd 'x': expected a file descriptor number, for example 3",
             ),
+            // Negative numbers reach our parsers.
+            (
+                &["--scanouts", "-1"],
+                "--scanouts '-1': expected a number from 0 to 16",
+            ),
+            (
+                &["--fd", "-1"],
+                "--fd '-1': expected a file descriptor number, for example 3",
+            ),
             (
                 &["--shm-size", "0"],
                 "--shm-size '0': the size must not be zero",
@@ -395,11 +411,13 @@ mod tests {
             a.channel_table().unwrap_err().to_string(),
             "--channel '2:/b': channel type 2 is given twice"
         );
-        let a = parse(&["--wayland-sock", ""]).unwrap();
+        let e = parse(&["--wayland-sock", ""]).unwrap_err();
         assert_eq!(
-            a.channel_table().unwrap_err().to_string(),
+            config_error(&e).unwrap().to_string(),
             "--wayland-sock '': the socket path is empty"
         );
+        let a = parse(&["--wayland-sock", "/w,name="]).unwrap();
+        assert_eq!(a.wayland_sock.as_deref(), Some(Path::new("/w")));
         let a = parse(&["--wayland-sock", "/w", "--channel", "wayland:/b"]).unwrap();
         assert_eq!(
             a.channel_table().unwrap_err().to_string(),

@@ -123,8 +123,8 @@ impl Endpoint {
                     claim: Some(claim),
                 })
             }
-            Listen::Listener { fd, name } => {
-                let what = format!("the socket-activated socket '{name}'");
+            listen @ Listen::Listener { fd, .. } => {
+                let what = listen.to_string();
                 let listener = fd
                     .try_clone()
                     .map(UnixListener::from)

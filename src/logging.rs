@@ -16,6 +16,7 @@ use std::fmt::{self, Display};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use log::{info, Level, LevelFilter};
@@ -191,6 +192,9 @@ fn log_channels(channels: &ChannelTable) {
             (_, None) => format!(" ({t:#x})"),
         };
         info!("channel {t}{about}: {}", path.display());
+        for problem in path_warnings(path) {
+            log::warn!("channel {t}{about}: {}: {problem}", path.display());
+        }
     }
     info!("capset channel mask {:#x}", channels.capset_mask());
     for t in channels.unadvertised() {
@@ -199,6 +203,37 @@ fn log_channels(channels: &ChannelTable) {
              a guest that knows the number can still use it"
         );
     }
+}
+
+/// What may keep a channel's host socket from being reached, said at start-up. Not errors: the
+/// socket is connected only when a guest asks, and its service may create it later.
+fn path_warnings(path: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    if path.is_relative() {
+        let cwd = std::env::current_dir()
+            .map(|d| format!(" ({})", d.display()))
+            .unwrap_or_default();
+        problems.push(format!(
+            "a relative path, resolved against the daemon's working directory{cwd} each time a \
+             guest opens the channel; give an absolute path"
+        ));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => problems.push(format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => problems.push(format!(
+            "the directory {} does not exist (yet); guests asking for this channel fail until \
+             it does and the service listens there",
+            dir.display()
+        )),
+        // Not being allowed to look does not mean the service is unreachable.
+        Err(_) => {}
+    }
+    problems
 }
 
 /// A byte count in the largest binary unit that divides it (`8 GiB`, `1536 MiB`, `4096 bytes`).
@@ -252,6 +287,22 @@ mod tests {
         assert!(!journal_stream_is("", 8, 1234));
         assert!(!journal_stream_is("8", 8, 1234));
         assert!(!journal_stream_is("8:x", 8, 1234));
+    }
+
+    #[test]
+    fn channel_path_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(path_warnings(&dir.path().join("x.sock")).is_empty());
+        let missing = path_warnings(&dir.path().join("no/x.sock"));
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].contains("does not exist"), "{missing:?}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let not_dir = path_warnings(&file.join("x.sock"));
+        assert!(not_dir[0].contains("is not a directory"), "{not_dir:?}");
+        let relative = path_warnings(Path::new("x.sock"));
+        assert_eq!(relative.len(), 1, "{relative:?}");
+        assert!(relative[0].contains("relative path"), "{relative:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::error::Error as StdError;
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,7 +15,8 @@ use clap::Parser;
 use log::warn;
 use vhost_user_cross_domain::cli::{self, Args};
 use vhost_user_cross_domain::config::{
-    select_listen, unusable_fd, ConfigError, Listen, SandboxMode, SocketGroup, ACTIVATION_SOURCE,
+    describe_activated, select_listen, unusable_fd, ConfigError, Listen, SandboxMode, SocketGroup,
+    ACTIVATION_SOURCE,
 };
 use vhost_user_cross_domain::inherited::{self, FdError, SocketKind};
 use vhost_user_cross_domain::{logging, socket_path, systemd, Config};
@@ -176,11 +178,20 @@ fn activated(activation: systemd::Activation) -> Result<Listen, ConfigError> {
     // daemon's use; nothing else in the process owns it, and this is the only place that takes
     // it.
     let owned = Arc::new(unsafe { inherited::take(fd) });
+    // Logs name the socket by its path: LISTEN_FDNAMES is often unset ("unknown").
+    let address = inherited::local_address(owned.as_fd());
     Ok(match kind {
-        SocketKind::Listening => Listen::Listener { fd: owned, name },
+        SocketKind::Listening => Listen::Listener {
+            fd: owned,
+            name,
+            address,
+        },
         SocketKind::Connected => Listen::Connected {
             fd: owned,
-            origin: format!("socket activation (fd {fd}, '{name}')"),
+            origin: format!(
+                "socket activation (fd {fd}, {})",
+                describe_activated(address.as_deref(), &name)
+            ),
         },
     })
 }

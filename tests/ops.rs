@@ -875,12 +875,13 @@ fn start_up_lines_describe_the_configuration() {
     let args: Vec<OsString> = vec![
         "--socket-path".into(),
         sock.into(),
-        "--channel".into(),
-        "wayland:/run/w-0".into(),
+        // crosvm's form, with its default (empty) name.
+        "--wayland-sock".into(),
+        "/run/w-0,name=".into(),
         "--channel".into(),
         "0x14:/run/agent.sock".into(),
         "--shm-size".into(),
-        "512M".into(),
+        "512MiB".into(),
         "--scanouts".into(),
         "0".into(),
         "--sandbox".into(),
@@ -977,4 +978,63 @@ fn socket_group_needs_socket_path() {
             "SocketGroup=",
         ],
     );
+}
+
+#[test]
+fn channel_paths_that_cannot_work_yet_are_warned_about() {
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    let missing = dir.path().join("not-yet");
+    let args: Vec<OsString> = vec![
+        "--socket-path".into(),
+        sock.into(),
+        "--channel".into(),
+        "5:relative/portal.sock".into(),
+        "--channel".into(),
+        format!("3:{}/agent.sock", missing.display()).into(),
+        "--sandbox".into(),
+        "none".into(),
+    ];
+    let (mut cmd, log_path) = command(dir.path(), &args, false);
+    cmd.env("RUST_LOG", "info");
+    let mut d = spawn(cmd, log_path);
+    // Warnings, not errors: the daemon serves.
+    wait_log(&mut d, "listening on");
+    let log = d.log();
+    assert!(
+        log.contains("channel 5: relative/portal.sock: a relative path"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "channel 3: {}/agent.sock: the directory {} does not exist",
+            missing.display(),
+            missing.display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("WARN"), "{log}");
+}
+
+#[test]
+fn socket_activation_logs_the_socket_path() {
+    // Without LISTEN_FDNAMES the service manager's name for the socket is "unknown".
+    let dir = temp_dir();
+    let socket_path = dir.path().join("activated.sock");
+    let listener = UnixListener::bind(&socket_path).unwrap();
+    let (mut cmd, log_path) = command(dir.path(), &[], true);
+    cmd.env("LISTEN_FDS", "1");
+    pass_fd(&mut cmd, listener.as_raw_fd(), 3);
+    let mut d = spawn(cmd, log_path);
+    drop(listener);
+    wait_log(&mut d, "socket activation: listening on");
+    let log = d.log();
+    assert!(
+        log.contains(&format!(
+            "socket activation: listening on the socket-activated socket {} for",
+            socket_path.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("unknown"), "{log}");
 }
