@@ -13,8 +13,10 @@
 //! the value the user gave.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -63,6 +65,19 @@ pub struct Config {
     /// What a system call outside the seccomp allow-list does (`--seccomp`); meaningless with
     /// [`SandboxMode::None`].
     pub seccomp: SeccompMode,
+    /// The group the `--socket-path` socket is given to (`--socket-group`); only with
+    /// [`Listen::Path`].
+    pub socket_group: Option<SocketGroup>,
+}
+
+/// `--socket-group GROUP`, looked up: the `--socket-path` socket gets this group and mode
+/// 0660, so that a VMM running as another user in the group can connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketGroup {
+    /// The name as given (a group name or a number), for messages.
+    pub name: String,
+    /// The group id.
+    pub gid: u32,
 }
 
 /// `--sandbox MODE`: whether the daemon confines itself once its vhost-user socket is open
@@ -129,8 +144,11 @@ pub enum Listen {
     Listener {
         /// The socket (fd 3 when the daemon was started).
         fd: Arc<OwnedFd>,
-        /// Its name from `LISTEN_FDNAMES`, for the logs.
+        /// Its name from `LISTEN_FDNAMES` ("unknown" when that is not set), for the logs.
         name: String,
+        /// Its address (a path, or `@name` in the abstract namespace), for the logs; `None`
+        /// for an unnamed socket.
+        address: Option<String>,
     },
     /// A socket already connected to the VMM: `--fd N`, or socket activation with
     /// `Accept=yes`. The daemon serves this one VMM and exits when it disconnects.
@@ -146,9 +164,26 @@ impl fmt::Display for Listen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Listen::Path(path) => write!(f, "{}", path.display()),
-            Listen::Listener { name, .. } => write!(f, "the socket-activated socket '{name}'"),
+            Listen::Listener { name, address, .. } => write!(
+                f,
+                "the socket-activated socket {}",
+                describe_activated(address.as_deref(), name)
+            ),
             Listen::Connected { origin, .. } => write!(f, "the connected socket from {origin}"),
         }
+    }
+}
+
+/// A socket passed by socket activation, for messages: its address and its `LISTEN_FDNAMES`
+/// name (`/run/vm1.sock ('vm1')`), leaving out whichever is unknown.
+pub fn describe_activated(address: Option<&str>, name: &str) -> String {
+    // sd_listen_fds_with_names(3) names every socket "unknown" when LISTEN_FDNAMES is unset.
+    let name = (!name.is_empty() && name != "unknown").then_some(name);
+    match (address, name) {
+        (Some(address), Some(name)) => format!("{address} ('{name}')"),
+        (Some(address), None) => address.to_owned(),
+        (None, Some(name)) => format!("'{name}'"),
+        (None, None) => "(unnamed)".to_owned(),
     }
 }
 
@@ -216,6 +251,13 @@ impl ChannelTable {
         let (channel_type, path) = parse_channel_spec(arg)?;
         self.insert(channel_type, path)
             .map_err(|e| e.in_argument(CHANNEL_FLAG, arg))
+    }
+
+    /// Adds a `--channel` argument parsed by [`ChannelSpec::parse`]; errors name the argument
+    /// as given.
+    pub fn add_spec(&mut self, spec: &ChannelSpec) -> Result<(), ConfigError> {
+        self.insert(spec.channel_type, spec.path.clone())
+            .map_err(|e| e.in_argument(CHANNEL_FLAG, &spec.arg))
     }
 
     /// Adds a `--wayland-sock PATH` argument, which means `--channel 1:PATH`.
@@ -309,6 +351,69 @@ pub fn parse_channel_spec(s: &str) -> Result<(u32, PathBuf), ConfigError> {
     Ok((channel_type, PathBuf::from(path)))
 }
 
+/// One `--channel TYPE:PATH` argument, parsed; whether its type is already taken is checked
+/// when it is added to a table ([`ChannelTable::add_spec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSpec {
+    /// The channel type (never 0 or 0xFFFFFFFF).
+    pub channel_type: u32,
+    /// The host socket (never empty).
+    pub path: PathBuf,
+    /// The argument as given, for messages.
+    pub arg: String,
+}
+
+impl ChannelSpec {
+    /// Parses a `--channel TYPE:PATH` value (see [`parse_channel_spec`]).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let (channel_type, path) = parse_channel_spec(s)?;
+        Ok(Self {
+            channel_type,
+            path,
+            arg: s.to_owned(),
+        })
+    }
+}
+
+/// Parses `--wayland-sock PATH[,name=NAME]`, crosvm's form. Only the default, unnamed socket
+/// (no `name=`, or an empty one) is the Wayland channel; crosvm's named sockets belong to its
+/// virtio-wl device, so a name is refused, and so is any other option. The split is at the
+/// first `,`: a path containing one can be given as `--channel 1:PATH`.
+pub fn parse_wayland_sock(arg: &OsStr) -> Result<PathBuf, ConfigError> {
+    let value = || arg.to_string_lossy().into_owned();
+    let bytes = arg.as_bytes();
+    let (path, options) = match bytes.iter().position(|&b| b == b',') {
+        Some(comma) => (&bytes[..comma], Some(&bytes[comma + 1..])),
+        None => (bytes, None),
+    };
+    for option in options.into_iter().flat_map(|o| o.split(|&b| b == b',')) {
+        match option.strip_prefix(b"name=") {
+            Some(b"") => {}
+            Some(name) => {
+                return Err(ConfigError::NamedWaylandSock {
+                    flag: WAYLAND_SOCK_FLAG,
+                    value: value(),
+                    name: String::from_utf8_lossy(name).into_owned(),
+                })
+            }
+            None => {
+                return Err(ConfigError::WaylandSockOption {
+                    flag: WAYLAND_SOCK_FLAG,
+                    value: value(),
+                    option: String::from_utf8_lossy(option).into_owned(),
+                })
+            }
+        }
+    }
+    if path.is_empty() {
+        return Err(ConfigError::EmptyPath {
+            flag: WAYLAND_SOCK_FLAG,
+            value: value(),
+        });
+    }
+    Ok(PathBuf::from(OsStr::from_bytes(path)))
+}
+
 /// Parses `--scanouts N`: a decimal number from 0 to [`MAX_SCANOUTS`].
 pub fn parse_scanouts(s: &str) -> Result<u32, ConfigError> {
     s.parse::<u32>()
@@ -344,16 +449,21 @@ pub fn parse_fd(s: &str) -> Result<RawFd, ConfigError> {
 }
 
 /// An `--fd N` whose descriptor cannot be served (not open, not a connected Unix stream socket).
-pub fn unusable_fd(value: &str, reason: FdError) -> ConfigError {
+pub fn unusable_fd(fd: RawFd, reason: FdError) -> ConfigError {
     ConfigError::UnusableFd {
         flag: FD_FLAG,
-        value: value.to_owned(),
+        value: fd.to_string(),
         reason,
     }
 }
 
-/// Parses `--shm-size SIZE`: a byte count with an optional binary suffix `K`, `M` or `G` (any
-/// case; `8G` is 8 << 30). It must be non-zero and a multiple of the host page size.
+/// Largest `--shm-size`: 1 TiB. The VMM reserves the region in guest physical address space,
+/// where more than this rarely fits (and no guest needs it).
+pub const MAX_SHM_SIZE: u64 = 1 << 40;
+
+/// Parses `--shm-size SIZE`: a byte count with an optional binary suffix `K`, `M` or `G`, also
+/// written `KiB`, `MiB`, `GiB` (any case; `8G` is 8 << 30). It must be a multiple of the host
+/// page size, from one page to [`MAX_SHM_SIZE`].
 pub fn parse_shm_size(s: &str) -> Result<u64, ConfigError> {
     parse_shm_size_with_page(s, cross_domain_protocol::page_size())
 }
@@ -364,11 +474,20 @@ fn parse_shm_size_with_page(s: &str, page_size: u64) -> Result<u64, ConfigError>
         value: s.to_owned(),
         reason,
     };
-    let (digits, shift) = match s.as_bytes().last() {
-        Some(b'k' | b'K') => (&s[..s.len() - 1], 10),
-        Some(b'm' | b'M') => (&s[..s.len() - 1], 20),
-        Some(b'g' | b'G') => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
+    // `KiB`, `MiB`, `GiB`: drop the `iB` after a unit letter (the three bytes are ASCII, so
+    // the slice is on a character boundary).
+    let b = s.as_bytes();
+    let s_unit = match b.len().checked_sub(3).map(|i| (b[i], &b[i + 1..])) {
+        Some((b'k' | b'K' | b'm' | b'M' | b'g' | b'G', ib)) if ib.eq_ignore_ascii_case(b"ib") => {
+            &s[..s.len() - 2]
+        }
+        _ => s,
+    };
+    let (digits, shift) = match s_unit.as_bytes().last() {
+        Some(b'k' | b'K') => (&s_unit[..s_unit.len() - 1], 10),
+        Some(b'm' | b'M') => (&s_unit[..s_unit.len() - 1], 20),
+        Some(b'g' | b'G') => (&s_unit[..s_unit.len() - 1], 30),
+        _ => (s_unit, 0),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(err(ShmSizeProblem::Syntax));
@@ -380,6 +499,9 @@ fn parse_shm_size_with_page(s: &str, page_size: u64) -> Result<u64, ConfigError>
         .ok_or(err(ShmSizeProblem::TooLarge))?;
     if size == 0 {
         return Err(err(ShmSizeProblem::Zero));
+    }
+    if size > MAX_SHM_SIZE {
+        return Err(err(ShmSizeProblem::AboveMaximum));
     }
     if size % page_size != 0 {
         return Err(err(ShmSizeProblem::NotPageMultiple { page_size }));
@@ -396,6 +518,8 @@ pub enum ShmSizeProblem {
     TooLarge,
     /// Zero.
     Zero,
+    /// Above [`MAX_SHM_SIZE`].
+    AboveMaximum,
     /// Not a multiple of the host page size.
     NotPageMultiple {
         /// The host page size in bytes.
@@ -412,6 +536,7 @@ impl fmt::Display for ShmSizeProblem {
             ),
             Self::TooLarge => f.write_str("the size does not fit in 64 bits"),
             Self::Zero => f.write_str("the size must not be zero"),
+            Self::AboveMaximum => f.write_str("the size must be at most 1024G (1 TiB)"),
             Self::NotPageMultiple { page_size } => write!(
                 f,
                 "the size must be a multiple of the host page size ({page_size} bytes)"
@@ -491,6 +616,29 @@ pub enum ConfigError {
         channel_type: u32,
     },
 
+    /// `--wayland-sock PATH,name=NAME` with a name.
+    #[error(
+        "{flag} '{value}': a named socket (name={name}) belongs to crosvm's virtio-wl device; \
+         this device connects only the unnamed Wayland socket, as channel 1: drop \
+         ',name={name}', or connect another service with --channel TYPE:PATH"
+    )]
+    NamedWaylandSock {
+        flag: &'static str,
+        value: String,
+        name: String,
+    },
+
+    /// `--wayland-sock PATH,OPTION` with an option other than `name=`.
+    #[error(
+        "{flag} '{value}': unknown option '{option}' (crosvm's form is PATH[,name=NAME]; a \
+         path that contains ',' can be given as --channel 1:PATH)"
+    )]
+    WaylandSockOption {
+        flag: &'static str,
+        value: String,
+        option: String,
+    },
+
     /// `--scanouts` not a number in 0..=16.
     #[error("{flag} '{value}': expected a number from 0 to {MAX_SCANOUTS}")]
     InvalidScanouts { flag: &'static str, value: String },
@@ -525,6 +673,26 @@ pub enum ConfigError {
          allow-list instead of killing the daemon)"
     )]
     InvalidSeccomp { flag: &'static str, value: String },
+
+    /// `--socket-group` names no group.
+    #[error("{flag} '{value}': no such group")]
+    UnknownGroup { flag: &'static str, value: String },
+
+    /// `--socket-group` where the daemon does not create the socket.
+    #[error(
+        "{flag} '{value}': only with --socket-path, where the daemon creates the socket; with \
+         {other} the socket exists already{hint}"
+    )]
+    SocketGroupWithoutPath {
+        flag: &'static str,
+        value: String,
+        other: &'static str,
+        hint: &'static str,
+    },
+
+    /// `--log-level` not one of the five levels.
+    #[error("{flag} '{value}': expected one of error, warn, info, debug, trace")]
+    InvalidLogLevel { flag: &'static str, value: String },
 
     /// The socket-activation variables are malformed or pass something the daemon cannot serve.
     #[error("socket activation: {reason}")]
@@ -565,7 +733,12 @@ impl ConfigError {
             | Self::UnusableFd { flag, value, .. }
             | Self::InvalidShmSize { flag, value, .. }
             | Self::InvalidSandbox { flag, value }
-            | Self::InvalidSeccomp { flag, value } => {
+            | Self::InvalidSeccomp { flag, value }
+            | Self::InvalidLogLevel { flag, value }
+            | Self::UnknownGroup { flag, value }
+            | Self::NamedWaylandSock { flag, value, .. }
+            | Self::WaylandSockOption { flag, value, .. }
+            | Self::SocketGroupWithoutPath { flag, value, .. } => {
                 *flag = new_flag;
                 new_value.clone_into(value);
             }
@@ -904,6 +1077,42 @@ mod tests {
     }
 
     #[test]
+    fn wayland_socks() {
+        let ok = |s: &str| parse_wayland_sock(OsStr::new(s)).unwrap();
+        assert_eq!(
+            ok("/run/user/1000/wayland-0"),
+            Path::new("/run/user/1000/wayland-0")
+        );
+        // crosvm's form, with its default (empty) name.
+        assert_eq!(ok("/w,name="), Path::new("/w"));
+        assert_eq!(ok("rel/w"), Path::new("rel/w"));
+        let e = parse_wayland_sock(OsStr::new("/w,name=mojo")).unwrap_err();
+        assert!(matches!(e, ConfigError::NamedWaylandSock { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with(
+                "--wayland-sock '/w,name=mojo': a named socket (name=mojo) belongs to crosvm's \
+                 virtio-wl device"
+            ),
+            "{e}"
+        );
+        for s in ["/w,mode=0", "/w,", "/a,b", "/w,name=,x"] {
+            let e = parse_wayland_sock(OsStr::new(s)).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::WaylandSockOption { .. }),
+                "{s}: {e:?}"
+            );
+            assert!(e.to_string().contains("PATH[,name=NAME]"), "{e}");
+        }
+        for s in ["", ",name="] {
+            let e = parse_wayland_sock(OsStr::new(s)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("--wayland-sock '{s}': the socket path is empty")
+            );
+        }
+    }
+
+    #[test]
     fn scanouts() {
         for n in 0..=MAX_SCANOUTS {
             assert_eq!(parse_scanouts(&n.to_string()).unwrap(), n);
@@ -935,8 +1144,13 @@ mod tests {
         assert_eq!(ok("4096"), 4096);
         assert_eq!(ok("8589934592"), 8 << 30);
         assert_eq!(ok("016M"), 16 << 20);
-        // The largest page-aligned value that fits.
-        assert_eq!(ok("17179869183G"), 17_179_869_183 << 30);
+        // The largest value allowed, and the binary unit spellings.
+        assert_eq!(ok("1024G"), MAX_SHM_SIZE);
+        assert_eq!(ok("8GiB"), 8 << 30);
+        assert_eq!(ok("8gib"), 8 << 30);
+        assert_eq!(ok("512MiB"), 512 << 20);
+        assert_eq!(ok("64KiB"), 64 << 10);
+        assert_eq!(ok("4kIB"), 4096);
         // Page size 16 KiB (some arm64 hosts).
         assert_eq!(parse_shm_size_with_page("16K", 16384).unwrap(), 16384);
         // The default is a valid value.
@@ -955,7 +1169,8 @@ mod tests {
             e => panic!("{s}: {e:?}"),
         };
         for s in [
-            "", "G", "x", "8T", "8GB", "8GiB", "8 G", " 8G", "-1", "+4096", "0x1000", "1.5G", "8Gg",
+            "", "G", "x", "8T", "8GB", "8 G", " 8G", "-1", "+4096", "0x1000", "1.5G", "8Gg", "8iB",
+            "GiB", "8 GiB", "8GiBB", "8TiB", "8Bi",
         ] {
             assert_eq!(problem(s), ShmSizeProblem::Syntax, "{s:?}");
         }
@@ -969,6 +1184,16 @@ mod tests {
         ] {
             assert_eq!(problem(s), ShmSizeProblem::TooLarge, "{s:?}");
         }
+        // Fits in 64 bits, but is more than any guest needs.
+        for s in ["1025G", "17179869183G", "1048577M", "1099511631872"] {
+            assert_eq!(problem(s), ShmSizeProblem::AboveMaximum, "{s:?}");
+        }
+        assert_eq!(
+            parse_shm_size_with_page("2048GiB", 4096)
+                .unwrap_err()
+                .to_string(),
+            "--shm-size '2048GiB': the size must be at most 1024G (1 TiB)"
+        );
         for s in ["1", "4095", "1K", "6K", "4097"] {
             assert_eq!(
                 problem(s),
@@ -1011,7 +1236,7 @@ mod tests {
             "--fd 'x': expected a file descriptor number, for example 3"
         );
         assert_eq!(
-            unusable_fd("9", FdError::NotOpen).to_string(),
+            unusable_fd(9, FdError::NotOpen).to_string(),
             "--fd '9': not an open file descriptor"
         );
     }

@@ -3,10 +3,12 @@
 //! configured for the channel type the guest names in INIT.
 //!
 //! Module map:
+//! - [`cli`]: the command line (clap definition, typed flag values).
 //! - [`config`]: the validated configuration, the channel table (`TYPE:PATH`) and how the VMM
 //!   reaches the daemon (`--socket-path`, `--fd`, socket activation).
 //! - [`daemon`]: the serve loops (re-listening after a VMM disconnect, or one session on a
 //!   connected socket), readiness notification, and shutdown on SIGTERM/SIGINT.
+//! - [`socket_path`]: claiming `--socket-path` (lock file, stale sockets) and releasing it.
 //! - [`inherited`]: checks and ownership of the sockets the daemon is started with.
 //! - [`relay`]: the framing-aware message relay behind `--fd`.
 //! - [`systemd`]: socket activation and `sd_notify` readiness messages.
@@ -15,21 +17,29 @@
 //! - [`device`]: the vhost-user backend (features, config space, queue events).
 //! - [`virtio_gpu`]: virtio-gpu wire structs, control-queue dispatch, resources and fences.
 //! - [`cross_domain`]: cross-domain wire structs, contexts, items and channel I/O.
+//! - [`logging`]: the logger (`--log-level`, `RUST_LOG`, the journal's format), fatal errors,
+//!   the start-up summary.
 //! - [`ratelimit`], [`limitlog`]: logging of guest-caused problems (a rate limit for all of
 //!   them; limits hit are warned about once per context).
 
+pub mod cli;
 pub mod config;
 pub mod cross_domain;
 pub mod daemon;
 pub mod device;
+// Binds sockets under /tmp and exists for the fuzz targets and tests/fuzz_corpus.rs only, so it
+// is not part of the default library.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_harness;
 pub mod idmap;
 pub mod inherited;
 pub mod limitlog;
+pub mod logging;
 pub mod ratelimit;
 pub mod relay;
 pub mod sandbox;
+pub mod socket_path;
 pub mod systemd;
 pub mod virtio_gpu;
 
