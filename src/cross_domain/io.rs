@@ -2,10 +2,12 @@
 //! straight between guest memory and sockets, non-blocking `readv`/`writev`, and the
 //! classification of file descriptors received from host services (spec §5.3).
 //!
-//! This module is the only place in `cross_domain` that calls into libc directly.
+//! Every libc call of `cross_domain` is here, except `sysconf` in
+//! [`super::image::host_page_size`]; the other files use libc's types and constants only
+//! (unit tests aside).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Most file descriptors accepted in one RECEIVE (and sent in one SEND).
 pub const MAX_FDS: usize = super::protocol::MAX_IDENTIFIERS;
@@ -327,14 +329,10 @@ fn seekable_size(fd: BorrowedFd<'_>) -> FdKind {
     }
 }
 
-/// Borrow helper for owned fds stored in the item table.
-pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
-    fd.as_fd()
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
 
     use super::*;
