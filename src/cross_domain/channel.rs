@@ -12,7 +12,7 @@ use log::{info, warn};
 use nix::sys::epoll::{Epoll, EpollEvent};
 
 use super::delivery::{token, Turn, CHANNEL_TOKEN, SOURCE_EVENTS};
-use super::env::Env;
+use super::env::{Connector, Env};
 use super::error::CtxError;
 use super::io::{self as cdio, FdKind, Received};
 use super::items::{Item, ItemTable, MAX_ITEMS};
@@ -48,19 +48,19 @@ impl Channel {
     /// Connect the channel of `channel_type`, configured at `path`, for context `ctx_id` and
     /// start watching it.
     pub fn connect(
+        connector: &dyn Connector,
         epoll: &Epoll,
         ctx_id: u32,
         channel_type: u32,
         path: &Path,
     ) -> Result<Self, CtxError> {
-        // Sandboxed, the connection broker makes the connection (see crate::sandbox::broker).
-        let sock = crate::sandbox::connect_channel(channel_type, path).map_err(|source| {
-            CtxError::Connect {
+        let sock = connector
+            .connect(channel_type, path)
+            .map_err(|source| CtxError::Connect {
                 channel_type,
                 path: path.to_path_buf(),
                 source,
-            }
-        })?;
+            })?;
         let tok = token(ctx_id, CHANNEL_TOKEN);
         epoll
             .add(&sock, EpollEvent::new(SOURCE_EVENTS, tok))
@@ -260,5 +260,177 @@ impl Channel {
             self.channel_type,
             self.path.display()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self as stdio, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::cross_domain::env::TestEnv;
+    use crate::cross_domain::protocol::ID_TYPE_WRITE_PIPE;
+
+    /// Hands out the prepared socket once, and records what it was asked for.
+    struct OneSocket {
+        sock: Mutex<Option<OwnedFd>>,
+        asked: Mutex<Vec<(u32, PathBuf)>>,
+    }
+
+    impl Connector for OneSocket {
+        fn connect(&self, channel_type: u32, path: &Path) -> stdio::Result<OwnedFd> {
+            self.asked
+                .lock()
+                .unwrap()
+                .push((channel_type, path.to_path_buf()));
+            self.sock
+                .lock()
+                .unwrap()
+                .take()
+                .ok_or_else(|| stdio::Error::from_raw_os_error(libc::ECONNREFUSED))
+        }
+    }
+
+    const RING: u64 = 0x1_8000;
+    const WHO: Who<'static> = Who {
+        ctx_id: 3,
+        name: "test",
+    };
+
+    fn connected(t: &TestEnv) -> (Channel, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let conn = OneSocket {
+            sock: Mutex::new(Some(a.into())),
+            asked: Mutex::default(),
+        };
+        let chan = Channel::connect(&conn, &t.epoll, 3, 2, Path::new("/run/x.sock")).unwrap();
+        assert_eq!(
+            *conn.asked.lock().unwrap(),
+            [(2, PathBuf::from("/run/x.sock"))]
+        );
+        let err = Channel::connect(&conn, &t.epoll, 3, 2, Path::new("/run/x.sock"));
+        assert!(matches!(
+            err,
+            Err(CtxError::Connect {
+                channel_type: 2,
+                ..
+            })
+        ));
+        (chan, b)
+    }
+
+    fn received(t: &TestEnv) -> (SendReceive, Vec<u8>) {
+        let msg: SendReceive = t.mem.read_obj(GuestAddress(RING)).unwrap();
+        let hdr = std::mem::size_of::<SendReceive>();
+        let mut data = vec![0u8; msg.opaque_data_size as usize];
+        t.mem
+            .read_slice(&mut data, GuestAddress(RING + hdr as u64))
+            .unwrap();
+        assert_eq!(usize::from(msg.hdr.cmd_size), hdr + data.len());
+        (msg, data)
+    }
+
+    #[test]
+    fn a_message_and_its_fds_become_one_receive_and_the_hang_up_one_empty_receive() {
+        let mut t = TestEnv::new();
+        let (mut chan, host) = connected(&t);
+        let ring = t.sg(RING, &[0u8; 4096]);
+        let mut items = ItemTable::default();
+        // Nothing sent yet: the turn passes.
+        assert_eq!(
+            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            Turn::Idle
+        );
+        let mem = nix::sys::memfd::memfd_create(c"chan-test", nix::sys::memfd::MFdFlags::empty())
+            .unwrap();
+        std::fs::File::from(mem.try_clone().unwrap())
+            .write_all(&[1u8; 300])
+            .unwrap();
+        let (_r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (sock, _) = UnixStream::pair().unwrap();
+        let iov = [libc::iovec {
+            iov_base: b"hi".as_ptr() as *mut _,
+            iov_len: 2,
+        }];
+        let raw = [mem.as_raw_fd(), sock.as_raw_fd(), w.as_raw_fd()];
+        let mut cmsg = cdio::CmsgBuf::default();
+        cdio::send_with_fds(host.as_fd(), &iov, &raw, &mut cmsg).unwrap();
+        // Epoll said readable: the next turn reads the message.
+        chan.on_event(&mut t.env(None), 3, true, false);
+        assert_eq!(
+            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            Turn::Served
+        );
+        let (msg, data) = received(&t);
+        assert_eq!((msg.hdr.cmd, data.as_slice()), (CMD_RECEIVE, &b"hi"[..]));
+        // The socket is refused (closed, logged); the others get ids 2 and 3, in order.
+        assert_eq!(msg.num_identifiers, 2);
+        assert_eq!(msg.identifiers[..2], [2, 3]);
+        assert_eq!(
+            msg.identifier_types[..2],
+            [ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE]
+        );
+        assert_eq!(msg.identifier_sizes[..2], [300, 0]);
+        assert!(matches!(items.get(2), Some(Item::Memory { size: 300, .. })));
+        assert!(matches!(items.get(3), Some(Item::WritePipe(_))));
+        // Drained: idle again, until the host hangs up.
+        assert_eq!(
+            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            Turn::Idle
+        );
+        drop(host);
+        chan.on_event(&mut t.env(None), 3, true, false);
+        assert_eq!(
+            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            Turn::ServedLast
+        );
+        let (msg, data) = received(&t);
+        assert_eq!(
+            (msg.num_identifiers, data.len()),
+            (0, 0),
+            "one empty RECEIVE"
+        );
+        // And only one: the channel reads nothing more.
+        chan.on_event(&mut t.env(None), 3, true, false);
+        assert_eq!(
+            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            Turn::Idle
+        );
+        assert!(t.ready().is_empty(), "no longer watched");
+    }
+
+    #[test]
+    fn a_full_item_table_drops_the_fd_but_delivers_the_message() {
+        let mut t = TestEnv::new();
+        let (mut chan, host) = connected(&t);
+        let ring = t.sg(RING, &[0u8; 4096]);
+        let mut items = ItemTable::default();
+        for _ in 0..MAX_ITEMS {
+            items
+                .add_received(|_| Item::Memory {
+                    fd: nix::unistd::dup(&host).unwrap(),
+                    size: 0,
+                })
+                .unwrap();
+        }
+        let (_r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let iov = [libc::iovec {
+            iov_base: b"x".as_ptr() as *mut _,
+            iov_len: 1,
+        }];
+        let mut cmsg = cdio::CmsgBuf::default();
+        cdio::send_with_fds(host.as_fd(), &iov, &[w.as_raw_fd()], &mut cmsg).unwrap();
+        assert_eq!(
+            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            Turn::Served
+        );
+        let (msg, data) = received(&t);
+        assert_eq!((msg.num_identifiers, data.as_slice()), (0, &b"x"[..]));
     }
 }

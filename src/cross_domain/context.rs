@@ -218,7 +218,8 @@ impl Context {
             .channels
             .get(channel_type)
             .ok_or(CtxError::ChannelNotConfigured(channel_type))?;
-        let channel = Channel::connect(env.epoll, self.id, channel_type, path)?;
+        let connector = &crate::sandbox::BrokerConnector;
+        let channel = Channel::connect(connector, env.epoll, self.id, channel_type, path)?;
         info!(
             "ctx {} ({}): INIT channel {:#x} -> {}",
             self.id,

@@ -1,12 +1,13 @@
 //! What a context borrows from the device for one operation ([`Env`]), what it may see of the
-//! device's resources ([`ResourceView`]), and the reusable buffers of the per-message path
-//! ([`Scratch`]).
+//! device's resources ([`ResourceView`]), how it reaches host services ([`Connector`]), and
+//! the reusable buffers of the per-message path ([`Scratch`]).
 //!
 //! This module only describes the interface between the device and its contexts; it holds no
 //! state of either.
 
 use std::io as stdio;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
 
 use nix::sys::epoll::Epoll;
 
@@ -32,6 +33,15 @@ pub enum Lookup<'a> {
 pub trait ResourceView {
     /// Look up `res_id` among the resources attached to this context.
     fn lookup(&self, res_id: u32) -> Lookup<'_>;
+}
+
+/// Connects channel sockets: the only way a context reaches a host service. The daemon's
+/// implementation asks the connection broker when sandboxed (`crate::sandbox::BrokerConnector`);
+/// tests and the fuzzer substitute their own.
+pub trait Connector: Send + Sync {
+    /// A new non-blocking, close-on-exec socket connected to the host service of
+    /// `channel_type`, which the channel table maps to `path`.
+    fn connect(&self, channel_type: u32, path: &Path) -> stdio::Result<OwnedFd>;
 }
 
 /// Reusable buffers so the per-message path does not allocate.
@@ -86,5 +96,66 @@ impl Env<'_> {
             &mut self.scratch.cmsg,
             self.released,
         )
+    }
+}
+
+/// What an [`Env`] borrows, owned, for the unit tests of the files that take one.
+#[cfg(test)]
+pub(super) struct TestEnv {
+    pub mem: GuestMem,
+    pub epoll: Epoll,
+    pub channels: ChannelTable,
+    pub scratch: Scratch,
+    pub limiter: GuestLog,
+    pub released: Vec<u16>,
+}
+
+#[cfg(test)]
+impl TestEnv {
+    /// 64 KiB of guest memory at 0x10000, no channels configured.
+    pub fn new() -> Self {
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
+        TestEnv {
+            mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1_0000), 0x1_0000)]).unwrap(),
+            epoll: Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC).unwrap(),
+            channels: ChannelTable::new(),
+            scratch: Scratch::default(),
+            limiter: GuestLog::new(1),
+            released: Vec::new(),
+        }
+    }
+
+    /// An operation that may hold its request under `hold`.
+    pub fn env(&mut self, hold: Option<u16>) -> Env<'_> {
+        Env {
+            mem: &self.mem,
+            epoll: &self.epoll,
+            channels: &self.channels,
+            scratch: &mut self.scratch,
+            limiter: &mut self.limiter,
+            hold,
+            holds: 0,
+            released: &mut self.released,
+            images_left: 0,
+        }
+    }
+
+    /// `data` written to guest memory at `addr`, as a one-piece list.
+    pub fn sg(&self, addr: u64, data: &[u8]) -> SgList {
+        use vm_memory::{Bytes, GuestAddress};
+        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
+        let mut sg = SgList::new();
+        sg.push(GuestAddress(addr), data.len());
+        sg
+    }
+
+    /// Events ready on the epoll set now: (token, events).
+    pub fn ready(&self) -> Vec<(u64, nix::sys::epoll::EpollFlags)> {
+        let mut evs = [nix::sys::epoll::EpollEvent::empty(); 8];
+        let n = self
+            .epoll
+            .wait(&mut evs, nix::sys::epoll::EpollTimeout::ZERO)
+            .unwrap();
+        evs[..n].iter().map(|e| (e.data(), e.events())).collect()
     }
 }

@@ -30,7 +30,7 @@ pub mod protocol;
 pub use blobs::{MAX_IMAGE_REQUIREMENTS, MAX_IMAGE_REQUIREMENTS_PER_VM};
 pub use context::{capabilities, Context};
 pub use delivery::token_parts;
-pub use env::{Env, Lookup, ResourceView, Scratch};
+pub use env::{Connector, Env, Lookup, ResourceView, Scratch};
 pub use error::CtxError;
 pub use items::MAX_ITEMS;
 pub use peer::{MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER};

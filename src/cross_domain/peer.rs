@@ -276,3 +276,156 @@ impl Peer {
         self.armed = false;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+    use crate::cross_domain::env::TestEnv;
+
+    /// A socket peer whose other end never reads until the test says so.
+    fn socket_peer(t: &TestEnv, token: u64) -> (Peer, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let fd = OwnedFd::from(a);
+        t.epoll
+            .add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            .unwrap();
+        (Peer::socket(fd, token, EpollFlags::EPOLLIN), b)
+    }
+
+    /// Send `msg` until the peer stops taking bytes directly.
+    fn fill(peer: &mut Peer, t: &mut TestEnv, stream: &SgList) -> usize {
+        let mut sent = 0;
+        while !peer.has_backlog() {
+            peer.send(&mut t.env(None), stream, 0, stream.len(), &mut Vec::new())
+                .unwrap();
+            sent += 1;
+        }
+        sent
+    }
+
+    #[test]
+    fn a_reading_peer_gets_the_bytes_directly_and_is_not_watched() {
+        let mut t = TestEnv::new();
+        let (mut peer, mut other) = socket_peer(&t, 7);
+        let stream = t.sg(0x1_0000, b"hello");
+        let mut env = t.env(Some(1));
+        peer.send(&mut env, &stream, 1, 4, &mut Vec::new()).unwrap();
+        assert_eq!(env.holds, 0);
+        assert!(!peer.has_backlog() && !peer.armed);
+        let mut got = [0u8; 4];
+        other.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ello");
+    }
+
+    #[test]
+    fn a_full_peer_holds_the_request_arms_epollout_and_releases_it_once_drained() {
+        let mut t = TestEnv::new();
+        let (mut peer, mut other) = socket_peer(&t, 7);
+        let stream = t.sg(0x1_0000, &[5u8; 0x8000]);
+        fill(&mut peer, &mut t, &stream);
+        assert!(peer.armed, "watching for EPOLLOUT");
+        // The next message, from a request that may be held, waits in guest memory.
+        let mut env = t.env(Some(42));
+        peer.send(&mut env, &stream, 0, 100, &mut Vec::new())
+            .unwrap();
+        assert_eq!(env.holds, 1, "held, not copied");
+        assert_eq!(peer.out.held(), 1);
+        // Drain the other end; EPOLLOUT fires and the flush sends everything.
+        let reader = std::thread::spawn(move || {
+            let mut sink = vec![0u8; 1 << 16];
+            let mut total = 0;
+            while let Ok(n) = other.read(&mut sink) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        let mut rounds = 0;
+        while peer.has_backlog() {
+            rounds += 1;
+            assert!(rounds < 10_000, "never drained");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            if t.ready()
+                .iter()
+                .any(|(_, e)| e.contains(EpollFlags::EPOLLOUT))
+            {
+                let _ = peer.on_writable(&mut t.env(None)).unwrap();
+            }
+        }
+        assert!(!peer.armed, "back to the idle events");
+        assert_eq!(t.released, [42], "the held request is released once");
+        drop(peer);
+        assert!(reader.join().unwrap() > 100);
+    }
+
+    #[test]
+    fn without_a_hold_bytes_are_copied_up_to_the_limit() {
+        let mut t = TestEnv::new();
+        let (mut peer, _other) = socket_peer(&t, 7);
+        let stream = t.sg(0x1_0000, &[1u8; 0x8000]);
+        fill(&mut peer, &mut t, &stream);
+        let owned = peer.out.owned_bytes();
+        let mut queued = 0;
+        loop {
+            match peer.send(&mut t.env(None), &stream, 0, 0x8000, &mut Vec::new()) {
+                Ok(()) => queued += 1,
+                Err(PeerError::Refused(CtxError::BacklogFull(n))) => {
+                    assert_eq!(n, owned + queued * 0x8000);
+                    assert!(n + 0x8000 > MAX_BACKLOG_BYTES);
+                    break;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(t.released.is_empty() && peer.out.held() == 0);
+    }
+
+    #[test]
+    fn beyond_the_held_budget_requests_are_copied() {
+        let mut t = TestEnv::new();
+        let (mut peer, _other) = socket_peer(&t, 7);
+        let stream = t.sg(0x1_0000, &[1u8; 0x100]);
+        fill(&mut peer, &mut t, &stream);
+        for head in 0..MAX_HELD_PER_PEER as u16 + 3 {
+            peer.send(&mut t.env(Some(head)), &stream, 0, 0x100, &mut Vec::new())
+                .unwrap();
+        }
+        assert_eq!(peer.out.held(), MAX_HELD_PER_PEER);
+        // Closing releases every held request exactly once.
+        peer.close(&t.epoll, &mut t.released);
+        assert_eq!(t.released.len(), MAX_HELD_PER_PEER);
+        assert!(!peer.has_backlog() && !peer.registered());
+    }
+
+    #[test]
+    fn a_broken_pipe_is_reported_and_its_backlog_released() {
+        let mut t = TestEnv::new();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        cdio::set_nonblocking(w.as_fd()).unwrap();
+        let mut peer = Peer::pipe(w, 9);
+        let stream = t.sg(0x1_0000, &[3u8; 0x8000]);
+        while !peer.has_backlog() {
+            peer.send(&mut t.env(Some(1)), &stream, 0, 0x8000, &mut Vec::new())
+                .unwrap();
+        }
+        assert!(
+            peer.armed && t.ready().is_empty(),
+            "pipe full: no EPOLLOUT yet"
+        );
+        drop(r);
+        // The reader is gone: epoll reports the pipe and the flush fails.
+        assert!(t.ready().iter().any(|&(tok, _)| tok == 9));
+        assert!(peer.on_writable(&mut t.env(None)).is_err());
+        assert_eq!(t.released, [1]);
+        assert!(!peer.has_backlog() && !peer.registered());
+        // A later send finds the pipe broken at once.
+        let r = peer.send(&mut t.env(None), &stream, 0, 1, &mut Vec::new());
+        assert!(matches!(r, Err(PeerError::Broken(_))), "{r:?}");
+    }
+}

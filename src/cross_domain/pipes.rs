@@ -169,3 +169,106 @@ impl ReadPipe {
         let _ = epoll.delete(&self.fd);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::cross_domain::env::TestEnv;
+
+    const RING: u64 = 0x1_8000;
+
+    fn read_msg(t: &TestEnv) -> (ReadWrite, Vec<u8>) {
+        let msg: ReadWrite = t.mem.read_obj(GuestAddress(RING)).unwrap();
+        let mut data = vec![0u8; msg.opaque_data_size as usize];
+        t.mem
+            .read_slice(&mut data, GuestAddress(RING + 24))
+            .unwrap();
+        (msg, data)
+    }
+
+    #[test]
+    fn a_read_pipe_streams_reads_then_one_hang_up() {
+        let mut t = TestEnv::new();
+        // A ring larger than the minimum: a READ still fills at most 4096 bytes.
+        let ring = t.sg(RING, &[0u8; 8192]);
+        let (r, w) = ReadPipe::create().unwrap();
+        let mut pipe = ReadPipe::watch(&t.epoll, 3, 0x8000_0001, r).unwrap();
+        let mut w = std::fs::File::from(w);
+        assert_eq!(
+            pipe.deliver(&mut t.env(None), &ring, 3, 0x8000_0001),
+            Turn::Idle
+        );
+        assert!(!pipe.readable, "EAGAIN: wait for epoll");
+        w.write_all(&[7u8; 5000]).unwrap();
+        pipe.readable = true;
+        assert_eq!(
+            pipe.deliver(&mut t.env(None), &ring, 3, 0x8000_0001),
+            Turn::Served
+        );
+        let (msg, data) = read_msg(&t);
+        assert_eq!(
+            (msg.hdr.cmd, msg.identifier, msg.hang_up),
+            (CMD_READ, 0x8000_0001, 0)
+        );
+        assert_eq!((data.len(), usize::from(msg.hdr.cmd_size)), (4072, 4096));
+        assert_eq!(
+            pipe.deliver(&mut t.env(None), &ring, 3, 0x8000_0001),
+            Turn::Served
+        );
+        assert_eq!(read_msg(&t).1.len(), 5000 - 4072);
+        drop(w);
+        assert_eq!(
+            pipe.deliver(&mut t.env(None), &ring, 3, 0x8000_0001),
+            Turn::ServedLast
+        );
+        let (msg, data) = read_msg(&t);
+        assert_eq!((msg.hang_up, data.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_write_pipe_closes_on_hang_up_once_flushed() {
+        let mut t = TestEnv::new();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        WritePipe::prepare(&w).unwrap();
+        let mut pipe = WritePipe::new(3, 2, w);
+        let stream = t.sg(0x1_0000, b"abc");
+        let close = pipe.write(&mut t.env(None), &stream, 0, 3, false).unwrap();
+        assert!(!close);
+        assert!(pipe.write(&mut t.env(None), &stream, 1, 2, true).unwrap());
+        let mut got = Vec::new();
+        drop(pipe);
+        std::fs::File::from(r).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"abcbc");
+    }
+
+    #[test]
+    fn a_write_pipe_with_a_backlog_closes_only_after_the_flush() {
+        let mut t = TestEnv::new();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        WritePipe::prepare(&w).unwrap();
+        let mut pipe = WritePipe::new(3, 2, w);
+        let stream = t.sg(0x1_0000, &[9u8; 0x8000]);
+        while !pipe.peer.has_backlog() {
+            assert!(!pipe
+                .write(&mut t.env(Some(5)), &stream, 0, 0x8000, false)
+                .unwrap());
+        }
+        // Hang up with bytes waiting: closed only once they are out.
+        assert!(!pipe
+            .write(&mut t.env(Some(6)), &stream, 0, 1, true)
+            .unwrap());
+        let mut r = std::fs::File::from(r);
+        let mut sink = vec![0u8; 1 << 20];
+        loop {
+            let _ = r.read(&mut sink).unwrap();
+            if pipe.on_writable(&mut t.env(None), 3, 2) {
+                break;
+            }
+        }
+        assert_eq!(t.released, [5, 6]);
+    }
+}
