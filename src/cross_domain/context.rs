@@ -426,7 +426,7 @@ impl Context {
     }
 
     /// If a POLL is pending and a source has data, write one message into the channel ring and
-    /// return the fence it completes. Sources take turns (see [`Rotation`]).
+    /// return the fence it completes. Sources take turns (see `delivery::Rotation`).
     pub fn try_deliver(&mut self, env: &mut Env<'_>) -> Option<u64> {
         self.poll_fence?;
         let conn = self.conn.as_mut()?;
