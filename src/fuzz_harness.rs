@@ -20,8 +20,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::config::{self, ChannelTable};
 use crate::cross_domain::{Context, Env, Lookup, ResourceView, Scratch};
+use crate::guest_mem::{GuestMem, SgList};
 use crate::ratelimit::GuestLog;
-use crate::virtio_gpu::sg::{GuestMem, SgList};
 use crate::virtio_gpu::{Gpu, Limits, ShmMapper};
 
 /// Guest memory of every harness: 2 MiB at 64 KiB.

@@ -15,6 +15,7 @@
 //! - [`device`]: the vhost-user backend (features, config space, queue events).
 //! - [`virtio_gpu`]: virtio-gpu wire structs, control-queue dispatch, resources and fences.
 //! - [`cross_domain`]: cross-domain wire structs, contexts, items and channel I/O.
+//! - [`guest_mem`]: bounds-checked scatter-gather access to guest memory, used by both layers.
 //! - [`ratelimit`], [`limitlog`]: logging of guest-caused problems (a rate limit for all of
 //!   them; limits hit are warned about once per context).
 
@@ -24,6 +25,7 @@ pub mod daemon;
 pub mod device;
 #[doc(hidden)]
 pub mod fuzz_harness;
+pub mod guest_mem;
 pub mod idmap;
 pub mod inherited;
 pub mod limitlog;

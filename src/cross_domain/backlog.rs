@@ -22,7 +22,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::io::{self as cdio, CmsgBuf, MAX_FDS};
-use crate::virtio_gpu::sg::{GuestMem, SgList};
+use crate::guest_mem::{GuestMem, SgList};
 
 /// Where a queued chunk's bytes are.
 enum Bytes {

@@ -18,7 +18,7 @@ use super::image;
 use super::io as cdio;
 use super::items::{Item, ItemTable};
 use super::protocol::GetImageRequirements;
-use crate::virtio_gpu::sg::{GuestMem, SgList};
+use crate::guest_mem::{GuestMem, SgList};
 
 /// Most distinct image requirements (GET_IMAGE_REQUIREMENTS replies, kept for any number of
 /// CREATE_BLOBs) one context may hold. Identical queries share one entry; a guest allocator

@@ -22,9 +22,9 @@ use super::protocol::{
     SendReceive, CMD_RECEIVE, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE, MAX_IDENTIFIERS,
     MAX_RECEIVE_DATA,
 };
+use crate::guest_mem::SgList;
 use crate::guest_warn;
 use crate::limitlog::LimitKind;
-use crate::virtio_gpu::sg::SgList;
 
 /// A context's connection to its host service.
 pub(super) struct Channel {

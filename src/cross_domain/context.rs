@@ -23,7 +23,7 @@ use super::peer::PeerError;
 use super::pipes::ReadPipe;
 use super::protocol::*;
 use crate::config::ChannelTable;
-use crate::virtio_gpu::sg::SgList;
+use crate::guest_mem::SgList;
 
 /// The capset payload for the configured channels.
 pub fn capabilities(channels: &ChannelTable) -> Capabilities {

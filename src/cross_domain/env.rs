@@ -14,8 +14,8 @@ use nix::sys::epoll::Epoll;
 use super::backlog::{Backlog, Flush};
 use super::io::CmsgBuf;
 use crate::config::ChannelTable;
+use crate::guest_mem::{GuestMem, SgList};
 use crate::ratelimit::GuestLog;
-use crate::virtio_gpu::sg::{GuestMem, SgList};
 
 /// What a resource id means to a context.
 pub enum Lookup<'a> {

@@ -12,8 +12,8 @@ use super::image::ImageError;
 use super::items::MAX_ITEMS;
 use super::peer::MAX_BACKLOG_BYTES;
 use super::protocol::MAX_IDENTIFIERS;
+use crate::guest_mem::SgError;
 use crate::limitlog::LimitKind;
-use crate::virtio_gpu::sg::SgError;
 
 /// Why a cross-domain command was refused.
 #[derive(Debug, thiserror::Error)]

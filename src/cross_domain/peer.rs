@@ -20,7 +20,7 @@ use super::backlog::{Backlog, Flush};
 use super::env::Env;
 use super::error::CtxError;
 use super::io as cdio;
-use crate::virtio_gpu::sg::SgList;
+use crate::guest_mem::SgList;
 
 /// Most bytes copied into daemon memory for one slow host peer (channel socket or pipe).
 pub const MAX_BACKLOG_BYTES: usize = 8 << 20;

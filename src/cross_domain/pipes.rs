@@ -22,8 +22,8 @@ use super::error::CtxError;
 use super::io as cdio;
 use super::peer::{Peer, PeerError};
 use super::protocol::{CmdHeader, ReadWrite, CHANNEL_RING_MIN_SIZE, CMD_READ};
+use crate::guest_mem::SgList;
 use crate::guest_warn;
-use crate::virtio_gpu::sg::SgList;
 
 /// A pipe write end received from the host.
 pub(super) struct WritePipe {

@@ -23,10 +23,10 @@ use super::protocol::*;
 use super::resources::Resources;
 use super::response::{response_size, Resp};
 use super::scanouts::{check_rect, Scanouts};
-use super::sg::{GuestMem, SgList};
 use super::{Limits, ShmMapper};
 use crate::config::ChannelTable;
 use crate::cross_domain::{self, image, protocol as cd, Env};
+use crate::guest_mem::{GuestMem, SgList};
 use crate::guest_warn;
 use crate::ratelimit::GuestLog;
 
