@@ -109,25 +109,4 @@ impl CtxError {
             _ => None,
         }
     }
-
-    /// The virtio-gpu response type for this error.
-    pub fn response(&self) -> u32 {
-        use crate::virtio_gpu::protocol as gpu;
-        match self {
-            CtxError::RingNotAttached(_)
-            | CtxError::ResourceNotAttached(_)
-            | CtxError::NotSendable(_) => gpu::RESP_ERR_INVALID_RESOURCE_ID,
-            CtxError::Image(ImageError::UnsupportedFormat(_)) => gpu::RESP_ERR_INVALID_PARAMETER,
-            CtxError::Image(_) => gpu::RESP_ERR_OUT_OF_MEMORY,
-            CtxError::TooManyItems
-            | CtxError::TooManyImageRequirements
-            | CtxError::VmImageRequirementsExhausted
-            | CtxError::BacklogFull(_) => gpu::RESP_ERR_OUT_OF_MEMORY,
-            CtxError::Connect { .. }
-            | CtxError::HostIo(_)
-            | CtxError::ChannelClosed
-            | CtxError::Unsupported(_) => gpu::RESP_ERR_UNSPEC,
-            _ => gpu::RESP_ERR_INVALID_PARAMETER,
-        }
-    }
 }
