@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use log::{info, warn};
 use nix::sys::epoll::{Epoll, EpollEvent};
 
+use super::backlog::HoldToken;
 use super::delivery::{token, Turn, CHANNEL_TOKEN, SOURCE_EVENTS};
-use super::env::{Connector, Env};
+use super::env::{Connector, Env, Submission};
 use super::error::CtxError;
 use super::io::{self as cdio, FdKind, Received};
 use super::items::{Item, ItemTable, MAX_ITEMS};
@@ -74,17 +75,20 @@ impl Channel {
         })
     }
 
-    /// SEND: pass `[off, off + len)` of the request `stream` on, with `fds` (emptied).
+    /// SEND: pass `[off, off + len)` of the request `stream` of submission `sub` on, with
+    /// `fds` (emptied).
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
         env: &mut Env<'_>,
+        sub: &mut Submission,
         who: Who<'_>,
         stream: &SgList,
         off: usize,
         len: usize,
         fds: &mut Vec<OwnedFd>,
     ) -> Result<(), CtxError> {
-        match self.peer.send(env, stream, off, len, fds) {
+        match self.peer.send(env, sub, stream, off, len, fds) {
             Ok(()) => Ok(()),
             Err(PeerError::Refused(e)) => Err(e),
             Err(PeerError::Broken(e)) => {
@@ -251,7 +255,7 @@ impl Channel {
     }
 
     /// Stop watching the socket and drop what waits for it (it closes when dropped).
-    pub fn close(&mut self, epoll: &Epoll, released: &mut Vec<u16>, who: Who<'_>) {
+    pub fn close(&mut self, epoll: &Epoll, released: &mut Vec<HoldToken>, who: Who<'_>) {
         self.peer.close(epoll, released);
         info!(
             "ctx {} ({}): closing channel {:#x} ({})",
@@ -309,12 +313,13 @@ mod tests {
             sock: Mutex::new(Some(a.into())),
             asked: Mutex::default(),
         };
-        let chan = Channel::connect(&conn, &t.epoll, 3, 2, Path::new("/run/x.sock")).unwrap();
+        let chan =
+            Channel::connect(&conn, t.shared.epoll(), 3, 2, Path::new("/run/x.sock")).unwrap();
         assert_eq!(
             *conn.asked.lock().unwrap(),
             [(2, PathBuf::from("/run/x.sock"))]
         );
-        let err = Channel::connect(&conn, &t.epoll, 3, 2, Path::new("/run/x.sock"));
+        let err = Channel::connect(&conn, t.shared.epoll(), 3, 2, Path::new("/run/x.sock"));
         assert!(matches!(
             err,
             Err(CtxError::Connect {
@@ -344,7 +349,7 @@ mod tests {
         let mut items = ItemTable::default();
         // Nothing sent yet: the turn passes.
         assert_eq!(
-            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
             Turn::Idle
         );
         let mem = nix::sys::memfd::memfd_create(c"chan-test", nix::sys::memfd::MFdFlags::empty())
@@ -362,9 +367,9 @@ mod tests {
         let mut cmsg = cdio::CmsgBuf::default();
         cdio::send_with_fds(host.as_fd(), &iov, &raw, &mut cmsg).unwrap();
         // Epoll said readable: the next turn reads the message.
-        chan.on_event(&mut t.env(None), 3, true, false);
+        chan.on_event(&mut t.env(), 3, true, false);
         assert_eq!(
-            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
             Turn::Served
         );
         let (msg, data) = received(&t);
@@ -381,13 +386,13 @@ mod tests {
         assert!(matches!(items.get(3), Some(Item::WritePipe(_))));
         // Drained: idle again, until the host hangs up.
         assert_eq!(
-            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
             Turn::Idle
         );
         drop(host);
-        chan.on_event(&mut t.env(None), 3, true, false);
+        chan.on_event(&mut t.env(), 3, true, false);
         assert_eq!(
-            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
             Turn::ServedLast
         );
         let (msg, data) = received(&t);
@@ -397,9 +402,9 @@ mod tests {
             "one empty RECEIVE"
         );
         // And only one: the channel reads nothing more.
-        chan.on_event(&mut t.env(None), 3, true, false);
+        chan.on_event(&mut t.env(), 3, true, false);
         assert_eq!(
-            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
             Turn::Idle
         );
         assert!(t.ready().is_empty(), "no longer watched");
@@ -427,7 +432,7 @@ mod tests {
         let mut cmsg = cdio::CmsgBuf::default();
         cdio::send_with_fds(host.as_fd(), &iov, &[w.as_raw_fd()], &mut cmsg).unwrap();
         assert_eq!(
-            chan.deliver(&mut t.env(None), WHO, &mut items, &ring),
+            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
             Turn::Served
         );
         let (msg, data) = received(&t);

@@ -1,17 +1,20 @@
-//! What a context borrows from the device for one operation ([`Env`]), what it may see of the
-//! device's resources ([`ResourceView`]), how it reaches host services ([`Connector`]), and
-//! the reusable buffers of the per-message path ([`Scratch`]).
+//! The interface between the device and its contexts: what every context shares ([`Shared`]),
+//! what one operation borrows from it ([`Env`], made in one place: [`Shared::env`]), what one
+//! SUBMIT_3D lends besides ([`Submission`]), what a context may see of the device's resources
+//! ([`ResourceView`]), how it reaches host services ([`Connector`]), and the reusable buffers
+//! of the per-message path ([`Scratch`]).
 //!
-//! This module only describes the interface between the device and its contexts; it holds no
-//! state of either.
+//! This module holds no per-context state, and nothing of the virtio-gpu layer: requests are
+//! [`HoldToken`]s here, never virtqueue heads.
 
 use std::io as stdio;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::Arc;
 
-use nix::sys::epoll::Epoll;
+use nix::sys::epoll::{Epoll, EpollCreateFlags};
 
-use super::backlog::{Backlog, Flush};
+use super::backlog::{Backlog, Flush, HoldToken};
 use super::io::CmsgBuf;
 use crate::config::ChannelTable;
 use crate::guest_mem::{GuestMem, SgList};
@@ -46,7 +49,7 @@ pub trait Connector: Send + Sync {
 
 /// Reusable buffers so the per-message path does not allocate.
 #[derive(Default)]
-pub struct Scratch {
+pub(super) struct Scratch {
     pub(super) iov: Vec<libc::iovec>,
     pub(super) fds: Vec<OwnedFd>,
     pub(super) raw: Vec<RawFd>,
@@ -59,24 +62,84 @@ pub struct Scratch {
 // never dereferenced outside the call that set them.
 unsafe impl Send for Scratch {}
 
-/// What a context needs from the device for one operation.
+/// What a context borrows from the device for one operation. Made only by
+/// [`Shared::env`], so that every operation sees the same device-wide pieces.
 pub struct Env<'a> {
-    pub mem: &'a GuestMem,
-    pub epoll: &'a Epoll,
-    pub channels: &'a ChannelTable,
-    pub scratch: &'a mut Scratch,
-    pub limiter: &'a mut GuestLog,
-    /// Control-queue head of the request being processed, when it may be held (left
-    /// uncompleted while its bytes wait for a slow host peer); `None` when it must complete
-    /// now (fenced submissions, host events).
-    pub hold: Option<u16>,
-    /// Set by the context: how many queued chunks now hold the request `hold`.
-    pub holds: u32,
-    /// Heads of held requests whose last queued bytes went out or were dropped.
-    pub released: &'a mut Vec<u16>,
+    pub(super) mem: &'a GuestMem,
+    pub(super) epoll: &'a Epoll,
+    pub(super) channels: &'a ChannelTable,
+    pub(super) connector: &'a dyn Connector,
+    pub(super) scratch: &'a mut Scratch,
+    pub(super) limiter: &'a mut GuestLog,
+    /// Tokens of held requests whose last queued bytes went out or were dropped.
+    pub(super) released: &'a mut Vec<HoldToken>,
+}
+
+/// What one SUBMIT_3D request lends a context beyond the [`Env`]. Only the execution of a
+/// command stream queues output or stores image requirements; host events and deliveries
+/// never do, so they take no `Submission`.
+#[derive(Debug)]
+pub struct Submission {
+    /// The token to hold the request with when its bytes must wait for a slow host peer
+    /// (see [`HoldToken`]); `None` when it must complete now (fenced on a context ring, or
+    /// the device's budget of held requests is spent): its waiting bytes are then copied.
+    pub hold: Option<HoldToken>,
+    /// Set by the context: how many queued chunks now hold the request.
+    pub held_chunks: u32,
     /// How many more image requirements the VM may store (a VM-wide budget kept by the
     /// device); the context takes one for every one it stores.
     pub images_left: usize,
+}
+
+/// What every context of a device shares, owned by the device and lent to one context at a
+/// time as an [`Env`]: the epoll set of host fds, the channel table, the [`Connector`] and the
+/// scratch buffers.
+pub struct Shared {
+    epoll: Epoll,
+    channels: Arc<ChannelTable>,
+    connector: Arc<dyn Connector>,
+    scratch: Scratch,
+}
+
+impl Shared {
+    /// The shared pieces of a device serving `channels`, connected through `connector`.
+    pub fn new(channels: Arc<ChannelTable>, connector: Arc<dyn Connector>) -> stdio::Result<Self> {
+        Ok(Shared {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            channels,
+            connector,
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// The epoll set of every context's host fds; its events carry `token_parts` tokens.
+    pub fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+
+    /// The configured channels.
+    pub fn channels(&self) -> &ChannelTable {
+        &self.channels
+    }
+
+    /// The [`Env`] for one operation on guest memory `mem`, logging guest-caused problems to
+    /// `limiter` and handing back released hold tokens in `released`.
+    pub fn env<'a>(
+        &'a mut self,
+        mem: &'a GuestMem,
+        limiter: &'a mut GuestLog,
+        released: &'a mut Vec<HoldToken>,
+    ) -> Env<'a> {
+        Env {
+            mem,
+            epoll: &self.epoll,
+            channels: &self.channels,
+            connector: &*self.connector,
+            scratch: &mut self.scratch,
+            limiter,
+            released,
+        }
+    }
 }
 
 impl Env<'_> {
@@ -99,45 +162,56 @@ impl Env<'_> {
     }
 }
 
-/// What an [`Env`] borrows, owned, for the unit tests of the files that take one.
+/// A device's shared pieces and the rest of an [`Env`], owned, for the unit tests of the
+/// files that take one. No channels are configured and connecting is refused.
 #[cfg(test)]
 pub(super) struct TestEnv {
     pub mem: GuestMem,
-    pub epoll: Epoll,
-    pub channels: ChannelTable,
-    pub scratch: Scratch,
+    pub shared: Shared,
     pub limiter: GuestLog,
-    pub released: Vec<u16>,
+    pub released: Vec<HoldToken>,
+}
+
+#[cfg(test)]
+struct Refuse;
+
+#[cfg(test)]
+impl Connector for Refuse {
+    fn connect(&self, _: u32, _: &Path) -> stdio::Result<OwnedFd> {
+        Err(stdio::Error::from_raw_os_error(libc::ECONNREFUSED))
+    }
 }
 
 #[cfg(test)]
 impl TestEnv {
-    /// 64 KiB of guest memory at 0x10000, no channels configured.
+    /// 64 KiB of guest memory at 0x10000.
     pub fn new() -> Self {
+        Self::with(ChannelTable::new(), Arc::new(Refuse))
+    }
+
+    /// 64 KiB of guest memory at 0x10000, `channels` connected through `connector`.
+    pub fn with(channels: ChannelTable, connector: Arc<dyn Connector>) -> Self {
         use vm_memory::{GuestAddress, GuestMemoryMmap};
         TestEnv {
             mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1_0000), 0x1_0000)]).unwrap(),
-            epoll: Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC).unwrap(),
-            channels: ChannelTable::new(),
-            scratch: Scratch::default(),
+            shared: Shared::new(Arc::new(channels), connector).unwrap(),
             limiter: GuestLog::new(1),
             released: Vec::new(),
         }
     }
 
-    /// An operation that may hold its request under `hold`.
-    pub fn env(&mut self, hold: Option<u16>) -> Env<'_> {
-        Env {
-            mem: &self.mem,
-            epoll: &self.epoll,
-            channels: &self.channels,
-            scratch: &mut self.scratch,
-            limiter: &mut self.limiter,
-            hold,
-            holds: 0,
-            released: &mut self.released,
-            images_left: 0,
-        }
+    pub fn env(&mut self) -> Env<'_> {
+        self.shared
+            .env(&self.mem, &mut self.limiter, &mut self.released)
+    }
+
+    pub fn epoll(&self) -> &Epoll {
+        self.shared.epoll()
+    }
+
+    /// The released tokens' values, in order.
+    pub fn released(&self) -> Vec<u64> {
+        self.released.iter().map(|t| t.get()).collect()
     }
 
     /// `data` written to guest memory at `addr`, as a one-piece list.
@@ -153,9 +227,19 @@ impl TestEnv {
     pub fn ready(&self) -> Vec<(u64, nix::sys::epoll::EpollFlags)> {
         let mut evs = [nix::sys::epoll::EpollEvent::empty(); 8];
         let n = self
-            .epoll
+            .epoll()
             .wait(&mut evs, nix::sys::epoll::EpollTimeout::ZERO)
             .unwrap();
         evs[..n].iter().map(|e| (e.data(), e.events())).collect()
+    }
+}
+
+/// A submission that may be held under `hold`, with no image budget.
+#[cfg(test)]
+pub(super) fn submission(hold: Option<u64>) -> Submission {
+    Submission {
+        hold: hold.map(HoldToken::new),
+        held_chunks: 0,
+        images_left: 0,
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! This module owns everything a context holds on the host (sockets, pipes, received fds) and
 //! must never block: every host fd is non-blocking and watched through the device's epoll.
-//! It never touches virtqueues or fences directly; it tells the virtio-gpu layer which POLL
-//! fence a delivered message completes.
+//! It never touches virtqueues or fences directly: it tells the virtio-gpu layer which POLL
+//! fence a delivered message completes, and hands back the opaque [`HoldToken`]s of requests
+//! that may now complete. It knows nothing of virtio-gpu response codes or virtqueue heads.
 //!
 //! Files, one concern each: `context.rs` (command dispatch, INIT, SEND, delivery scheduling,
 //! teardown), `channel.rs` (the channel socket, RECEIVE), `peer.rs` (writing to a slow host
@@ -27,10 +28,11 @@ mod peer;
 mod pipes;
 pub mod protocol;
 
+pub use backlog::HoldToken;
 pub use blobs::{MAX_IMAGE_REQUIREMENTS, MAX_IMAGE_REQUIREMENTS_PER_VM};
 pub use context::{capabilities, Context};
 pub use delivery::token_parts;
-pub use env::{Connector, Env, Lookup, ResourceView, Scratch};
+pub use env::{Connector, Env, Lookup, ResourceView, Shared, Submission};
 pub use error::CtxError;
 pub use items::MAX_ITEMS;
 pub use peer::{MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER};

@@ -16,8 +16,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
-use super::backlog::{Backlog, Flush};
-use super::env::Env;
+use super::backlog::{Backlog, Flush, HoldToken};
+use super::env::{Env, Submission};
 use super::error::CtxError;
 use super::io as cdio;
 use crate::guest_mem::SgList;
@@ -100,11 +100,12 @@ impl Peer {
         self.idle.is_some() || self.armed
     }
 
-    /// Send `[off, off + len)` of the request `stream`, with `fds` attached to its first byte
-    /// (sockets only; `fds` is emptied either way).
+    /// Send `[off, off + len)` of the request `stream` of submission `sub`, with `fds`
+    /// attached to its first byte (sockets only; `fds` is emptied either way).
     pub fn send(
         &mut self,
         env: &mut Env<'_>,
+        sub: &mut Submission,
         stream: &SgList,
         off: usize,
         len: usize,
@@ -119,7 +120,7 @@ impl Peer {
         if !self.out.is_empty() {
             // Behind what waits; nothing may overtake it.
             if len > 0 {
-                self.queue(env, stream, off, len, std::mem::take(fds), true)?;
+                self.queue(env, sub, stream, off, len, std::mem::take(fds), true)?;
             }
         } else if len > 0 {
             let sent = self.write_direct(env, stream, off, len, fds)?;
@@ -131,7 +132,7 @@ impl Peer {
                     Vec::new()
                 };
                 // Part of the message is out: the rest must follow, so no byte limit.
-                self.queue(env, stream, off + sent, len - sent, fds, sent == 0)?;
+                self.queue(env, sub, stream, off + sent, len - sent, fds, sent == 0)?;
             }
         }
         fds.clear();
@@ -176,12 +177,14 @@ impl Peer {
     }
 
     /// Queue `[off, off + len)` of the request `stream` behind a slow peer: held in guest
-    /// memory while the request may be held and the peer's budget allows, copied otherwise
+    /// memory while the submission may be held and the peer's budget allows, copied otherwise
     /// (refused past [`MAX_BACKLOG_BYTES`] when `limit` is set; the unsent rest of a partly
     /// sent message is never refused, as its start is already out).
+    #[allow(clippy::too_many_arguments)]
     fn queue(
         &mut self,
         env: &mut Env<'_>,
+        sub: &mut Submission,
         stream: &SgList,
         off: usize,
         len: usize,
@@ -189,10 +192,10 @@ impl Peer {
         limit: bool,
     ) -> Result<(), CtxError> {
         let out = &mut self.out;
-        if let Some(head) = env.hold {
+        if let Some(token) = sub.hold {
             if out.held() < MAX_HELD_PER_PEER {
-                out.push_guest(stream.clone(), off, len, fds, head);
-                env.holds += 1;
+                out.push_held(stream.clone(), off, len, fds, token);
+                sub.held_chunks += 1;
                 return Ok(());
             }
         }
@@ -267,7 +270,7 @@ impl Peer {
 
     /// Drop what waits (its held requests are released) and stop watching the fd. The fd
     /// itself closes when the peer is dropped.
-    pub fn close(&mut self, epoll: &Epoll, released: &mut Vec<u16>) {
+    pub fn close(&mut self, epoll: &Epoll, released: &mut Vec<HoldToken>) {
         self.out.discard(released);
         if self.registered() {
             let _ = epoll.delete(&self.fd);
@@ -283,14 +286,14 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
-    use crate::cross_domain::env::TestEnv;
+    use crate::cross_domain::env::{submission, TestEnv};
 
     /// A socket peer whose other end never reads until the test says so.
     fn socket_peer(t: &TestEnv, token: u64) -> (Peer, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let fd = OwnedFd::from(a);
-        t.epoll
+        t.epoll()
             .add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
             .unwrap();
         (Peer::socket(fd, token, EpollFlags::EPOLLIN), b)
@@ -300,8 +303,15 @@ mod tests {
     fn fill(peer: &mut Peer, t: &mut TestEnv, stream: &SgList) -> usize {
         let mut sent = 0;
         while !peer.has_backlog() {
-            peer.send(&mut t.env(None), stream, 0, stream.len(), &mut Vec::new())
-                .unwrap();
+            peer.send(
+                &mut t.env(),
+                &mut submission(None),
+                stream,
+                0,
+                stream.len(),
+                &mut Vec::new(),
+            )
+            .unwrap();
             sent += 1;
         }
         sent
@@ -312,9 +322,10 @@ mod tests {
         let mut t = TestEnv::new();
         let (mut peer, mut other) = socket_peer(&t, 7);
         let stream = t.sg(0x1_0000, b"hello");
-        let mut env = t.env(Some(1));
-        peer.send(&mut env, &stream, 1, 4, &mut Vec::new()).unwrap();
-        assert_eq!(env.holds, 0);
+        let mut sub = submission(Some(1));
+        peer.send(&mut t.env(), &mut sub, &stream, 1, 4, &mut Vec::new())
+            .unwrap();
+        assert_eq!(sub.held_chunks, 0);
         assert!(!peer.has_backlog() && !peer.armed);
         let mut got = [0u8; 4];
         other.read_exact(&mut got).unwrap();
@@ -329,10 +340,10 @@ mod tests {
         fill(&mut peer, &mut t, &stream);
         assert!(peer.armed, "watching for EPOLLOUT");
         // The next message, from a request that may be held, waits in guest memory.
-        let mut env = t.env(Some(42));
-        peer.send(&mut env, &stream, 0, 100, &mut Vec::new())
+        let mut sub = submission(Some(42));
+        peer.send(&mut t.env(), &mut sub, &stream, 0, 100, &mut Vec::new())
             .unwrap();
-        assert_eq!(env.holds, 1, "held, not copied");
+        assert_eq!(sub.held_chunks, 1, "held, not copied");
         assert_eq!(peer.out.held(), 1);
         // Drain the other end; EPOLLOUT fires and the flush sends everything.
         let reader = std::thread::spawn(move || {
@@ -355,11 +366,11 @@ mod tests {
                 .iter()
                 .any(|(_, e)| e.contains(EpollFlags::EPOLLOUT))
             {
-                let _ = peer.on_writable(&mut t.env(None)).unwrap();
+                let _ = peer.on_writable(&mut t.env()).unwrap();
             }
         }
         assert!(!peer.armed, "back to the idle events");
-        assert_eq!(t.released, [42], "the held request is released once");
+        assert_eq!(t.released(), [42], "the held request is released once");
         drop(peer);
         assert!(reader.join().unwrap() > 100);
     }
@@ -373,7 +384,14 @@ mod tests {
         let owned = peer.out.owned_bytes();
         let mut queued = 0;
         loop {
-            match peer.send(&mut t.env(None), &stream, 0, 0x8000, &mut Vec::new()) {
+            match peer.send(
+                &mut t.env(),
+                &mut submission(None),
+                &stream,
+                0,
+                0x8000,
+                &mut Vec::new(),
+            ) {
                 Ok(()) => queued += 1,
                 Err(PeerError::Refused(CtxError::BacklogFull(n))) => {
                     assert_eq!(n, owned + queued * 0x8000);
@@ -393,12 +411,13 @@ mod tests {
         let stream = t.sg(0x1_0000, &[1u8; 0x100]);
         fill(&mut peer, &mut t, &stream);
         for head in 0..MAX_HELD_PER_PEER as u16 + 3 {
-            peer.send(&mut t.env(Some(head)), &stream, 0, 0x100, &mut Vec::new())
+            let mut sub = submission(Some(head.into()));
+            peer.send(&mut t.env(), &mut sub, &stream, 0, 0x100, &mut Vec::new())
                 .unwrap();
         }
         assert_eq!(peer.out.held(), MAX_HELD_PER_PEER);
         // Closing releases every held request exactly once.
-        peer.close(&t.epoll, &mut t.released);
+        peer.close(t.shared.epoll(), &mut t.released);
         assert_eq!(t.released.len(), MAX_HELD_PER_PEER);
         assert!(!peer.has_backlog() && !peer.registered());
     }
@@ -411,8 +430,15 @@ mod tests {
         let mut peer = Peer::pipe(w, 9);
         let stream = t.sg(0x1_0000, &[3u8; 0x8000]);
         while !peer.has_backlog() {
-            peer.send(&mut t.env(Some(1)), &stream, 0, 0x8000, &mut Vec::new())
-                .unwrap();
+            peer.send(
+                &mut t.env(),
+                &mut submission(Some(1)),
+                &stream,
+                0,
+                0x8000,
+                &mut Vec::new(),
+            )
+            .unwrap();
         }
         assert!(
             peer.armed && t.ready().is_empty(),
@@ -421,11 +447,18 @@ mod tests {
         drop(r);
         // The reader is gone: epoll reports the pipe and the flush fails.
         assert!(t.ready().iter().any(|&(tok, _)| tok == 9));
-        assert!(peer.on_writable(&mut t.env(None)).is_err());
-        assert_eq!(t.released, [1]);
+        assert!(peer.on_writable(&mut t.env()).is_err());
+        assert_eq!(t.released(), [1]);
         assert!(!peer.has_backlog() && !peer.registered());
         // A later send finds the pipe broken at once.
-        let r = peer.send(&mut t.env(None), &stream, 0, 1, &mut Vec::new());
+        let r = peer.send(
+            &mut t.env(),
+            &mut submission(None),
+            &stream,
+            0,
+            1,
+            &mut Vec::new(),
+        );
         assert!(matches!(r, Err(PeerError::Broken(_))), "{r:?}");
     }
 }

@@ -16,8 +16,9 @@ use log::debug;
 use nix::sys::epoll::{Epoll, EpollEvent};
 
 use super::backlog::Flush;
+use super::backlog::HoldToken;
 use super::delivery::{token, Turn, SOURCE_EVENTS};
-use super::env::Env;
+use super::env::{Env, Submission};
 use super::error::CtxError;
 use super::io as cdio;
 use super::peer::{Peer, PeerError};
@@ -52,12 +53,14 @@ impl WritePipe {
     pub fn write(
         &mut self,
         env: &mut Env<'_>,
+        sub: &mut Submission,
         stream: &SgList,
         off: usize,
         len: usize,
         hang_up: bool,
     ) -> Result<bool, PeerError> {
-        self.peer.send(env, stream, off, len, &mut Vec::new())?;
+        self.peer
+            .send(env, sub, stream, off, len, &mut Vec::new())?;
         if !hang_up {
             return Ok(false);
         }
@@ -82,7 +85,7 @@ impl WritePipe {
     }
 
     /// Drop what waits and stop watching the pipe (it closes when dropped).
-    pub fn close(&mut self, epoll: &Epoll, released: &mut Vec<u16>) {
+    pub fn close(&mut self, epoll: &Epoll, released: &mut Vec<HoldToken>) {
         self.peer.close(epoll, released);
     }
 }
@@ -177,7 +180,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::cross_domain::env::TestEnv;
+    use crate::cross_domain::env::{submission, TestEnv};
 
     const RING: u64 = 0x1_8000;
 
@@ -196,17 +199,17 @@ mod tests {
         // A ring larger than the minimum: a READ still fills at most 4096 bytes.
         let ring = t.sg(RING, &[0u8; 8192]);
         let (r, w) = ReadPipe::create().unwrap();
-        let mut pipe = ReadPipe::watch(&t.epoll, 3, 0x8000_0001, r).unwrap();
+        let mut pipe = ReadPipe::watch(t.shared.epoll(), 3, 0x8000_0001, r).unwrap();
         let mut w = std::fs::File::from(w);
         assert_eq!(
-            pipe.deliver(&mut t.env(None), &ring, 3, 0x8000_0001),
+            pipe.deliver(&mut t.env(), &ring, 3, 0x8000_0001),
             Turn::Idle
         );
         assert!(!pipe.readable, "EAGAIN: wait for epoll");
         w.write_all(&[7u8; 5000]).unwrap();
         pipe.readable = true;
         assert_eq!(
-            pipe.deliver(&mut t.env(None), &ring, 3, 0x8000_0001),
+            pipe.deliver(&mut t.env(), &ring, 3, 0x8000_0001),
             Turn::Served
         );
         let (msg, data) = read_msg(&t);
@@ -216,13 +219,13 @@ mod tests {
         );
         assert_eq!((data.len(), usize::from(msg.hdr.cmd_size)), (4072, 4096));
         assert_eq!(
-            pipe.deliver(&mut t.env(None), &ring, 3, 0x8000_0001),
+            pipe.deliver(&mut t.env(), &ring, 3, 0x8000_0001),
             Turn::Served
         );
         assert_eq!(read_msg(&t).1.len(), 5000 - 4072);
         drop(w);
         assert_eq!(
-            pipe.deliver(&mut t.env(None), &ring, 3, 0x8000_0001),
+            pipe.deliver(&mut t.env(), &ring, 3, 0x8000_0001),
             Turn::ServedLast
         );
         let (msg, data) = read_msg(&t);
@@ -236,9 +239,13 @@ mod tests {
         WritePipe::prepare(&w).unwrap();
         let mut pipe = WritePipe::new(3, 2, w);
         let stream = t.sg(0x1_0000, b"abc");
-        let close = pipe.write(&mut t.env(None), &stream, 0, 3, false).unwrap();
+        let close = pipe
+            .write(&mut t.env(), &mut submission(None), &stream, 0, 3, false)
+            .unwrap();
         assert!(!close);
-        assert!(pipe.write(&mut t.env(None), &stream, 1, 2, true).unwrap());
+        assert!(pipe
+            .write(&mut t.env(), &mut submission(None), &stream, 1, 2, true)
+            .unwrap());
         let mut got = Vec::new();
         drop(pipe);
         std::fs::File::from(r).read_to_end(&mut got).unwrap();
@@ -254,21 +261,28 @@ mod tests {
         let stream = t.sg(0x1_0000, &[9u8; 0x8000]);
         while !pipe.peer.has_backlog() {
             assert!(!pipe
-                .write(&mut t.env(Some(5)), &stream, 0, 0x8000, false)
+                .write(
+                    &mut t.env(),
+                    &mut submission(Some(5)),
+                    &stream,
+                    0,
+                    0x8000,
+                    false
+                )
                 .unwrap());
         }
         // Hang up with bytes waiting: closed only once they are out.
         assert!(!pipe
-            .write(&mut t.env(Some(6)), &stream, 0, 1, true)
+            .write(&mut t.env(), &mut submission(Some(6)), &stream, 0, 1, true)
             .unwrap());
         let mut r = std::fs::File::from(r);
         let mut sink = vec![0u8; 1 << 20];
         loop {
             let _ = r.read(&mut sink).unwrap();
-            if pipe.on_writable(&mut t.env(None), 3, 2) {
+            if pipe.on_writable(&mut t.env(), 3, 2) {
                 break;
             }
         }
-        assert_eq!(t.released, [5, 6]);
+        assert_eq!(t.released(), [5, 6]);
     }
 }
