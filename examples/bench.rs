@@ -4,16 +4,16 @@
 //! driven in-process), in one run, pinned to one CPU and unpinned.
 //!
 //! ```sh
-//! cargo run --release --example bench -- [--quick] [--json FILE]
+//! cargo run --release --features bench-peer --example bench -- [--quick] [--json FILE]
 //! ```
+//!
+//! Without `--features bench-peer` rutabaga_gfx is not compiled in, and the peer's column says
+//! so instead of a measurement.
 //!
 //! More options (for profiling one case): `--only g2h,rtt,...`, `--regime pinned|unpinned`,
 //! `--systems limit,ours,rutabaga`, `--reps N`. `VHOST_USER_CROSS_DOMAIN_BIN=PATH` runs another
 //! daemon binary or a wrapper script (e.g. one that execs the daemon under callgrind or strace).
 //! See docs/performance.md for the method and a full run.
-
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 #[path = "bench/cases.rs"]
 mod cases;
@@ -21,8 +21,27 @@ mod cases;
 mod limit;
 #[path = "bench/ours.rs"]
 mod ours;
+#[cfg(feature = "bench-peer")]
 #[path = "bench/peer.rs"]
 mod peer;
+/// Stands in for the peer when rutabaga_gfx is not compiled in; never run (see
+/// [`Bench::unavailable`]).
+#[cfg(not(feature = "bench-peer"))]
+mod peer {
+    use crate::cases::{Case, Params, RepResult};
+
+    pub struct Peer;
+
+    impl Peer {
+        pub fn new() -> Result<Peer, String> {
+            Err(crate::PEER_NOT_BUILT.to_owned())
+        }
+
+        pub fn run(&mut self, _: Case, _: &Params) -> RepResult {
+            Err(crate::PEER_NOT_BUILT.to_owned())
+        }
+    }
+}
 #[path = "bench/service.rs"]
 mod service;
 #[path = "bench/stats.rs"]
@@ -48,6 +67,9 @@ enum System {
 }
 
 const SYSTEMS: [System; 3] = [System::Limit, System::Ours, System::Peer];
+
+/// What the peer's cells say when rutabaga_gfx is not compiled in.
+const PEER_NOT_BUILT: &str = "n/a (build with --features bench-peer)";
 
 impl System {
     fn key(self) -> &'static str {
@@ -198,6 +220,11 @@ impl Bench {
         }
     }
 
+    /// Why `system` cannot run at all in this build, if it cannot: then it is not attempted.
+    fn unavailable(&self, system: System) -> Option<&'static str> {
+        (system == System::Peer && !cfg!(feature = "bench-peer")).then_some(PEER_NOT_BUILT)
+    }
+
     fn daemon_cpu_ns(&self) -> u64 {
         self.ours
             .as_ref()
@@ -253,7 +280,7 @@ fn run_case(
             case.key()
         );
         for (i, &s) in systems.iter().enumerate() {
-            if failures[i].len() >= 2 {
+            if failures[i].len() >= 2 || bench.unavailable(s).is_some() {
                 continue;
             }
             attempts[i] += 1;
@@ -292,6 +319,7 @@ fn run_case(
                         failures[i]
                             .first()
                             .cloned()
+                            .or_else(|| bench.unavailable(s).map(str::to_owned))
                             .unwrap_or_else(|| "no repetitions".to_owned())
                     })
                 })
@@ -386,6 +414,8 @@ fn print_table(regime: Regime, results: &[CaseResult], notes: &mut Vec<String>) 
                     }
                     c
                 }
+                // Said in the cell itself: it is the same for every case.
+                Some(Err(e)) if e == PEER_NOT_BUILT => e.clone(),
                 Some(Err(e)) => note(e, notes),
             };
             let arrow = if metric.higher_is_better {

@@ -18,33 +18,18 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cross_domain_protocol::channel::{self, channel_name_list, ChannelTypeError};
+// Channel names accepted in place of numbers in `--channel NAME:PATH` (the guest proxy accepts
+// the same), and the reasons a type is reserved.
+pub use cross_domain_protocol::channel::{channel_name, ReservedReason, CHANNEL_NAMES};
+
 use crate::inherited::FdError;
 
-/// Channel names accepted in place of numbers in `--channel NAME:PATH`, with their numbers.
-///
-/// The numbers are the ones existing guests and hosts already use for these services. `camera`
-/// is defined by the protocol but no known guest uses it.
-pub const CHANNEL_NAMES: &[(&str, u32)] = &[
-    ("wayland", 1),
-    ("camera", 2),
-    ("pipewire", 0x10),
-    ("x11", 0x11),
-    ("dbus-session", 0x12),
-    ("dbus-system", 0x13),
-];
-
-/// Highest `--scanouts` value: the virtio-gpu configuration space describes at most 16 scanouts.
-pub const MAX_SCANOUTS: u32 = 16;
+/// Highest `--scanouts` value: the virtio-gpu configuration space describes at most 16 scanouts
+/// ([`cross_domain_protocol::MAX_SCANOUTS`], as the `u32` of the configuration space).
+pub const MAX_SCANOUTS: u32 = cross_domain_protocol::MAX_SCANOUTS as u32;
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes including the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
-
-/// Channel type 0: "no channel". A guest INITs with it to get a query-only context, so it can
-/// never name a host socket.
-const CHANNEL_TYPE_NONE: u32 = 0;
-
-/// Channel type 0xFFFFFFFF: magma's "internal socket" (a socket parked by UUID inside the host),
-/// never a configured path.
-const CHANNEL_TYPE_INTERNAL_SOCKET: u32 = u32::MAX;
 
 /// The flag whose values [`parse_channel_type`], [`parse_channel_spec`] and
 /// [`ChannelTable::insert`] report in their errors.
@@ -275,51 +260,34 @@ impl ChannelTable {
     }
 }
 
-/// The well-known name of a channel type, if it has one (`1` → `"wayland"`).
-pub fn channel_name(channel_type: u32) -> Option<&'static str> {
-    CHANNEL_NAMES
-        .iter()
-        .find(|&&(_, t)| t == channel_type)
-        .map(|&(name, _)| name)
-}
-
 /// Parses the TYPE part of `--channel TYPE:PATH`: a decimal number, a `0x`/`0X` hexadecimal
 /// number, or a name from [`CHANNEL_NAMES`] (any case). Rejects 0 and 0xFFFFFFFF, which are
-/// reserved (query-only contexts and magma's internal sockets).
+/// reserved (query-only contexts and magma's internal sockets). The syntax is
+/// [`channel::parse_channel_type`]'s; this reports its errors against `--channel`.
 pub fn parse_channel_type(s: &str) -> Result<u32, ConfigError> {
-    let unknown = || ConfigError::UnknownChannelType {
-        flag: CHANNEL_FLAG,
-        value: s.to_owned(),
-        type_text: s.to_owned(),
-    };
-    if s.is_empty() {
-        return Err(ConfigError::EmptyChannelType {
-            flag: CHANNEL_FLAG,
-            value: s.to_owned(),
-        });
-    }
-    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => (hex, 16),
-        None => (s, 10),
-    };
-    let channel_type = if !digits.is_empty() && digits.chars().all(|c| c.is_digit(radix)) {
-        // Only digits are left, so the one way this can fail is a value above u32::MAX.
-        u32::from_str_radix(digits, radix).map_err(|_| ConfigError::ChannelTypeOutOfRange {
-            flag: CHANNEL_FLAG,
-            value: s.to_owned(),
-            type_text: s.to_owned(),
-        })?
-    } else if radix == 10 {
-        CHANNEL_NAMES
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(s))
-            .map(|&(_, t)| t)
-            .ok_or_else(unknown)?
-    } else {
-        return Err(unknown());
-    };
-    check_reserved(channel_type).map_err(|e| e.in_argument(CHANNEL_FLAG, s))?;
-    Ok(channel_type)
+    let (flag, value) = (CHANNEL_FLAG, s.to_owned());
+    channel::parse_channel_type(s).map_err(|e| match e {
+        ChannelTypeError::Empty => ConfigError::EmptyChannelType { flag, value },
+        ChannelTypeError::Unknown(type_text) => ConfigError::UnknownChannelType {
+            flag,
+            value,
+            type_text,
+        },
+        ChannelTypeError::OutOfRange(type_text) => ConfigError::ChannelTypeOutOfRange {
+            flag,
+            value,
+            type_text,
+        },
+        ChannelTypeError::Reserved {
+            channel_type,
+            reason,
+        } => ConfigError::ReservedChannelType {
+            flag,
+            value,
+            channel_type,
+            reason,
+        },
+    })
 }
 
 /// Parses a whole `--channel TYPE:PATH` value. The split is at the first `:`, so the path may
@@ -387,15 +355,7 @@ pub fn unusable_fd(value: &str, reason: FdError) -> ConfigError {
 /// Parses `--shm-size SIZE`: a byte count with an optional binary suffix `K`, `M` or `G` (any
 /// case; `8G` is 8 << 30). It must be non-zero and a multiple of the host page size.
 pub fn parse_shm_size(s: &str) -> Result<u64, ConfigError> {
-    parse_shm_size_with_page(s, host_page_size())
-}
-
-/// The host page size (`sysconf(_SC_PAGESIZE)`), 4096 if the system does not say.
-pub fn host_page_size() -> u64 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
-        Ok(Some(n)) if n > 0 => n as u64,
-        _ => 4096,
-    }
+    parse_shm_size_with_page(s, cross_domain_protocol::page_size())
 }
 
 fn parse_shm_size_with_page(s: &str, page_size: u64) -> Result<u64, ConfigError> {
@@ -461,38 +421,14 @@ impl fmt::Display for ShmSizeProblem {
 }
 
 fn check_reserved(channel_type: u32) -> Result<(), ConfigError> {
-    let reason = match channel_type {
-        CHANNEL_TYPE_NONE => ReservedReason::NoChannel,
-        CHANNEL_TYPE_INTERNAL_SOCKET => ReservedReason::InternalSocket,
-        _ => return Ok(()),
-    };
-    Err(ConfigError::ReservedChannelType {
-        flag: CHANNEL_FLAG,
-        value: channel_type.to_string(),
-        channel_type,
-        reason,
-    })
-}
-
-/// Why a channel type can never name a host socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReservedReason {
-    /// Type 0: a guest INITs with it to get a query-only context.
-    NoChannel,
-    /// Type 0xFFFFFFFF: magma's internal sockets, handed over inside the host by UUID.
-    InternalSocket,
-}
-
-impl fmt::Display for ReservedReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::NoChannel => {
-                "channel type 0 is reserved: it means 'no channel' (a query-only context)"
-            }
-            Self::InternalSocket => {
-                "channel type 0xffffffff is reserved for internal sockets, never a host path"
-            }
-        })
+    match channel::reserved_reason(channel_type) {
+        None => Ok(()),
+        Some(reason) => Err(ConfigError::ReservedChannelType {
+            flag: CHANNEL_FLAG,
+            value: channel_type.to_string(),
+            channel_type,
+            reason,
+        }),
     }
 }
 
@@ -637,11 +573,6 @@ impl ConfigError {
         }
         self
     }
-}
-
-fn channel_name_list() -> String {
-    let names: Vec<&str> = CHANNEL_NAMES.iter().map(|&(name, _)| name).collect();
-    names.join(", ")
 }
 
 fn duplicate_hint(flag: &str) -> &'static str {

@@ -29,7 +29,6 @@ pub mod guest_mem;
 pub mod idmap;
 pub mod inherited;
 pub mod limitlog;
-pub mod proxy;
 pub mod ratelimit;
 pub mod relay;
 pub mod sandbox;

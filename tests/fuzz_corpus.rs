@@ -4,8 +4,6 @@
 //! `VUCD_WRITE_SEEDS=1 cargo test --test fuzz_corpus` (re)writes the seed inputs, built from the
 //! same requests the integration tests send, into `fuzz/corpus/`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use support::*;

@@ -3,8 +3,6 @@
 //! hits are debug lines) instead of once per request. Likewise for fds a host service sends
 //! into a full item table.
 
-mod support;
-
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 

@@ -3,8 +3,6 @@
 //! socketpair, `--print-capabilities`, readiness notification (`NOTIFY_SOCKET`), shutdown on
 //! SIGTERM/SIGINT, and the "exactly one of --socket-path, --fd and socket activation" rule.
 
-mod support;
-
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};

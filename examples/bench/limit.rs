@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::cases::*;
 use crate::service;
 use crate::stats::{mb_per_s, percentile};
-use crate::support::{memfd_with, pipe};
+use support::{memfd_with, pipe};
 
 fn err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
@@ -213,7 +213,7 @@ fn fd_pipe_to_host(n: usize) -> RepResult {
     let t0 = Instant::now();
     for _ in 0..n {
         let (mut r, w) = pipe();
-        crate::support::send_with_fds(&a, b"p", &[w.as_raw_fd()]);
+        support::send_with_fds(&a, b"p", &[w.as_raw_fd()]);
         drop(w);
         if r.read(&mut buf).map_err(err("read"))? != 0 {
             return Err("data on an empty pipe".into());

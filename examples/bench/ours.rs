@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::cases::*;
 use crate::service;
 use crate::stats::{mb_per_s, percentile};
-use crate::support::*;
+use support::*;
 
 /// How long any single wait may take before the case is declared broken.
 const T: Duration = Duration::from_secs(10);

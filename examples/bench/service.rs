@@ -160,7 +160,7 @@ pub fn spawn_fd_source(
             if i >= FD_WINDOW && rx.recv().is_err() {
                 return Err(io::Error::other("the receiver gave up"));
             }
-            crate::support::send_with_fds(&s, data, &[fd.as_raw_fd()]);
+            support::send_with_fds(&s, data, &[fd.as_raw_fd()]);
         }
         Ok(())
     });

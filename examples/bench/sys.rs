@@ -144,6 +144,9 @@ pub fn daemon_binary(name: &str) -> Result<PathBuf, String> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let sources = [
         manifest.join("src"),
+        // The workspace's other crates, which the daemon links (cross-domain-protocol,
+        // cross-domain-fdpass).
+        manifest.join("crates"),
         manifest.join("Cargo.toml"),
         manifest.join("Cargo.lock"),
     ];
@@ -170,6 +173,10 @@ pub fn daemon_binary(name: &str) -> Result<PathBuf, String> {
         .current_dir(manifest);
     if release {
         cmd.arg("--release");
+    }
+    // The same features as this example, or cargo would rebuild it without them.
+    if cfg!(feature = "bench-peer") {
+        cmd.args(["--features", "bench-peer"]);
     }
     eprintln!(
         "bench: {} is {}; building it",

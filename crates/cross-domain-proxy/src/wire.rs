@@ -2,7 +2,7 @@
 //! SEND, WRITE, GET_IMAGE_REQUIREMENTS) and the channel-ring messages it reads (RECEIVE,
 //! READ).
 //!
-//! Layouts are the daemon's [`crate::cross_domain::protocol`] structs (28 identifiers per
+//! Layouts are the [`cross_domain_protocol::wire`] structs the daemon uses too (28 identifiers per
 //! SEND/RECEIVE, spec §3), so both sides share one pinned definition. Everything read from a
 //! ring is checked against the ring's size before use: the host writes it.
 #![forbid(unsafe_code)]
@@ -11,7 +11,7 @@ use std::mem::size_of;
 
 use vm_memory::ByteValued;
 
-use crate::cross_domain::protocol::{
+use cross_domain_protocol::wire::{
     CmdHeader, GetImageRequirements, ImageRequirements, Init, ReadWrite, SendReceive,
     CMD_GET_IMAGE_REQUIREMENTS, CMD_INIT, CMD_POLL, CMD_READ, CMD_RECEIVE, CMD_SEND, CMD_WRITE,
     MAX_IDENTIFIERS, READ_PIPE_ID_BASE,
@@ -271,7 +271,7 @@ impl ReadPipeIds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cross_domain::protocol::{ID_TYPE_READ_PIPE, ID_TYPE_VIRTGPU_BLOB};
+    use cross_domain_protocol::wire::{ID_TYPE_READ_PIPE, ID_TYPE_VIRTGPU_BLOB};
 
     fn le32(b: &[u8], off: usize) -> u32 {
         u32::from_le_bytes(b[off..off + 4].try_into().unwrap())

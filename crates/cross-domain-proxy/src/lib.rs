@@ -16,6 +16,10 @@
 //!
 //! [`serve`] accepts clients and runs each session on its own thread, so one client's failure
 //! (or its slowness) never affects another.
+//!
+//! This crate shares only the wire formats with the daemon (the `cross-domain-protocol`
+//! crate): it must never depend on the daemon's package, so that none of its configuration,
+//! sandbox or vhost-user code ends up in the guest binary.
 
 pub mod device;
 pub mod kernel;

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use cross_domain_protocol::{channel_name, parse_channel_type};
+use cross_domain_proxy::{self as proxy, KernelDevice, ProxyConfig};
 use log::{info, warn};
-use vhost_user_cross_domain::config::{channel_name, parse_channel_type};
-use vhost_user_cross_domain::proxy::{self, KernelDevice, ProxyConfig};
 
 /// Connects clients of a guest Unix socket to a host service through a virtio-gpu
 /// cross-domain channel.
@@ -41,8 +41,9 @@ struct Args {
     skip_capset_check: bool,
 }
 
+/// The message names the flag, as the daemon's `--channel` errors do.
 fn parse_type(s: &str) -> Result<u32, String> {
-    parse_channel_type(s).map_err(|e| e.to_string())
+    parse_channel_type(s).map_err(|e| format!("--channel '{s}': {e}"))
 }
 
 /// Binds `path`, replacing a stale socket file that nobody listens on.

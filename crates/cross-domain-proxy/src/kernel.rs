@@ -1,5 +1,5 @@
-//! The Linux side of the proxy: virtgpu and DRM ioctls, `mmap` of blobs, and adopting file
-//! descriptors received with `SCM_RIGHTS`.
+//! The Linux side of the proxy: virtgpu and DRM ioctls, `mmap` of blobs, and receiving file
+//! descriptors with `SCM_RIGHTS` (through the workspace's one `recvmsg`, `cross-domain-fdpass`).
 //!
 //! Every `unsafe` block of the proxy lives in this module (the other modules forbid unsafe
 //! code). The structs below are the `include/uapi/drm/virtgpu_drm.h` and `drm.h` layouts; the
@@ -11,14 +11,14 @@
 
 use std::ffi::c_void;
 use std::fs::OpenOptions;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use cross_domain_fdpass as fdpass;
 use vm_memory::VolatileSlice;
 
 use super::device::{Blob, BlobCreate, BlobMapping, DeviceError, ResourceInfo, VirtGpuDevice};
@@ -669,45 +669,26 @@ pub struct Received {
 
 /// Most descriptors [`recv_with_fds`] accepts with one message: a SEND carries at most 28
 /// identifiers.
-pub const MAX_FDS: usize = crate::cross_domain::protocol::MAX_IDENTIFIERS;
+pub const MAX_FDS: usize = cross_domain_protocol::wire::MAX_IDENTIFIERS;
 
-/// `recvmsg` on a stream socket into `buf`, accepting up to [`MAX_FDS`] descriptors.
+/// Non-blocking `recvmsg` on a stream socket into `buf`, accepting up to [`MAX_FDS`]
+/// descriptors; `EAGAIN` is an error of kind [`io::ErrorKind::WouldBlock`].
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = loop {
-        match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-        ) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            r => break r.map_err(io::Error::from)?,
-        }
-    };
+    let mut cmsg = fdpass::CmsgBuf::new(MAX_FDS);
     let mut fds = Vec::new();
-    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    let len = msg.bytes;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(v) = c {
-            fds.extend(v.into_iter().map(|fd: RawFd| {
-                // SAFETY: the kernel installed these descriptors in this process for this
-                // message; each is adopted exactly once here.
-                unsafe { OwnedFd::from_raw_fd(fd) }
-            }));
-        }
-    }
+    let r = fdpass::recv(sock, buf, &mut fds, &mut cmsg, fdpass::Wait::DontWait)?;
     Ok(Received {
-        len,
+        len: r.len,
         fds,
-        fds_truncated: truncated,
+        fds_truncated: r.fds_truncated,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use std::mem::offset_of;
+
+    use nix::sys::socket::MsgFlags;
 
     use super::*;
 
@@ -820,5 +801,29 @@ mod tests {
         assert!(got.fds.is_empty());
         let e = recv_with_fds(b.as_fd(), &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    /// A message with more than MAX_FDS descriptors delivers its bytes and the first MAX_FDS
+    /// descriptors, and says that the rest were dropped (docs/guest-proxy.md, "What is
+    /// forwarded").
+    #[test]
+    fn recv_with_fds_reports_dropped_descriptors() {
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let fds = [null.as_raw_fd(); MAX_FDS + 2];
+        nix::sys::socket::sendmsg::<()>(
+            a.as_raw_fd(),
+            &[std::io::IoSlice::new(b"many")],
+            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let mut buf = [0u8; 16];
+        let got = recv_with_fds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..got.len], b"many");
+        assert_eq!(got.fds.len(), MAX_FDS);
+        assert!(got.fds_truncated);
     }
 }

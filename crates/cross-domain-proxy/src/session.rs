@@ -38,7 +38,7 @@ use super::device::{
 };
 use super::kernel::recv_with_fds;
 use super::wire::{self, ChannelMessage, Identifier, WireError};
-use crate::cross_domain::protocol::{
+use cross_domain_protocol::wire::{
     Capabilities, CHANNEL_RING, ID_TYPE_READ_PIPE, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE,
     QUERY_RING,
 };
@@ -247,13 +247,6 @@ pub struct Session<D: VirtGpuDevice> {
 
 const MIB: usize = 1 << 20;
 
-fn page_size() -> u64 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
-        Ok(Some(n)) if n > 0 => n as u64,
-        _ => 4096,
-    }
-}
-
 fn round_up(v: u64, to: u64) -> Option<u64> {
     v.checked_next_multiple_of(to)
 }
@@ -302,7 +295,7 @@ impl<D: VirtGpuDevice> Session<D> {
             client_gone: false,
             host_closed: false,
             client_shut: false,
-            page_size: page_size(),
+            page_size: cross_domain_protocol::page_size(),
             stats: Stats::default(),
         };
         session.confirm_channel()?;
@@ -897,7 +890,7 @@ impl<D: VirtGpuDevice> Session<D> {
     fn query_requirements(
         &mut self,
         width: u32,
-    ) -> Result<crate::cross_domain::protocol::ImageRequirements, SessionError> {
+    ) -> Result<cross_domain_protocol::wire::ImageRequirements, SessionError> {
         self.query
             .map
             .write(0, &[0u8; wire::IMAGE_REQUIREMENTS_SIZE])?;
