@@ -159,6 +159,7 @@ impl Backend {
         let num_scanouts = config.num_scanouts;
         let gpu = Gpu::new(
             Arc::new(config.channels.clone()),
+            Arc::new(crate::sandbox::BrokerConnector),
             num_scanouts,
             config.shm_size,
             Limits::default(),

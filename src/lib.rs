@@ -17,6 +17,7 @@
 //! - [`device`]: the vhost-user backend (features, config space, queue events).
 //! - [`virtio_gpu`]: virtio-gpu wire structs, control-queue dispatch, resources and fences.
 //! - [`cross_domain`]: cross-domain wire structs, contexts, items and channel I/O.
+//! - [`guest_mem`]: bounds-checked scatter-gather access to guest memory, used by both layers.
 //! - [`logging`]: the logger (`--log-level`, `RUST_LOG`, the journal's format), fatal errors,
 //!   the start-up summary.
 //! - [`ratelimit`], [`limitlog`]: logging of guest-caused problems (a rate limit for all of
@@ -32,6 +33,7 @@ pub mod device;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_harness;
+pub mod guest_mem;
 pub mod idmap;
 pub mod inherited;
 pub mod limitlog;

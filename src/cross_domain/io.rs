@@ -2,10 +2,12 @@
 //! straight between guest memory and sockets, non-blocking `readv`/`writev`, and the
 //! classification of file descriptors received from host services (spec §5.3).
 //!
-//! This module is the only place in `cross_domain` that calls into libc directly.
+//! Every libc call of `cross_domain` is here (unit tests aside); the other files use libc's
+//! types and constants only. `recvmsg` itself and the host page size come from the
+//! workspace's shared crates.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use cross_domain_fdpass as fdpass;
 
@@ -273,14 +275,10 @@ fn seekable_size(fd: BorrowedFd<'_>) -> FdKind {
     }
 }
 
-/// Borrow helper for owned fds stored in the item table.
-pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
-    fd.as_fd()
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
 
     use super::*;

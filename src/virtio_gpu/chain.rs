@@ -8,7 +8,7 @@
 use virtio_queue::desc::split::Descriptor;
 
 use super::protocol::CtrlHdr;
-use super::sg::{range_is_valid, GuestMem, SgList};
+use crate::guest_mem::{range_is_valid, GuestMem, SgList};
 
 /// Why a chain is dropped without a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

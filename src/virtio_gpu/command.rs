@@ -13,7 +13,7 @@ use vm_memory::ByteValued;
 
 use super::error::GpuError;
 use super::protocol::*;
-use super::sg::{GuestMem, SgList};
+use crate::guest_mem::{GuestMem, SgList};
 
 /// The queue a request came from: the cursor queue takes cursor commands only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! `gpu.rs` does both, once per refused request.
 
 use super::protocol::*;
+use crate::cross_domain::image::ImageError;
 use crate::cross_domain::CtxError;
 use crate::limitlog::LimitKind;
 
@@ -52,7 +53,7 @@ impl GpuError {
             GpuError::UnknownCommand(_) | GpuError::Unsupported(_) | GpuError::Map(_) => {
                 RESP_ERR_UNSPEC
             }
-            GpuError::CrossDomain(e) => e.response(),
+            GpuError::CrossDomain(e) => cross_domain_response(e),
             _ => RESP_ERR_INVALID_PARAMETER,
         }
     }
@@ -64,6 +65,89 @@ impl GpuError {
             GpuError::Limit(kind, value) => Some((*kind, *value)),
             GpuError::CrossDomain(e) => e.limit(),
             _ => None,
+        }
+    }
+}
+
+/// The response type for a refused cross-domain command: the cross-domain layer knows nothing
+/// of virtio-gpu response codes, so the mapping lives here.
+fn cross_domain_response(e: &CtxError) -> u32 {
+    match e {
+        CtxError::RingNotAttached(_)
+        | CtxError::ResourceNotAttached(_)
+        | CtxError::NotSendable(_) => RESP_ERR_INVALID_RESOURCE_ID,
+        CtxError::Image(ImageError::UnsupportedFormat(_)) => RESP_ERR_INVALID_PARAMETER,
+        CtxError::Image(_) => RESP_ERR_OUT_OF_MEMORY,
+        CtxError::TooManyItems
+        | CtxError::TooManyImageRequirements
+        | CtxError::VmImageRequirementsExhausted
+        | CtxError::BacklogFull(_) => RESP_ERR_OUT_OF_MEMORY,
+        CtxError::Connect { .. }
+        | CtxError::HostIo(_)
+        | CtxError::ChannelClosed
+        | CtxError::Unsupported(_) => RESP_ERR_UNSPEC,
+        _ => RESP_ERR_INVALID_PARAMETER,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes a refused cross-domain command gets, pinned so that moving the mapping (it
+    /// was `CtxError::response` in the cross-domain layer) changed none of them.
+    #[test]
+    fn cross_domain_refusals_keep_their_response_codes() {
+        let io = || std::io::Error::from_raw_os_error(libc::EPIPE);
+        let cases = [
+            (CtxError::RingNotAttached(1), RESP_ERR_INVALID_RESOURCE_ID),
+            (
+                CtxError::ResourceNotAttached(1),
+                RESP_ERR_INVALID_RESOURCE_ID,
+            ),
+            (CtxError::NotSendable(1), RESP_ERR_INVALID_RESOURCE_ID),
+            (
+                CtxError::Image(ImageError::UnsupportedFormat(0)),
+                RESP_ERR_INVALID_PARAMETER,
+            ),
+            (
+                CtxError::Image(ImageError::Overflow {
+                    width: 1,
+                    height: 1,
+                }),
+                RESP_ERR_OUT_OF_MEMORY,
+            ),
+            (CtxError::TooManyItems, RESP_ERR_OUT_OF_MEMORY),
+            (CtxError::TooManyImageRequirements, RESP_ERR_OUT_OF_MEMORY),
+            (
+                CtxError::VmImageRequirementsExhausted,
+                RESP_ERR_OUT_OF_MEMORY,
+            ),
+            (CtxError::BacklogFull(1), RESP_ERR_OUT_OF_MEMORY),
+            (
+                CtxError::Connect {
+                    channel_type: 2,
+                    path: "/x".into(),
+                    source: io(),
+                },
+                RESP_ERR_UNSPEC,
+            ),
+            (CtxError::HostIo(io()), RESP_ERR_UNSPEC),
+            (CtxError::ChannelClosed, RESP_ERR_UNSPEC),
+            (CtxError::Unsupported("x"), RESP_ERR_UNSPEC),
+            (
+                CtxError::BadCmdSize {
+                    offset: 0,
+                    size: 0,
+                    remaining: 0,
+                },
+                RESP_ERR_INVALID_PARAMETER,
+            ),
+            (CtxError::UnknownItem(2), RESP_ERR_INVALID_PARAMETER),
+            (CtxError::NotInitialized, RESP_ERR_INVALID_PARAMETER),
+        ];
+        for (e, code) in cases {
+            assert_eq!(GpuError::CrossDomain(e).response(), code);
         }
     }
 }

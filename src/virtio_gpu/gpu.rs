@@ -2,7 +2,8 @@
 //! ([`command`]), execution and response ([`super::response`]), and decides what happens to
 //! the request afterwards (completed now, deferred on a fence timeline, or held for a slow
 //! host peer). It owns the epoll set of host fds and hands host events to the contexts, and it
-//! is the one place that logs a refused request and builds the cross-domain layer's `Env`.
+//! is the one place that logs a refused request and borrows the cross-domain layer's `Env`
+//! (from `cross_domain::Shared`, which makes every one).
 //! Each piece of state lives in its own module (resources, contexts, scanouts, fences, held
 //! requests); this file must never grow their rules back, only call them in the order that
 //! fixes which error a bad request gets. Everything here runs on the device's single
@@ -11,7 +12,7 @@
 use std::sync::Arc;
 
 use log::{debug, info};
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
+use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
 
 use super::chain;
 use super::command::{self, Command, Queue};
@@ -23,10 +24,10 @@ use super::protocol::*;
 use super::resources::Resources;
 use super::response::{response_size, Resp};
 use super::scanouts::{check_rect, Scanouts};
-use super::sg::{GuestMem, SgList};
 use super::{Limits, ShmMapper};
 use crate::config::ChannelTable;
-use crate::cross_domain::{self, image, protocol as cd, Env};
+use crate::cross_domain::{self, image, protocol as cd, Connector, Shared, Submission};
+use crate::guest_mem::{GuestMem, SgList};
 use crate::guest_warn;
 use crate::ratelimit::GuestLog;
 
@@ -35,15 +36,15 @@ const EVENTS_PER_POLL: usize = 64;
 
 /// The device: resources, contexts, fence timelines and the epoll set of host fds.
 pub struct Gpu {
-    channels: Arc<ChannelTable>,
     resources: Resources,
     contexts: Contexts,
     scanouts: Scanouts,
     /// Deferred fenced responses and completed responses to publish.
     fences: Fences,
-    epoll: Epoll,
+    /// What every cross-domain context shares: the epoll set of host fds, the channel table,
+    /// the connector, scratch buffers.
+    cd: Shared,
     events: Vec<EpollEvent>,
-    scratch: cross_domain::Scratch,
     limiter: GuestLog,
     req: SgList,
     resp: SgList,
@@ -54,22 +55,22 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// A device with no resources or contexts.
+    /// A device with no resources or contexts, whose contexts reach the host services of
+    /// `channels` through `connector`.
     pub fn new(
         channels: Arc<ChannelTable>,
+        connector: Arc<dyn Connector>,
         num_scanouts: u32,
         shm_size: u64,
         limits: Limits,
     ) -> std::io::Result<Self> {
         Ok(Gpu {
-            channels,
             resources: Resources::new(shm_size, image::host_page_size(), limits),
             contexts: Contexts::new(limits),
             scanouts: Scanouts::new(num_scanouts),
             fences: Fences::default(),
-            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?,
+            cd: Shared::new(channels, connector)?,
             events: vec![EpollEvent::empty(); EVENTS_PER_POLL],
-            scratch: cross_domain::Scratch::default(),
             limiter: GuestLog::new(limits.max_contexts),
             req: SgList::new(),
             resp: SgList::new(),
@@ -92,7 +93,7 @@ impl Gpu {
     /// The epoll fd of host sources (channel sockets, pipes); readable when
     /// [`Gpu::handle_host_events`] has work.
     pub fn epoll(&self) -> &Epoll {
-        &self.epoll
+        self.cd.epoll()
     }
 
     /// Number of live contexts.
@@ -105,7 +106,7 @@ impl Gpu {
     pub fn reset(&mut self) {
         for id in self.contexts.ids() {
             if let Some(mut ctx) = self.contexts.remove(id) {
-                ctx.cd.teardown(&self.epoll, self.held.released());
+                ctx.cd.teardown(self.cd.epoll(), self.held.released());
             }
         }
         self.resources.clear();
@@ -122,7 +123,7 @@ impl Gpu {
     pub fn complete_all_and_reset(&mut self) {
         for id in self.contexts.ids() {
             if let Some(mut ctx) = self.contexts.remove(id) {
-                ctx.cd.teardown(&self.epoll, self.held.released());
+                ctx.cd.teardown(self.cd.epoll(), self.held.released());
             }
             self.fences.complete_context(id);
         }
@@ -243,17 +244,7 @@ impl Gpu {
         let timeline = (hdr.ctx_id, hdr.ring_idx);
         self.fences.defer(timeline, hdr.fence_id, head, len);
         ctx.cd.arm_poll(hdr.fence_id);
-        let mut env = Env {
-            mem,
-            epoll: &self.epoll,
-            channels: &self.channels,
-            scratch: &mut self.scratch,
-            limiter: &mut self.limiter,
-            hold: None,
-            holds: 0,
-            released: self.held.released(),
-            images_left: 0,
-        };
+        let mut env = self.cd.env(mem, &mut self.limiter, self.held.released());
         if let Some(f) = ctx.cd.try_deliver(&mut env) {
             self.fences.signal(timeline, f);
         }
@@ -271,7 +262,7 @@ impl Gpu {
     /// a pending POLL, flush output backlogs. Never blocks.
     pub fn handle_host_events(&mut self, mem: &GuestMem) {
         loop {
-            let n = match self.epoll.wait(&mut self.events, EpollTimeout::ZERO) {
+            let n = match self.cd.epoll().wait(&mut self.events, EpollTimeout::ZERO) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -285,17 +276,7 @@ impl Gpu {
                 let Some(ctx) = self.contexts.get_mut(ctx_id) else {
                     continue;
                 };
-                let mut env = Env {
-                    mem,
-                    epoll: &self.epoll,
-                    channels: &self.channels,
-                    scratch: &mut self.scratch,
-                    limiter: &mut self.limiter,
-                    hold: None,
-                    holds: 0,
-                    released: self.held.released(),
-                    images_left: 0,
-                };
+                let mut env = self.cd.env(mem, &mut self.limiter, self.held.released());
                 ctx.cd.on_event(&mut env, src, ev.events());
                 if let Some(f) = ctx.cd.try_deliver(&mut env) {
                     self.fences.signal((ctx_id, cd::CHANNEL_RING), f);
@@ -372,7 +353,7 @@ impl Gpu {
                 if b.capset_id != CAPSET_CROSS_DOMAIN {
                     return Err(GpuError::InvalidParameter("unknown capset id"));
                 }
-                Ok(Resp::Capset(cross_domain::capabilities(&self.channels)))
+                Ok(Resp::Capset(cross_domain::capabilities(self.cd.channels())))
             }
             Command::ResourceAssignUuid(b) => {
                 self.resources.check_exists(b.resource_id)?;
@@ -453,7 +434,7 @@ impl Gpu {
             .contexts
             .remove(ctx_id)
             .ok_or(GpuError::InvalidContext(ctx_id))?;
-        ctx.cd.teardown(&self.epoll, self.held.released());
+        ctx.cd.teardown(self.cd.epoll(), self.held.released());
         self.images = self.images.saturating_sub(ctx.cd.image_count());
         self.fences.complete_context(ctx_id);
         self.limiter.limits.forget(ctx_id);
@@ -490,21 +471,17 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         let ctx = self.contexts.live(hdr.ctx_id)?;
         let view = self.resources.view(&ctx.attached);
-        let mut env = Env {
-            mem,
-            epoll: &self.epoll,
-            channels: &self.channels,
-            scratch: &mut self.scratch,
-            limiter: &mut self.limiter,
+        let mut sub = Submission {
             hold: self.held.current(),
-            holds: 0,
-            released: self.held.released(),
+            held_chunks: 0,
             images_left: cross_domain::MAX_IMAGE_REQUIREMENTS_PER_VM.saturating_sub(self.images),
         };
+        let mut env = self.cd.env(mem, &mut self.limiter, self.held.released());
         let images_before = ctx.cd.image_count();
-        let res = ctx.cd.submit(&mut env, &view, &self.req, start, len);
-        let holds = env.holds;
-        self.held.add_refs(holds);
+        let res = ctx
+            .cd
+            .submit(&mut env, &mut sub, &view, &self.req, start, len);
+        self.held.add_refs(sub.held_chunks);
         // Submissions only add image requirements; destruction and reset remove them.
         self.images += ctx.cd.image_count().saturating_sub(images_before);
         res?;

@@ -4,14 +4,26 @@
 //! the queued chunks refer to its buffers in guest memory (see `cross_domain::backlog`), so the
 //! guest must not reuse them. Its response is already written; it completes once every chunk
 //! went out or was dropped. This module owns that bookkeeping (which requests are held, by how
-//! many chunks, the heads the cross-domain layer reports released) and the budget of
+//! many chunks, the requests the cross-domain layer reports released) and the budget of
 //! descriptors that may be held at once. It must never decide whether a request is eligible
 //! (the coordinator does), touch guest memory, or complete a request any other way than through
 //! the `done` callback it is given.
 
 use log::debug;
 
+use crate::cross_domain::HoldToken;
 use crate::idmap::IdMap;
+
+/// The token a request travels as through the cross-domain layer: its control-queue head.
+/// The cross-domain layer never reads it; only [`head_of`] turns it back.
+fn token(head: u16) -> HoldToken {
+    HoldToken::new(u64::from(head))
+}
+
+/// The head of the request `t` stands for (`None` for a token this module never made).
+fn head_of(t: HoldToken) -> Option<u16> {
+    u16::try_from(t.get()).ok()
+}
 
 /// Control-queue size assumed until the VMM sets one (QEMU's vhost-user-test-device default).
 const DEFAULT_QUEUE_SIZE: u16 = 64;
@@ -35,8 +47,9 @@ struct Held {
 pub(super) struct HeldRequests {
     /// Requests held for slow host peers, by control-queue head.
     requests: IdMap<u16, Held>,
-    /// Heads whose queued chunks went out or were dropped, not yet accounted in `requests`.
-    released: Vec<u16>,
+    /// Requests whose queued chunks went out or were dropped, not yet accounted in
+    /// `requests` (one token per chunk).
+    released: Vec<HoldToken>,
     /// While a chain is processed: its head, if it may be held.
     current: Option<u16>,
     /// While a chain is processed: chunks queued that hold it.
@@ -75,9 +88,9 @@ impl HeldRequests {
         self.current_refs = 0;
     }
 
-    /// The head of the chain being processed, when it may be held.
-    pub(super) fn current(&self) -> Option<u16> {
-        self.current
+    /// The token of the chain being processed, when it may be held.
+    pub(super) fn current(&self) -> Option<HoldToken> {
+        self.current.map(token)
     }
 
     /// `refs` more queued chunks hold the chain being processed.
@@ -85,9 +98,9 @@ impl HeldRequests {
         self.current_refs += refs;
     }
 
-    /// Where the cross-domain layer reports the heads of held requests whose queued chunks
+    /// Where the cross-domain layer reports the tokens of held requests whose queued chunks
     /// went out or were dropped.
-    pub(super) fn released(&mut self) -> &mut Vec<u16> {
+    pub(super) fn released(&mut self) -> &mut Vec<HoldToken> {
         &mut self.released
     }
 
@@ -98,8 +111,9 @@ impl HeldRequests {
         let mut refs = std::mem::take(&mut self.current_refs);
         if refs > 0 {
             // Chunks of this very request that already went out while it was processed.
-            self.released.retain(|&h| {
-                if h == head && refs > 0 {
+            let this = token(head);
+            self.released.retain(|&t| {
+                if t == this && refs > 0 {
                     refs -= 1;
                     false
                 } else {
@@ -127,9 +141,10 @@ impl HeldRequests {
     /// Account released chunks; requests with none left are completed through `done(head,
     /// len)`.
     pub(super) fn settle(&mut self, mut done: impl FnMut(u16, u32)) {
-        for head in self.released.drain(..) {
-            let Some(h) = self.requests.get_mut(&head) else {
-                debug!("released request {head} is not held");
+        for t in self.released.drain(..) {
+            let held = head_of(t).and_then(|head| Some((head, self.requests.get_mut(&head)?)));
+            let Some((head, h)) = held else {
+                debug!("released request {} is not held", t.get());
                 continue;
             };
             h.refs -= 1;
@@ -189,7 +204,7 @@ mod tests {
         h.begin(1, 5, true);
         assert_eq!(h.current(), None);
         h.begin(1, 3, true);
-        assert_eq!(h.current(), Some(1));
+        assert_eq!(h.current(), Some(token(1)));
         h.add_refs(1);
         assert_eq!(h.end(1), 1);
         assert_eq!(h.current(), None);
@@ -198,7 +213,7 @@ mod tests {
         h.begin(2, 2, true);
         assert_eq!(h.current(), None);
         h.begin(2, 1, true);
-        assert_eq!(h.current(), Some(2));
+        assert_eq!(h.current(), Some(token(2)));
         assert_eq!(h.end(2), 0);
     }
 
@@ -207,13 +222,13 @@ mod tests {
         let mut h = HeldRequests::default();
         h.begin(7, 2, true);
         h.add_refs(2);
-        h.released().extend([7, 3, 7]);
+        h.released().extend([7, 3, 7].map(token));
         // Both chunks already went out; the other head's release stays for `settle`.
         assert_eq!(h.end(7), 0);
-        assert_eq!(h.released, [3]);
+        assert_eq!(h.released, [token(3)]);
         h.begin(8, 2, true);
         h.add_refs(3);
-        h.released().push(8);
+        h.released().push(token(8));
         assert_eq!(h.end(8), 2);
     }
 
@@ -223,9 +238,9 @@ mod tests {
         h.hold(4, 2, 24, 3);
         h.hold(5, 1, 32, 2);
         assert_eq!(h.descs, 5);
-        h.released().extend([4, 9]);
+        h.released().extend([4, 9].map(token));
         assert!(settled(&mut h).is_empty());
-        h.released().extend([5, 4]);
+        h.released().extend([5, 4].map(token));
         assert_eq!(settled(&mut h), [(5, 32), (4, 24)]);
         assert_eq!(h.descs, 0);
         assert!(h.requests.is_empty());
@@ -240,7 +255,7 @@ mod tests {
         assert_eq!(done, [(4, 24)]);
         assert_eq!(h.descs, 0);
         h.hold(5, 1, 24, 3);
-        h.released().push(5);
+        h.released().push(token(5));
         h.clear();
         assert!(settled(&mut h).is_empty());
         assert_eq!(h.descs, 0);

@@ -19,7 +19,6 @@ pub mod protocol;
 mod resources;
 mod response;
 mod scanouts;
-pub mod sg;
 
 pub use error::GpuError;
 pub use gpu::Gpu;

@@ -8,8 +8,8 @@
 use size_of;
 
 use super::protocol::*;
-use super::sg::{GuestMem, SgError, SgList};
 use crate::cross_domain::protocol as cd;
+use crate::guest_mem::{GuestMem, SgError, SgList};
 
 /// A response body following the header.
 pub(super) enum Resp {
