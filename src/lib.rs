@@ -22,6 +22,12 @@
 //!   the start-up summary.
 //! - [`ratelimit`], [`limitlog`]: logging of guest-caused problems (a rate limit for all of
 //!   them; limits hit are warned about once per context).
+//! - [`idmap`]: hash maps keyed by small integer ids (contexts, resources, items).
+//! - `fuzz_harness` (feature `fuzzing` only): entry points of the fuzz targets.
+//!
+//! The guest-side proxy and the wire formats it shares with the daemon are crates of their own
+//! (`crates/cross-domain-proxy`, `crates/cross-domain-protocol`); `docs/architecture.md` maps
+//! every file and the two data paths through them.
 
 pub mod cli;
 pub mod config;
