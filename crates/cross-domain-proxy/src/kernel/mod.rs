@@ -7,12 +7,14 @@
 //! - [`uapi`]: the kernel's ioctl numbers and argument structs, pinned by unit tests;
 //! - [`mapping`]: `mmap` of a blob and the volatile copies in and out of it;
 //! - [`events`]: splitting the DRM file's event queue into events;
+//! - [`node`]: finding the render node at start-up, and saying why one is not usable;
 //! - [`recv`]: `SCM_RIGHTS` reception from the client socket.
 //!
 //! Nothing here interprets the cross-domain protocol: that is the session's job.
 
 pub mod events;
 pub mod mapping;
+pub mod node;
 pub mod recv;
 pub mod uapi;
 
@@ -28,6 +30,9 @@ pub use recv::{recv_with_fds, Received, MAX_FDS};
 use uapi::*;
 
 use crate::device::{Blob, BlobCreate, DeviceError, ResourceInfo, VirtGpuDevice};
+
+/// The DRM driver name of a virtio-gpu device (`DRM_IOCTL_VERSION`).
+pub const VIRTIO_GPU_DRIVER: &str = "virtio_gpu";
 
 /// An open virtio-gpu DRM node (render node or primary node).
 #[derive(Debug)]
@@ -61,17 +66,9 @@ impl KernelDevice {
     /// Opens `path` read-write, close-on-exec and non-blocking (for event reads), and checks
     /// that its driver is `virtio_gpu` (so the driver-specific ioctls mean what we think).
     pub fn open(path: &Path) -> Result<KernelDevice, DeviceError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| DeviceError::new("open", e))?;
-        let dev = KernelDevice {
-            fd: OwnedFd::from(file),
-        };
+        let dev = Self::open_unchecked(path)?;
         let name = dev.driver_name()?;
-        if name != "virtio_gpu" {
+        if name != VIRTIO_GPU_DRIVER {
             return Err(DeviceError::new(
                 "DRM_IOCTL_VERSION",
                 io::Error::other(format!(
@@ -81,6 +78,20 @@ impl KernelDevice {
             ));
         }
         Ok(dev)
+    }
+
+    /// Opens `path` as [`KernelDevice::open`] does, without asking the driver's name: only for
+    /// asking it ([`node`] does, to say why a node is not the one it looks for).
+    pub(crate) fn open_unchecked(path: &Path) -> Result<KernelDevice, DeviceError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| DeviceError::new("open", e))?;
+        Ok(KernelDevice {
+            fd: OwnedFd::from(file),
+        })
     }
 
     /// The DRM driver name (DRM_IOCTL_VERSION).
