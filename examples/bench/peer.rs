@@ -493,6 +493,8 @@ impl Peer {
             ],
             ops: 0,
             extra: Vec::new(),
+            costs: None,
+            driver_allocs: None,
         })
     }
 }

@@ -1,5 +1,6 @@
-//! Operating-system helpers: CPU affinity, memory and CPU accounting from /proc, the machine
-//! description, and finding (or building) the daemon binary.
+//! Operating-system helpers: CPU affinity, memory and CPU accounting, the machine description,
+//! and finding (or building) the daemon binary. Per-process costs over a span of traffic are
+//! in `counters.rs`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -65,18 +66,6 @@ pub fn rss(pid: u32) -> io::Result<Rss> {
         total: field("VmRSS:"),
         anon: field("RssAnon:"),
     })
-}
-
-/// CPU time (ns) consumed so far by every live thread of process `pid`, from
-/// /proc/PID/task/*/schedstat (exact, unlike the tick-based /proc/PID/stat).
-pub fn process_cpu_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// CPU time (ns) of this process (all threads, exited ones included) plus its waited-for
