@@ -168,7 +168,7 @@ fn sealed_or_read_only_memory_maps_read_only() {
     }
 }
 
-/// Independent reading of spec §7.2: (bytes per pixel, hsub, vsub) per plane.
+/// Independent reading of docs/protocol.md §7.2: (bytes per pixel, hsub, vsub) per plane.
 fn planes(fourcc: &[u8; 4]) -> Vec<(u32, u32, u32)> {
     match fourcc {
         b"R8  " => vec![(1, 1, 1)],
@@ -199,7 +199,7 @@ fn image_requirements_blobs_for_every_format_reach_the_host() {
                 .ctx
                 .image_requirements(&mut fx.vm, w, h, code, 0x11)
                 .unwrap_or_else(|resp| panic!("{what}: {resp:x?}"));
-            // Expected layout, computed here from the spec.
+            // Expected layout, computed here from docs/protocol.md §7.2.
             let mut strides = [0u32; 4];
             let mut offsets = [0u32; 4];
             let mut total = 0u64;

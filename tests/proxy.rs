@@ -3,7 +3,7 @@
 //! to the real daemon, and the test plays both the guest client (connected to the proxy's
 //! socket) and the host service (accepting the daemon's channel connection).
 //!
-//! How the fake maps the kernel's behaviour (Linux `drivers/gpu/drm/virtio`, spec §1.9):
+//! How the fake maps the kernel's behaviour (Linux `drivers/gpu/drm/virtio`, docs/protocol.md §1.9):
 //! - CONTEXT_INIT → CTX_CREATE; GUEST blobs live in the VM's guest memory and are attached to
 //!   the context; HOST3D mappable blobs → CREATE_BLOB + RESOURCE_MAP_BLOB at an offset the
 //!   fake allocates in the host-visible region + CTX_ATTACH; GEM_CLOSE → CTX_DETACH and, unless

@@ -456,7 +456,8 @@ mod tests {
         assert_eq!(offset_of!(CtrlHdr, ring_idx), 20);
     }
 
-    // Offsets below are relative to the start of the body, i.e. the spec's offset minus 24.
+    // Offsets below are relative to the start of the body, i.e. the offset in the
+    // virtio specification (docs/protocol.md §1.7) minus 24.
     #[test]
     fn request_layouts() {
         assert_eq!(size_of::<Rect>(), 16);

@@ -16,7 +16,7 @@ pub(super) struct Scanouts {
 }
 
 impl Scanouts {
-    /// `count` scanouts (at most the spec's [`MAX_SCANOUTS`]), showing nothing.
+    /// `count` scanouts (at most the virtio specification's [`MAX_SCANOUTS`]), showing nothing.
     pub(super) fn new(count: u32) -> Self {
         Scanouts {
             count: count.min(MAX_SCANOUTS as u32),
