@@ -16,7 +16,7 @@ use nix::sys::epoll::{Epoll, EpollFlags};
 use vm_memory::ByteValued;
 
 use super::backlog::HoldToken;
-use super::blobs::{self, ImageQueries};
+use super::blobs::{self, ImageQueries, PartialPages};
 use super::channel::{Channel, Who};
 use super::delivery::{Rotation, Source, Turn, CHANNEL_TOKEN};
 use super::env::{Env, Lookup, ResourceView, Submission};
@@ -95,6 +95,9 @@ pub struct Context {
     poll_fence: Option<u64>,
     /// The sources that take turns writing into the channel ring.
     delivery: Rotation<Source>,
+    /// What becomes of received memory that is not whole pages (the device's setting, taken
+    /// at INIT).
+    pages: PartialPages,
     /// The unserved features already logged for this context.
     told: Told,
 }
@@ -110,6 +113,7 @@ impl Context {
             images: ImageQueries::default(),
             poll_fence: None,
             delivery: Rotation::default(),
+            pages: PartialPages::default(),
             told: Told::default(),
         }
     }
@@ -269,6 +273,7 @@ impl Context {
             channel_ring,
             channel: Some(channel),
         });
+        self.pages = env.partial_pages;
         self.delivery.add(Source::Channel);
         Ok(())
     }
@@ -443,7 +448,7 @@ impl Context {
     /// `blob_id` (consumed). Returns the fd, its `map_info` cache type and whether it may be
     /// mapped writable.
     pub fn take_blob(&mut self, blob_id: u32, size: u64) -> Result<(OwnedFd, u32, bool), CtxError> {
-        blobs::take_blob(self.id, &mut self.items, blob_id, size)
+        blobs::take_blob(self.id, &mut self.items, blob_id, size, self.pages)
     }
 
     /// Remove item `id`, take it out of the rotation, stop watching it and close it.

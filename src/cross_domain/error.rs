@@ -74,6 +74,12 @@ pub enum CtxError {
         "eventfd {0:#x}: its counter would overflow (the host does not read it); nothing written"
     )]
     EventfdFull(u32),
+    #[error(
+        "received memory {id:#x} of {size} bytes is not a page multiple, cannot grow and is not \
+         write-sealed: a copy would not be shared, and the VMM is not known to map past the end \
+         of a file; refused"
+    )]
+    UnshareableMemory { id: u32, size: u64 },
     #[error("image requirements: {0}")]
     Image(#[from] ImageError),
     #[error("blob id {0:#x} names no image requirements or received memory")]

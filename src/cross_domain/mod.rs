@@ -33,7 +33,7 @@ pub mod protocol;
 mod unserved;
 
 pub use backlog::HoldToken;
-pub use blobs::{MAX_IMAGE_REQUIREMENTS, MAX_IMAGE_REQUIREMENTS_PER_VM};
+pub use blobs::{PartialPages, MAX_IMAGE_REQUIREMENTS, MAX_IMAGE_REQUIREMENTS_PER_VM};
 pub use context::{capabilities, Context};
 pub use delivery::token_parts;
 pub use env::{Connector, Env, Lookup, ResourceView, Shared, Submission};

@@ -86,7 +86,8 @@ fn cross_domain_response(e: &CtxError) -> u32 {
         | CtxError::HostIo(_)
         | CtxError::ChannelClosed
         | CtxError::Unsupported(_)
-        | CtxError::EventfdFull(_) => RESP_ERR_UNSPEC,
+        | CtxError::EventfdFull(_)
+        | CtxError::UnshareableMemory { .. } => RESP_ERR_UNSPEC,
         _ => RESP_ERR_INVALID_PARAMETER,
     }
 }
@@ -137,6 +138,10 @@ mod tests {
             (CtxError::ChannelClosed, RESP_ERR_UNSPEC),
             (CtxError::Unsupported("x"), RESP_ERR_UNSPEC),
             (CtxError::EventfdFull(2), RESP_ERR_UNSPEC),
+            (
+                CtxError::UnshareableMemory { id: 2, size: 2312 },
+                RESP_ERR_UNSPEC,
+            ),
             (
                 CtxError::Unserved(crate::cross_domain::Unserved::VirtioFsImport),
                 RESP_ERR_INVALID_PARAMETER,
