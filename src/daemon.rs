@@ -13,6 +13,7 @@
 //!   status lines, through [`crate::systemd`];
 //! - the order of start-up: the socket first, then the sandbox ([`crate::sandbox`]), then
 //!   threads (see [`run`]);
+//! - reload: SIGHUP, read by the same thread, re-reads `--channels-file` ([`crate::reload`]);
 //! - shutdown: SIGTERM and SIGINT are blocked in every thread and read from a signalfd by a
 //!   dedicated thread, which sends `STOPPING=1`, stops accepting (removes the `--socket-path`
 //!   socket and its lock file, see [`crate::socket_path`]), asks the current session's backend to complete every pending fence and close its
@@ -39,6 +40,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::config::{Config, Listen};
 use crate::device::{Backend, HOST_EVENT, SHUTDOWN_EVENT};
 use crate::relay::{self, Relay, RelayError};
+use crate::reload::Reloader;
 use crate::socket_path::{self, SocketClaim, SocketPathError};
 use crate::{sandbox, systemd};
 
@@ -183,7 +185,8 @@ pub fn run(config: &Config) -> Result<(), Error> {
     sandbox::enter(&sandbox::Plan {
         mode: config.sandbox,
         seccomp: config.seccomp,
-        channels: &config.channels,
+        channels: &config.channels.load(),
+        sources: &config.channel_sources,
         socket_path: socket.as_ref().map(SocketClaim::path),
     })
     .map_err(Error::Sandbox)?;
@@ -193,7 +196,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         current: Mutex::new(None),
         socket,
     });
-    start_signal_thread(shutdown.clone(), signals)?;
+    start_signal_thread(shutdown.clone(), Reloader::new(config), signals)?;
     let outcome = match endpoint {
         Endpoint::Listener {
             listener, place, ..
@@ -414,28 +417,33 @@ fn raise_fd_limit() {
     }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread (and so in every thread started after it)
-/// and returns the signalfd that receives them.
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every thread started
+/// after it) and returns the signalfd that receives them.
 fn block_signals() -> Result<SignalFd, Error> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGHUP);
     mask.thread_block().map_err(Error::Signals)?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(Error::Signals)
 }
 
-/// Starts the thread that reads SIGTERM and SIGINT from `signals` and shuts down.
-fn start_signal_thread(shutdown: Arc<Shutdown>, signals: SignalFd) -> Result<(), Error> {
+/// Starts the thread that reads the signals from `signals`: SIGTERM and SIGINT shut down,
+/// SIGHUP reloads the channel table through `reloader`.
+fn start_signal_thread(
+    shutdown: Arc<Shutdown>,
+    reloader: Reloader,
+    signals: SignalFd,
+) -> Result<(), Error> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             match signals.read_signal() {
-                Ok(Some(info)) => {
-                    let name = Signal::try_from(info.ssi_signo as i32)
-                        .map(|s| s.as_str())
-                        .unwrap_or("signal");
-                    shutdown.exit(name);
-                }
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGHUP) => reloader.reload(),
+                    Ok(signal) => shutdown.exit(signal.as_str()),
+                    Err(_) => shutdown.exit("signal"),
+                },
                 Ok(None) | Err(Errno::EINTR) => {}
                 Err(e) => {
                     // Not expected; avoid spinning if it persists.

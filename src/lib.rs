@@ -7,7 +7,9 @@
 //! - [`config`]: the validated configuration, the channel table (`TYPE:PATH`) and how the VMM
 //!   reaches the daemon (`--socket-path`, `--fd`, socket activation).
 //! - [`daemon`]: the serve loops (re-listening after a VMM disconnect, or one session on a
-//!   connected socket), readiness notification, and shutdown on SIGTERM/SIGINT.
+//!   connected socket), readiness notification, reload on SIGHUP, and shutdown on
+//!   SIGTERM/SIGINT.
+//! - [`reload`]: reading `--channels-file`, and putting the table it gives in force on SIGHUP.
 //! - [`socket_path`]: claiming `--socket-path` (lock file, stale sockets) and releasing it.
 //! - [`inherited`]: checks and ownership of the sockets the daemon is started with.
 //! - [`relay`]: the framing-aware message relay behind `--fd`.
@@ -40,6 +42,7 @@ pub mod limitlog;
 pub mod logging;
 pub mod ratelimit;
 pub mod relay;
+pub mod reload;
 pub mod sandbox;
 pub mod socket_path;
 pub mod systemd;

@@ -4,7 +4,10 @@
 
 use cross_domain_protocol::channel::channel_name_list;
 
-use super::{ReservedReason, ShmSizeProblem, MAX_SCANOUTS, MAX_SOCKET_PATH, WAYLAND_SOCK_FLAG};
+use super::{
+    ChannelsFileError, ReservedReason, ShmSizeProblem, MAX_SCANOUTS, MAX_SOCKET_PATH,
+    WAYLAND_SOCK_FLAG,
+};
 use crate::inherited::FdError;
 
 /// A rejected configuration. Each message starts with the flag and the value as given, e.g.
@@ -140,6 +143,17 @@ pub enum ConfigError {
         hint: &'static str,
     },
 
+    /// `--channels-file ''`.
+    #[error("{flag} '{value}': the file name is empty")]
+    EmptyFileName { flag: &'static str, value: String },
+
+    /// The channels file cannot be read, or has an error at start-up.
+    #[error("{flag} {error}")]
+    ChannelsFile {
+        flag: &'static str,
+        error: ChannelsFileError,
+    },
+
     /// `--log-level` not one of the five levels.
     #[error("{flag} '{value}': expected one of error, warn, info, debug, trace")]
     InvalidLogLevel { flag: &'static str, value: String },
@@ -185,6 +199,7 @@ impl ConfigError {
             | Self::InvalidSandbox { flag, value }
             | Self::InvalidSeccomp { flag, value }
             | Self::InvalidLogLevel { flag, value }
+            | Self::EmptyFileName { flag, value }
             | Self::UnknownGroup { flag, value }
             | Self::NamedWaylandSock { flag, value, .. }
             | Self::WaylandSockOption { flag, value, .. }
@@ -192,7 +207,10 @@ impl ConfigError {
                 *flag = new_flag;
                 new_value.clone_into(value);
             }
-            Self::Activation { .. } | Self::NoListenSocket | Self::ListenConflict { .. } => {}
+            Self::Activation { .. }
+            | Self::ChannelsFile { .. }
+            | Self::NoListenSocket
+            | Self::ListenConflict { .. } => {}
         }
         self
     }

@@ -5,17 +5,24 @@
 //! rest, one concern each:
 //! - [`channels`]: the channel table (which host Unix socket serves which cross-domain channel
 //!   type) and the `TYPE:PATH` syntax that fills it;
+//! - [`channels_file`]: `--channels-file`, its syntax and how it combines with the flags
+//!   ([`ChannelSources`]);
+//! - [`live`]: the channel table in force ([`LiveChannels`]), which a reload replaces;
 //! - [`values`]: the parsers of the other flag values (`--shm-size`, `--scanouts`, `--fd`, …);
 //! - [`error`]: [`ConfigError`], whose messages name the flag and the value the user gave.
 //!
-//! Everything here runs once at start-up, before any VMM connects. It must never touch the
-//! file system or the network: a path is checked for being present and non-empty, not for
-//! existing, because host services may start after the daemon. (What kind of socket an
+//! Everything here runs at start-up, before any VMM connects, except that the channels file is
+//! parsed again on each reload (SIGHUP). It must never touch the file system or the network: a
+//! path is checked for being present and non-empty, not for existing, because host services
+//! may start after the daemon; the channels file is read by the caller. (What kind of socket an
 //! inherited file descriptor is, is checked by [`crate::inherited`].) It must never panic on
-//! user input; every rejection is a [`ConfigError`].
+//! user input; every rejection is a [`ConfigError`] (or, for the channels file, a
+//! [`ChannelsFileError`]).
 
 pub mod channels;
+pub mod channels_file;
 pub mod error;
+pub mod live;
 pub mod values;
 
 use std::fmt;
@@ -30,10 +37,12 @@ pub use cross_domain_protocol::channel::{channel_name, ReservedReason, CHANNEL_N
 pub use channels::{
     parse_channel_spec, parse_channel_type, parse_wayland_sock, ChannelSpec, ChannelTable,
 };
+pub use channels_file::{ChannelSources, ChannelsFileError, MAX_CHANNELS_FILE};
 pub use error::ConfigError;
+pub use live::{ChannelView, LiveChannels};
 pub use values::{
-    parse_fd, parse_sandbox, parse_scanouts, parse_seccomp, parse_shm_size, parse_socket_path,
-    unusable_fd, ShmSizeProblem, DEFAULT_SHM_SIZE, MAX_SHM_SIZE,
+    parse_channels_file, parse_fd, parse_sandbox, parse_scanouts, parse_seccomp, parse_shm_size,
+    parse_socket_path, unusable_fd, ShmSizeProblem, DEFAULT_SHM_SIZE, MAX_SHM_SIZE,
 };
 
 /// Highest `--scanouts` value: the virtio-gpu configuration space describes at most 16 scanouts
@@ -52,6 +61,8 @@ const FD_FLAG: &str = "--fd";
 const SHM_SIZE_FLAG: &str = "--shm-size";
 const SANDBOX_FLAG: &str = "--sandbox";
 const SECCOMP_FLAG: &str = "--seccomp";
+/// The flag that names the channels file.
+pub const CHANNELS_FILE_FLAG: &str = "--channels-file";
 /// How socket activation is named in messages (it has no flag; `LISTEN_FDS` is its variable).
 pub const ACTIVATION_SOURCE: &str = "socket activation (LISTEN_FDS)";
 
@@ -63,8 +74,11 @@ const WAYLAND_CHANNEL_TYPE: u32 = 1;
 pub struct Config {
     /// How the VMM's vhost-user connection reaches the daemon.
     pub listen: Listen,
-    /// Channel type → host Unix socket.
-    pub channels: ChannelTable,
+    /// Channel type → host Unix socket: the table in force, shared with every device. It
+    /// starts as `channel_sources` give it at start-up and is replaced on each reload.
+    pub channels: LiveChannels,
+    /// Where the channel table comes from: the flags, and `--channels-file`.
+    pub channel_sources: ChannelSources,
     /// `num_scanouts` reported in the device configuration space (0..=[`MAX_SCANOUTS`]).
     pub num_scanouts: u32,
     /// Size in bytes of the host-visible shared memory region (shmid 1) offered to the VMM.

@@ -9,8 +9,8 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use super::{
-    ConfigError, SandboxMode, SeccompMode, FD_FLAG, MAX_SCANOUTS, SANDBOX_FLAG, SCANOUTS_FLAG,
-    SECCOMP_FLAG, SHM_SIZE_FLAG, SOCKET_PATH_FLAG,
+    ConfigError, SandboxMode, SeccompMode, CHANNELS_FILE_FLAG, FD_FLAG, MAX_SCANOUTS, SANDBOX_FLAG,
+    SCANOUTS_FLAG, SECCOMP_FLAG, SHM_SIZE_FLAG, SOCKET_PATH_FLAG,
 };
 use crate::inherited::FdError;
 
@@ -57,6 +57,17 @@ pub fn parse_socket_path(path: &Path) -> Result<PathBuf, ConfigError> {
     if path.as_os_str().is_empty() {
         return Err(ConfigError::EmptyPath {
             flag: SOCKET_PATH_FLAG,
+            value: String::new(),
+        });
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Checks the `--channels-file FILE` value (present and non-empty; it is read by the caller).
+pub fn parse_channels_file(path: &Path) -> Result<PathBuf, ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(ConfigError::EmptyFileName {
+            flag: CHANNELS_FILE_FLAG,
             value: String::new(),
         });
     }

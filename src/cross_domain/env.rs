@@ -16,7 +16,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags};
 
 use super::backlog::{Backlog, Flush, HoldToken};
 use super::io::CmsgBuf;
-use crate::config::ChannelTable;
+use crate::config::{ChannelTable, ChannelView};
 use crate::guest_mem::{GuestMem, SgList};
 use crate::ratelimit::GuestLog;
 
@@ -96,17 +96,20 @@ pub struct Submission {
 /// scratch buffers.
 pub struct Shared {
     epoll: Epoll,
-    channels: Arc<ChannelTable>,
+    channels: ChannelView,
     connector: Arc<dyn Connector>,
     scratch: Scratch,
 }
 
 impl Shared {
     /// The shared pieces of a device serving `channels`, connected through `connector`.
-    pub fn new(channels: Arc<ChannelTable>, connector: Arc<dyn Connector>) -> stdio::Result<Self> {
+    pub fn new(
+        channels: impl Into<ChannelView>,
+        connector: Arc<dyn Connector>,
+    ) -> stdio::Result<Self> {
         Ok(Shared {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-            channels,
+            channels: channels.into(),
             connector,
             scratch: Scratch::default(),
         })
@@ -117,9 +120,9 @@ impl Shared {
         &self.epoll
     }
 
-    /// The configured channels.
-    pub fn channels(&self) -> &ChannelTable {
-        &self.channels
+    /// The configured channels (the table in force now: a reload may have replaced it).
+    pub fn channels(&mut self) -> &ChannelTable {
+        self.channels.current()
     }
 
     /// The [`Env`] for one operation on guest memory `mem`, logging guest-caused problems to
@@ -133,7 +136,7 @@ impl Shared {
         Env {
             mem,
             epoll: &self.epoll,
-            channels: &self.channels,
+            channels: self.channels.current(),
             connector: &*self.connector,
             scratch: &mut self.scratch,
             limiter,
