@@ -63,7 +63,13 @@ pub struct Args {
 Unix socket path on which to wait for the VMM's vhost-user connection. The daemon
 creates the socket and the VMM connects to it as a client; when the VMM goes away,
 the daemon waits for the next connection. Exactly one of --socket-path, --fd and
-socket activation gives the socket.
+socket activation gives the socket. The directory must exist. The daemon first locks
+PATH.lock, next to the socket, so a second daemon given the same path stops with
+status 2 (\"already in use by another process\"). A stale socket at PATH (one nothing
+accepts connections on, as a killed daemon leaves behind) is replaced; a socket that
+a program accepts connections on, and anything that is not a socket, is left alone
+and the daemon stops with status 2. The socket and its lock file are removed at
+shutdown.
 Example: --socket-path /run/vm1/gpu.sock"
     )]
     pub socket_path: Option<PathBuf>,
@@ -93,7 +99,8 @@ Example: --socket-group kvm"
         long_help = "\
 Serve the vhost-user connection already open on file descriptor N (a Unix stream
 socket connected to the VMM, as libvirt passes it), for one session: the daemon exits
-with status 0 when the VMM disconnects.
+with status 0 when the VMM disconnects. A descriptor that is not open, not a Unix
+stream socket, or a listening socket is rejected with status 2.
 Example: --fd 3"
     )]
     pub fd: Option<RawFd>,
@@ -288,7 +295,9 @@ may be given once. TYPE is a decimal number, a 0x-prefixed hexadecimal number, o
 one of these names:
   {}.
 0 and 0xffffffff are reserved. Types from 32 up work, but the capset's 32-bit channel
-mask cannot advertise them, so the guest program must know the number.
+mask cannot advertise them, so the guest program must know the number (the daemon
+warns at start-up). A relative PATH, or one whose directory does not exist, also gets
+a warning at start-up.
 Example: --channel 2:/run/portal.sock (a guest program that asks for channel 2
 reaches the service listening on /run/portal.sock)",
         names.join(",\n  ")
