@@ -356,7 +356,8 @@ socket-activated socket; NOTIFY_SOCKET receives READY=1 once the daemon accepts
 connections and STOPPING=1 on shutdown.
 Signals: SIGTERM or SIGINT completes pending fences, closes the channels and exits 0.
 SIGHUP re-reads --channels-file (without one it only logs that there is nothing to
-reload).
+reload). SIGUSR1 logs one line of counters per channel type (contexts, messages,
+bytes and fds each way, hang-ups, errors).
 Sandbox: on by default (seccomp, Landlock, no capabilities, a connection broker);
 --sandbox none turns it off, --seccomp log logs calls outside the allow-list instead
 of killing the daemon. See docs/security.md.

@@ -14,6 +14,7 @@
 //! - the order of start-up: the socket first, then the sandbox ([`crate::sandbox`]), then
 //!   threads (see [`run`]);
 //! - reload: SIGHUP, read by the same thread, re-reads `--channels-file` ([`crate::reload`]);
+//!   SIGUSR1 logs the per-channel counters ([`crate::counters`]);
 //! - shutdown: SIGTERM and SIGINT are blocked in every thread and read from a signalfd by a
 //!   dedicated thread, which sends `STOPPING=1`, stops accepting (removes the `--socket-path`
 //!   socket and its lock file, see [`crate::socket_path`]), asks the current session's backend to complete every pending fence and close its
@@ -42,7 +43,7 @@ use crate::device::{Backend, HOST_EVENT, SHUTDOWN_EVENT};
 use crate::relay::{self, Relay, RelayError};
 use crate::reload::Reloader;
 use crate::socket_path::{self, SocketClaim, SocketPathError};
-use crate::{sandbox, systemd};
+use crate::{counters, sandbox, systemd};
 
 /// How long shutdown waits for the current session to complete its pending fences and close
 /// its channels before the process exits anyway.
@@ -233,12 +234,15 @@ fn serve_listener(
             .start(&mut listener)
             .map_err(Error::VhostUser)?;
         info!("session {number}: VMM connected");
-        systemd::notify_status(&format!("serving a VMM on {place} (session {number})"));
+        counters::set_status(
+            &format!("serving a VMM on {place} (session {number})"),
+            true,
+        );
         // Whatever the outcome, the daemon goes on with the next VMM.
         let _ = session.serve(shutdown);
         session.finish();
         info!("session {number}: device state cleared; waiting for the next VMM");
-        systemd::notify_status(&format!("waiting for a VMM on {place}"));
+        counters::set_status(&format!("waiting for a VMM on {place}"), false);
     }
 }
 
@@ -265,7 +269,9 @@ fn serve_connected(
         source,
     })?;
     info!("serving the VMM on the socket from {origin}; the daemon exits when it disconnects");
-    systemd::notify_ready(&format!("serving the VMM on the socket from {origin}"));
+    let status = format!("serving the VMM on the socket from {origin}");
+    systemd::notify_ready(&status);
+    counters::set_status(&status, true);
     let outcome = session.serve(shutdown);
     let relayed = relay.join();
     session.finish();
@@ -417,19 +423,20 @@ fn raise_fd_limit() {
     }
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every thread started
-/// after it) and returns the signalfd that receives them.
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 in the calling thread (and so in every thread
+/// started after it) and returns the signalfd that receives them.
 fn block_signals() -> Result<SignalFd, Error> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGHUP);
+    mask.add(Signal::SIGUSR1);
     mask.thread_block().map_err(Error::Signals)?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(Error::Signals)
 }
 
 /// Starts the thread that reads the signals from `signals`: SIGTERM and SIGINT shut down,
-/// SIGHUP reloads the channel table through `reloader`.
+/// SIGHUP reloads the channel table through `reloader`, SIGUSR1 logs the channel counters.
 fn start_signal_thread(
     shutdown: Arc<Shutdown>,
     reloader: Reloader,
@@ -441,6 +448,7 @@ fn start_signal_thread(
             match signals.read_signal() {
                 Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
                     Ok(Signal::SIGHUP) => reloader.reload(),
+                    Ok(Signal::SIGUSR1) => counters::log_all(),
                     Ok(signal) => shutdown.exit(signal.as_str()),
                     Err(_) => shutdown.exit("signal"),
                 },

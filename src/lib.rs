@@ -22,11 +22,13 @@
 //! - [`guest_mem`]: bounds-checked scatter-gather access to guest memory, used by both layers.
 //! - [`logging`]: the logger (`--log-level`, `RUST_LOG`, the journal's format), fatal errors,
 //!   the start-up summary.
+//! - [`counters`]: what each channel type carried (SIGUSR1), open contexts in `STATUS=`.
 //! - [`ratelimit`], [`limitlog`]: logging of guest-caused problems (a rate limit for all of
 //!   them; limits hit are warned about once per context).
 
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod cross_domain;
 pub mod daemon;
 pub mod device;

@@ -23,6 +23,7 @@ use super::protocol::{
     SendReceive, CMD_RECEIVE, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE, MAX_IDENTIFIERS,
     MAX_RECEIVE_DATA,
 };
+use crate::counters::{self, ChannelCounters, OpenContext};
 use crate::guest_mem::SgList;
 use crate::guest_warn;
 use crate::limitlog::LimitKind;
@@ -36,6 +37,8 @@ pub(super) struct Channel {
     readable: bool,
     /// The service hung up (or the socket failed); nothing more is read.
     eof: bool,
+    /// The channel type's counters, this context counted as open.
+    stats: OpenContext,
 }
 
 /// Who a log line is about: the context's id and the guest's name for it.
@@ -55,13 +58,14 @@ impl Channel {
         channel_type: u32,
         path: &Path,
     ) -> Result<Self, CtxError> {
-        let sock = connector
-            .connect(channel_type, path)
-            .map_err(|source| CtxError::Connect {
+        let sock = connector.connect(channel_type, path).map_err(|source| {
+            counters::for_type(channel_type).error();
+            CtxError::Connect {
                 channel_type,
                 path: path.to_path_buf(),
                 source,
-            })?;
+            }
+        })?;
         let tok = token(ctx_id, CHANNEL_TOKEN);
         epoll
             .add(&sock, EpollEvent::new(SOURCE_EVENTS, tok))
@@ -72,7 +76,13 @@ impl Channel {
             path: path.to_path_buf(),
             readable: true,
             eof: false,
+            stats: counters::for_type(channel_type).open(),
         })
+    }
+
+    /// The channel type's counters.
+    pub fn stats(&self) -> &ChannelCounters {
+        &self.stats
     }
 
     /// SEND: pass `[off, off + len)` of the request `stream` of submission `sub` on, with
@@ -89,7 +99,7 @@ impl Channel {
         fds: &mut Vec<OwnedFd>,
     ) -> Result<(), CtxError> {
         match self.peer.send(env, sub, stream, off, len, fds) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(()), // counted by the caller, which knows the kinds of the fds
             Err(PeerError::Refused(e)) => Err(e),
             Err(PeerError::Broken(e)) => {
                 // The host service closed the channel or broke; the socket stays until the
@@ -166,6 +176,8 @@ impl Channel {
                 }
                 msg.opaque_data_size = len as u32;
                 self.store_fds(env, ctx_id, items, &mut msg);
+                let n = msg.num_identifiers as usize;
+                self.stats.from_host(len, &msg.identifier_types[..n]);
                 Turn::Served
             }
             Ok(Received::Eof) => {
@@ -196,6 +208,7 @@ impl Channel {
         );
         self.eof = true;
         self.readable = false;
+        self.stats.hang_up();
     }
 
     /// Turn the fds just received (in `env.scratch.fds`) into identifiers of `msg`, in order.
@@ -220,6 +233,7 @@ impl Channel {
                     (ID_TYPE_WRITE_PIPE, 0, true)
                 }
                 FdKind::Refused(what) => {
+                    self.stats.refused_fd();
                     guest_warn!(
                         env.limiter,
                         "ctx {ctx_id}: refused a {what} from channel {}; closed it",
