@@ -287,3 +287,33 @@ fn the_shipped_unit_reloads_and_its_example_channels_file_is_valid() {
         "{log}"
     );
 }
+
+#[test]
+fn sighup_and_sigusr1_sent_to_the_whole_service_leave_the_broker_running() {
+    let dir = temp_dir();
+    let (p2, host2) = channel_listener(dir.path());
+    let (d, _file) = start(dir, &[line(2, &p2)], &[]);
+    assert!(
+        d.wait_for_log("connected by the broker (pid ", T),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    let pid: i32 = log
+        .split("connected by the broker (pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no broker pid in:\n{log}"));
+    // As `systemctl kill` does by default: the main process and the broker.
+    for sig in [Signal::SIGHUP, Signal::SIGUSR1] {
+        for target in [pid, d.pid() as i32] {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(target), sig).unwrap();
+        }
+    }
+    assert!(d.wait_for_log("counters: ", T), "{}", d.log());
+    assert!(d.wait_for_log("reloaded ", T), "{}", d.log());
+    let mut vm = TestVm::connect(d.socket_path());
+    let (ctx, mut conn) = open(&mut vm, &host2, 1, 2);
+    round_trip(&mut vm, &ctx, &mut conn, "broker alive");
+}

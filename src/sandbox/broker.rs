@@ -42,6 +42,7 @@ use std::time::Duration;
 use cross_domain_fdpass::{self as fdpass, CmsgBuf};
 use log::{debug, error, info, warn};
 use nix::errno::Errno;
+use nix::sys::signal::{SigHandler, Signal};
 use nix::sys::socket::{
     recv, send, sendmsg, setsockopt, socketpair, sockopt, AddressFamily, ControlMessage, MsgFlags,
     SockFlag, SockType,
@@ -395,6 +396,13 @@ fn setup(sock: &OwnedFd, state: &State, parent: Pid, seccomp_mode: SeccompMode) 
     // The daemon may have died before PR_SET_PDEATHSIG took effect.
     if nix::unistd::getppid() != parent {
         return Err(io::Error::other("the daemon is already gone"));
+    }
+    // SIGHUP and SIGUSR1 are requests to the daemon (reload, counters); one sent to the whole
+    // service (`systemctl kill` without --kill-whom=main) must not end the broker. Ignored
+    // before anything is unblocked, so that one already pending is discarded, not delivered.
+    for signal in [Signal::SIGHUP, Signal::SIGUSR1] {
+        // SAFETY: ignoring a signal installs no handler, so no code runs in signal context.
+        unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) }.map_err(io::Error::from)?;
     }
     // The daemon blocks SIGTERM and SIGINT to read them from a signalfd, which the broker does
     // not have: let them end the broker as they would any process.
