@@ -158,7 +158,7 @@ impl Backend {
     pub fn new(config: &Config) -> io::Result<Self> {
         let num_scanouts = config.num_scanouts;
         let gpu = Gpu::new(
-            Arc::new(config.channels.clone()),
+            config.channels.clone(),
             Arc::new(crate::sandbox::BrokerConnector),
             num_scanouts,
             config.shm_size,

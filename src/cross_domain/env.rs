@@ -17,7 +17,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags};
 use super::backlog::{Backlog, Flush, HoldToken};
 use super::blobs::PartialPages;
 use super::io::CmsgBuf;
-use crate::config::ChannelTable;
+use crate::config::{ChannelTable, ChannelView};
 use crate::guest_mem::{GuestMem, SgList};
 use crate::ratelimit::GuestLog;
 
@@ -99,7 +99,7 @@ pub struct Submission {
 /// VMM's [`PartialPages`] behaviour and the scratch buffers.
 pub struct Shared {
     epoll: Epoll,
-    channels: Arc<ChannelTable>,
+    channels: ChannelView,
     connector: Arc<dyn Connector>,
     partial_pages: PartialPages,
     scratch: Scratch,
@@ -109,13 +109,13 @@ impl Shared {
     /// The shared pieces of a device serving `channels`, connected through `connector`, for a
     /// VMM that treats mappings past the end of a file as `partial_pages` says.
     pub fn new(
-        channels: Arc<ChannelTable>,
+        channels: impl Into<ChannelView>,
         connector: Arc<dyn Connector>,
         partial_pages: PartialPages,
     ) -> stdio::Result<Self> {
         Ok(Shared {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-            channels,
+            channels: channels.into(),
             connector,
             partial_pages,
             scratch: Scratch::default(),
@@ -127,9 +127,9 @@ impl Shared {
         &self.epoll
     }
 
-    /// The configured channels.
-    pub fn channels(&self) -> &ChannelTable {
-        &self.channels
+    /// The configured channels (the table in force now: a reload may have replaced it).
+    pub fn channels(&mut self) -> &ChannelTable {
+        self.channels.current()
     }
 
     /// The [`Env`] for one operation on guest memory `mem`, logging guest-caused problems to
@@ -143,7 +143,7 @@ impl Shared {
         Env {
             mem,
             epoll: &self.epoll,
-            channels: &self.channels,
+            channels: self.channels.current(),
             connector: &*self.connector,
             scratch: &mut self.scratch,
             limiter,

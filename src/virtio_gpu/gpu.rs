@@ -25,7 +25,7 @@ use super::resources::Resources;
 use super::response::{response_size, Resp};
 use super::scanouts::{check_rect, Scanouts};
 use super::{Limits, ShmMapper};
-use crate::config::ChannelTable;
+use crate::config::ChannelView;
 use crate::cross_domain::{self, image, protocol as cd, Connector, Shared, Submission};
 use crate::guest_mem::{GuestMem, SgList};
 use crate::guest_warn;
@@ -58,7 +58,7 @@ impl Gpu {
     /// A device with no resources or contexts, whose contexts reach the host services of
     /// `channels` through `connector`.
     pub fn new(
-        channels: Arc<ChannelTable>,
+        channels: impl Into<ChannelView>,
         connector: Arc<dyn Connector>,
         num_scanouts: u32,
         shm_size: u64,
