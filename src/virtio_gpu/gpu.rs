@@ -163,6 +163,17 @@ impl Gpu {
     {
         let ndesc = match chain::split(mem, descs, &mut self.req, &mut self.resp) {
             Ok(n) => n,
+            Err(e @ chain::ChainError::ShortRequest { .. }) => {
+                // No header to echo: answer with a zeroed one carrying the error.
+                guest_warn!(self.limiter, "chain {head}: {e}; answering ERR_UNSPEC");
+                let hdr = CtrlHdr::default();
+                let count = self.scanouts.count();
+                return Some(
+                    Resp::NoData
+                        .write(mem, &self.resp, &hdr, RESP_ERR_UNSPEC, count)
+                        .unwrap_or(0),
+                );
+            }
             Err(e) => {
                 guest_warn!(self.limiter, "dropping descriptor chain {head}: {e}");
                 return Some(0);
