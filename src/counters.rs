@@ -233,7 +233,13 @@ mod tests {
         a.to_host(5, 1, 2);
         b.from_host(
             7,
-            &[ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE, ID_TYPE_WRITE_PIPE],
+            &[
+                ID_TYPE_VIRTGPU_BLOB,
+                ID_TYPE_WRITE_PIPE,
+                ID_TYPE_WRITE_PIPE,
+                ID_TYPE_EVENTFD_LIBKRUN,
+                ID_TYPE_EVENT_MAGMA,
+            ],
         );
         b.refused_fd();
         b.hang_up();
@@ -244,8 +250,8 @@ mod tests {
             c.line(t),
             format!(
                 "channel {t}{}: contexts 2 opened, 1 open; guest to host 1 messages, 5 bytes, fds \
-                 1 memory, 2 pipe; host to guest 1 messages, 7 bytes, fds 1 memory, 2 pipe, 1 \
-                 refused; 1 hang-ups; 1 errors",
+                 1 memory, 2 pipe; host to guest 1 messages, 7 bytes, fds 1 memory, 2 pipe, 2 \
+                 eventfd, 1 refused; 1 hang-ups; 1 errors",
                 channel_label(t)
             )
         );
