@@ -1,28 +1,59 @@
 //! Benchmark of the data path: our daemon (real binary, separate process, driven through
-//! vhost-user by the test frontend) against the limit (bare socketpair / pipe between two
-//! threads, two processes for the round trip) and the peer (rutabaga_gfx's cross-domain context
-//! driven in-process), in one run, pinned to one CPU and unpinned.
+//! vhost-user by the test frontend's VMM and a cheap guest driver) against the limit (bare
+//! socketpair / pipe between two threads, two processes for the round trip), the relay floor
+//! of a separate-process device (round trip only) and the peer (rutabaga_gfx's cross-domain
+//! context driven in-process), in one run, pinned to one CPU and unpinned.
 //!
 //! ```sh
-//! cargo run --release --example bench -- [--quick] [--json FILE]
+//! cargo run --release --features bench-peer --example bench -- [--quick] [--json FILE]
 //! ```
 //!
+//! Without `--features bench-peer` rutabaga_gfx is not compiled in, and the peer's column says
+//! so instead of a measurement.
+//!
 //! More options (for profiling one case): `--only g2h,rtt,...`, `--regime pinned|unpinned`,
-//! `--systems limit,ours,rutabaga`, `--reps N`. `VHOST_USER_CROSS_DOMAIN_BIN=PATH` runs another
-//! daemon binary or a wrapper script (e.g. one that execs the daemon under callgrind or strace).
-//! See docs/performance.md for the method and a full run.
+//! `--systems limit,relay,ours,rutabaga`, `--reps N`, `--driver lean|frontend`.
+//! `VHOST_USER_CROSS_DOMAIN_BIN=PATH` runs another daemon binary or a wrapper script (e.g. one
+//! that execs the daemon under callgrind or strace). See docs/performance.md for the method and
+//! a full run.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
+#[path = "bench/alloc.rs"]
+mod alloc;
 #[path = "bench/cases.rs"]
 mod cases;
+#[path = "bench/counters.rs"]
+mod counters;
+#[path = "bench/driver.rs"]
+mod driver;
+#[path = "bench/lean.rs"]
+mod lean;
 #[path = "bench/limit.rs"]
 mod limit;
 #[path = "bench/ours.rs"]
 mod ours;
+#[cfg(feature = "bench-peer")]
 #[path = "bench/peer.rs"]
 mod peer;
+/// Stands in for the peer when rutabaga_gfx is not compiled in; never run (see
+/// [`Bench::unavailable`]).
+#[cfg(not(feature = "bench-peer"))]
+mod peer {
+    use crate::cases::{Case, Params, RepResult};
+
+    pub struct Peer;
+
+    impl Peer {
+        pub fn new() -> Result<Peer, String> {
+            Err(crate::PEER_NOT_BUILT.to_owned())
+        }
+
+        pub fn run(&mut self, _: Case, _: &Params) -> RepResult {
+            Err(crate::PEER_NOT_BUILT.to_owned())
+        }
+    }
+}
+#[path = "bench/relay.rs"]
+mod relay;
 #[path = "bench/service.rs"]
 mod service;
 #[path = "bench/stats.rs"]
@@ -39,23 +70,40 @@ use serde_json::{json, Value};
 use cases::{Case, Metric, Outcome, Params, RepResult, ALL};
 use stats::{fmt, Summary};
 
-/// The three systems, in table order.
+/// The systems, in table order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum System {
     Limit,
+    Relay,
     Ours,
     Peer,
 }
 
-const SYSTEMS: [System; 3] = [System::Limit, System::Ours, System::Peer];
+const SYSTEMS: [System; 4] = [System::Limit, System::Relay, System::Ours, System::Peer];
+
+/// What the peer's cells say when rutabaga_gfx is not compiled in.
+const PEER_NOT_BUILT: &str = "n/a (build with --features bench-peer)";
 
 impl System {
     fn key(self) -> &'static str {
         match self {
             System::Limit => "limit",
+            System::Relay => "relay",
             System::Ours => "ours",
             System::Peer => "rutabaga",
         }
+    }
+
+    fn runs(self, case: Case) -> bool {
+        match self {
+            System::Relay => relay::supports(case),
+            _ => true,
+        }
+    }
+
+    /// Has a device process whose system calls the counted pass counts.
+    fn has_device(self) -> bool {
+        matches!(self, System::Relay | System::Ours)
     }
 }
 
@@ -81,12 +129,14 @@ struct Options {
     cases: Vec<Case>,
     regimes: Vec<Regime>,
     systems: Vec<System>,
+    driver: ours::Driver,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: bench [--quick] [--json FILE] [--reps N] [--only CASE,...] \
-         [--regime pinned|unpinned|both] [--systems limit,ours,rutabaga]\n\
+         [--regime pinned|unpinned|both] [--systems limit,relay,ours,rutabaga] \
+         [--driver lean|frontend]\n\
          cases: {}",
         ALL.map(Case::key).join(", ")
     );
@@ -101,6 +151,7 @@ fn parse_args() -> Options {
         cases: ALL.to_vec(),
         regimes: vec![Regime::Pinned, Regime::Unpinned],
         systems: SYSTEMS.to_vec(),
+        driver: ours::Driver::Lean,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -134,6 +185,13 @@ fn parse_args() -> Options {
                     })
                     .collect()
             }
+            "--driver" => {
+                o.driver = match value().as_str() {
+                    "lean" => ours::Driver::Lean,
+                    "frontend" => ours::Driver::Frontend,
+                    _ => usage(),
+                }
+            }
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -148,9 +206,18 @@ fn parse_args() -> Options {
 struct SystemResult {
     /// Per metric: the summary over repetitions, or why there is none.
     metrics: Vec<Result<Summary, String>>,
-    /// CPU time per operation (bench process + daemon), µs, and the daemon's part.
+    /// CPU time per operation (all processes of the system), µs, and the part of its device
+    /// process (ours: the daemon, relay: its device).
     cpu_us: Option<Summary>,
-    daemon_cpu_us: Option<Summary>,
+    device_cpu_us: Option<Summary>,
+    /// Per operation, for systems with a device process: the guest driver thread's CPU time
+    /// (µs), the device's wake-ups and preemptions, the driver's allocations in the loop, and
+    /// the device's system calls (from the separate counted pass).
+    driver_cpu_us: Option<Summary>,
+    wakeups: Option<Summary>,
+    preemptions: Option<Summary>,
+    allocs: Option<Summary>,
+    syscalls: Option<Result<f64, String>>,
     /// Repetitions that failed (their reasons); the others are summarised.
     failures: Vec<String>,
     attempts: usize,
@@ -177,15 +244,16 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 /// The systems under test in one regime.
 struct Bench {
     bin: PathBuf,
+    driver: ours::Driver,
     ours: Option<ours::Ours>,
     peer: Result<peer::Peer, String>,
 }
 
 impl Bench {
-    fn new(bin: &Path, systems: &[System]) -> Bench {
+    fn new(bin: &Path, systems: &[System], driver: ours::Driver) -> Bench {
         let ours = systems
             .contains(&System::Ours)
-            .then(|| ours::Ours::start(bin));
+            .then(|| ours::Ours::start(bin, driver));
         let peer = if systems.contains(&System::Peer) {
             peer::Peer::new()
         } else {
@@ -193,24 +261,25 @@ impl Bench {
         };
         Bench {
             bin: bin.to_owned(),
+            driver,
             ours,
             peer,
         }
     }
 
-    fn daemon_cpu_ns(&self) -> u64 {
-        self.ours
-            .as_ref()
-            .map(|o| sys::process_cpu_ns(o.pid()))
-            .unwrap_or(0)
+    /// Why `system` cannot run at all in this build, if it cannot: then it is not attempted.
+    fn unavailable(&self, system: System) -> Option<&'static str> {
+        (system == System::Peer && !cfg!(feature = "bench-peer")).then_some(PEER_NOT_BUILT)
     }
 
-    /// One repetition of `case` on `system`, with the CPU time it cost (total, daemon).
-    fn rep(&mut self, system: System, case: Case, p: &Params) -> (RepResult, u64, u64) {
-        let d0 = self.daemon_cpu_ns();
+    /// One repetition of `case` on `system`, with the CPU time all its processes spent: over
+    /// the traffic for systems that measure it themselves (ours, relay: `Outcome::costs`),
+    /// otherwise over the whole repetition (the bench process and its waited-for children).
+    fn rep(&mut self, system: System, case: Case, p: &Params) -> (RepResult, u64) {
         let c0 = sys::self_cpu_ns();
         let r = catch_unwind(AssertUnwindSafe(|| match system {
             System::Limit => limit::run(case, p),
+            System::Relay => relay::run(case, p),
             System::Ours => self.ours.as_mut().expect("ours").run(case, p),
             System::Peer => match &mut self.peer {
                 Ok(peer) => peer.run(case, p),
@@ -218,15 +287,27 @@ impl Bench {
             },
         }))
         .unwrap_or_else(|e| Err(format!("panicked: {}", panic_message(e))));
-        let d1 = self.daemon_cpu_ns();
         let c1 = sys::self_cpu_ns();
         if r.is_err() && system == System::Ours {
             // The VM may be mid-request: start over with a fresh daemon for what follows.
-            self.ours = Some(ours::Ours::start(&self.bin));
+            self.ours = Some(ours::Ours::start(&self.bin, self.driver));
         }
-        let daemon = d1.saturating_sub(d0);
-        (r, c1.saturating_sub(c0) + daemon, daemon)
+        let total = match &r {
+            Ok(Outcome { costs: Some(c), .. }) => c.total_ns,
+            _ => c1.saturating_sub(c0),
+        };
+        (r, total)
     }
+}
+
+/// Per-operation costs of one recorded repetition.
+struct RepCosts {
+    total: f64,
+    device: Option<f64>,
+    driver: Option<f64>,
+    wakeups: Option<f64>,
+    preemptions: Option<f64>,
+    allocs: Option<f64>,
 }
 
 fn run_case(
@@ -238,10 +319,11 @@ fn run_case(
     regime: Regime,
 ) -> CaseResult {
     let metrics = case.metrics(p);
+    let systems: Vec<System> = systems.iter().copied().filter(|s| s.runs(case)).collect();
     let mut outcomes: Vec<Vec<Outcome>> = systems.iter().map(|_| Vec::new()).collect();
     let mut failures: Vec<Vec<String>> = systems.iter().map(|_| Vec::new()).collect();
     let mut attempts: Vec<usize> = systems.iter().map(|_| 0).collect();
-    let mut cpu: Vec<Vec<(f64, f64)>> = systems.iter().map(|_| Vec::new()).collect();
+    let mut costs: Vec<Vec<RepCosts>> = systems.iter().map(|_| Vec::new()).collect();
     // Repetition 0 warms up (page faults, caches, lazy allocations) and is not recorded. The
     // systems take turns within a repetition, so slow drifts of the machine hit all of them.
     // A failed repetition is lost (and reported); after two failures a system is dropped from
@@ -253,17 +335,26 @@ fn run_case(
             case.key()
         );
         for (i, &s) in systems.iter().enumerate() {
-            if failures[i].len() >= 2 {
+            if failures[i].len() >= 2 || bench.unavailable(s).is_some() {
                 continue;
             }
             attempts[i] += 1;
-            let (r, cpu_ns, daemon_ns) = bench.rep(s, case, p);
+            let (r, cpu_ns) = bench.rep(s, case, p);
             match r {
                 Ok(o) => {
                     if rep > 0 {
                         if o.ops > 0 {
-                            let per = |ns: u64| ns as f64 / o.ops as f64 / 1000.0;
-                            cpu[i].push((per(cpu_ns), per(daemon_ns)));
+                            let ops = o.ops as f64;
+                            let us = |ns: u64| ns as f64 / ops / 1000.0;
+                            let c = o.costs.as_ref();
+                            costs[i].push(RepCosts {
+                                total: us(cpu_ns),
+                                device: c.map(|c| us(c.device_ns)),
+                                driver: c.map(|c| us(c.driver_ns)),
+                                wakeups: c.map(|c| c.device_wakeups as f64 / ops),
+                                preemptions: c.map(|c| c.device_preemptions as f64 / ops),
+                                allocs: o.driver_allocs.map(|a| a as f64 / ops),
+                            });
                         }
                         outcomes[i].push(o);
                     }
@@ -273,6 +364,34 @@ fn run_case(
                     failures[i].push(e);
                 }
             }
+        }
+    }
+    // The counted pass: one more repetition of each system with a device process, with its
+    // system calls counted (see counters.rs); its times are not used.
+    let mut syscalls: Vec<Option<Result<f64, String>>> = systems.iter().map(|_| None).collect();
+    if case != Case::Memory {
+        eprint!(
+            "\r[{}] {:<12} counting syscalls   ",
+            regime.key(),
+            case.key()
+        );
+        let counted = Params {
+            count_syscalls: true,
+            ..*p
+        };
+        for (i, &s) in systems.iter().enumerate() {
+            if !s.has_device() || failures[i].len() >= 2 {
+                continue;
+            }
+            let (r, _) = bench.rep(s, case, &counted);
+            syscalls[i] = Some(match r {
+                Ok(o) => match o.costs.and_then(|c| c.device_syscalls) {
+                    Some(Ok(n)) if o.ops > 0 => Ok(n as f64 / o.ops as f64),
+                    Some(Err(e)) => Err(e),
+                    _ => Err("n/a (not counted)".into()),
+                },
+                Err(e) => Err(format!("n/a (the counted pass failed: {e})")),
+            });
         }
     }
     let systems = systems
@@ -292,6 +411,7 @@ fn run_case(
                         failures[i]
                             .first()
                             .cloned()
+                            .or_else(|| bench.unavailable(s).map(str::to_owned))
                             .unwrap_or_else(|| "no repetitions".to_owned())
                     })
                 })
@@ -308,14 +428,22 @@ fn run_case(
                     }
                 }
             }
-            let total: Vec<f64> = cpu[i].iter().map(|c| c.0).collect();
-            let daemon: Vec<f64> = cpu[i].iter().map(|c| c.1).collect();
+            let c = &costs[i];
+            let total: Vec<f64> = c.iter().map(|c| c.total).collect();
+            let of = |f: fn(&RepCosts) -> Option<f64>| {
+                Summary::of(&c.iter().filter_map(f).collect::<Vec<f64>>())
+            };
             (
                 s,
                 SystemResult {
                     metrics,
                     cpu_us: Summary::of(&total),
-                    daemon_cpu_us: Summary::of(&daemon),
+                    device_cpu_us: of(|c| c.device),
+                    driver_cpu_us: of(|c| c.driver),
+                    wakeups: of(|c| c.wakeups),
+                    preemptions: of(|c| c.preemptions),
+                    allocs: of(|c| c.allocs),
+                    syscalls: syscalls[i].take(),
                     failures: std::mem::take(&mut failures[i]),
                     attempts: attempts[i],
                     extra,
@@ -337,6 +465,10 @@ fn get(r: &CaseResult, s: System, m: usize) -> Option<&Result<Summary, String>> 
         .map(|(_, sr)| &sr.metrics[m])
 }
 
+fn sys(r: &CaseResult, s: System) -> Option<&SystemResult> {
+    r.systems.iter().find(|(x, _)| *x == s).map(|(_, sr)| sr)
+}
+
 fn ratio(r: &CaseResult, m: usize, other: System) -> Option<f64> {
     match (get(r, System::Ours, m), get(r, other, m)) {
         (Some(Ok(a)), Some(Ok(b))) if b.median != 0.0 => Some(a.median / b.median),
@@ -346,13 +478,15 @@ fn ratio(r: &CaseResult, m: usize, other: System) -> Option<f64> {
 
 /// Prints one regime's table; reasons for "n/a" become numbered notes.
 fn print_table(regime: Regime, results: &[CaseResult], notes: &mut Vec<String>) {
-    let mut rows: Vec<[String; 7]> = vec![[
+    let mut rows: Vec<[String; 9]> = vec![[
         "case".into(),
         "unit".into(),
         "limit".into(),
+        "relay".into(),
         "ours".into(),
         "rutabaga".into(),
         "ours/limit".into(),
+        "ours/relay".into(),
         "ours/rutabaga".into(),
     ]];
     let note = |reason: &str, notes: &mut Vec<String>| -> String {
@@ -386,6 +520,8 @@ fn print_table(regime: Regime, results: &[CaseResult], notes: &mut Vec<String>) 
                     }
                     c
                 }
+                // Said in the cell itself: it is the same for every case.
+                Some(Err(e)) if e == PEER_NOT_BUILT => e.clone(),
                 Some(Err(e)) => note(e, notes),
             };
             let arrow = if metric.higher_is_better {
@@ -398,9 +534,11 @@ fn print_table(regime: Regime, results: &[CaseResult], notes: &mut Vec<String>) 
                 metric.name.clone(),
                 format!("{} {arrow}", metric.unit),
                 cell(System::Limit, notes),
+                cell(System::Relay, notes),
                 cell(System::Ours, notes),
                 cell(System::Peer, notes),
                 q(ratio(r, m, System::Limit)),
+                q(ratio(r, m, System::Relay)),
                 q(ratio(r, m, System::Peer)),
             ]);
         }
@@ -414,65 +552,109 @@ fn print_table(regime: Regime, results: &[CaseResult], notes: &mut Vec<String>) 
     };
     println!("\n## {title}\nmedian (min–max) of the repetitions\n");
     print_rows(&rows);
-    // CPU per operation, and our notification counts.
+
+    let med = |v: Option<&Summary>, f: fn(f64) -> String| {
+        v.map(|v| f(v.median)).unwrap_or_else(|| "-".into())
+    };
+    let name = |r: &CaseResult| {
+        r.metrics[0]
+            .name
+            .split(" (limit")
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let two = |x: f64| format!("{x:.2}");
+    // CPU per operation.
     let mut cpu_rows: Vec<[String; 9]> = vec![[
         "case".into(),
         "per".into(),
         "limit".into(),
+        "relay".into(),
+        "relay: device".into(),
         "ours".into(),
         "ours: daemon".into(),
+        "ours: driver".into(),
         "rutabaga".into(),
-        "ours: requests".into(),
-        "kicks".into(),
-        "interrupts".into(),
     ]];
-    for r in results {
-        if r.case == Case::Memory {
-            continue;
-        }
-        let sys = |s: System| r.systems.iter().find(|(x, _)| *x == s).map(|(_, sr)| sr);
-        let c = |s: System, daemon: bool| {
-            sys(s)
-                .and_then(|sr| {
-                    if daemon {
-                        &sr.daemon_cpu_us
-                    } else {
-                        &sr.cpu_us
-                    }
-                    .as_ref()
-                })
-                .map(|v| fmt(v.median))
-                .unwrap_or_else(|| "-".into())
-        };
-        let x = |name: &str| {
-            sys(System::Ours)
-                .and_then(|sr| sr.extra.iter().find(|(n, _)| *n == name))
-                .map(|(_, v)| format!("{:.2}", v.median))
-                .unwrap_or_else(|| "-".into())
-        };
+    for r in results.iter().filter(|r| r.case != Case::Memory) {
+        let c =
+            |s: System, f: fn(&SystemResult) -> Option<&Summary>| med(sys(r, s).and_then(f), fmt);
         cpu_rows.push([
-            r.metrics[0]
-                .name
-                .split(" (limit")
-                .next()
-                .unwrap_or("")
-                .to_owned(),
+            name(r),
             r.case.op().into(),
-            c(System::Limit, false),
-            c(System::Ours, false),
-            c(System::Ours, true),
-            c(System::Peer, false),
-            x("requests"),
-            x("kicks"),
-            x("interrupts"),
+            c(System::Limit, |s| s.cpu_us.as_ref()),
+            c(System::Relay, |s| s.cpu_us.as_ref()),
+            c(System::Relay, |s| s.device_cpu_us.as_ref()),
+            c(System::Ours, |s| s.cpu_us.as_ref()),
+            c(System::Ours, |s| s.device_cpu_us.as_ref()),
+            c(System::Ours, |s| s.driver_cpu_us.as_ref()),
+            c(System::Peer, |s| s.cpu_us.as_ref()),
         ]);
     }
     println!(
-        "\nPer operation (medians): CPU time in µs of all processes of the system (ours: \
-         bench process + daemon, of which the daemon), and our guest driver's control-queue \
-         requests, kicks and interrupts\n"
+        "\nCPU time per operation, µs (medians): all processes of the system; of which the \
+         device process (relay: its device, ours: the daemon) and our guest driver's thread. \
+         Relay and ours over the traffic only, the others over the whole repetition\n"
     );
     print_rows(&cpu_rows);
+    // The device process and the guest driver, per operation.
+    let mut dev_rows: Vec<[String; 10]> = vec![[
+        "case".into(),
+        "per".into(),
+        "syscalls: relay device".into(),
+        "syscalls: daemon".into(),
+        "wake-ups (+preempted): relay device".into(),
+        "wake-ups (+preempted): daemon".into(),
+        "requests".into(),
+        "kicks".into(),
+        "interrupts".into(),
+        "driver allocations".into(),
+    ]];
+    for r in results.iter().filter(|r| r.case != Case::Memory) {
+        let calls = |s: System, notes: &mut Vec<String>| match sys(r, s)
+            .and_then(|x| x.syscalls.as_ref())
+        {
+            None => "-".to_owned(),
+            Some(Ok(v)) => two(*v),
+            Some(Err(e)) => note(e, notes),
+        };
+        let x = |name: &str| {
+            med(
+                sys(r, System::Ours)
+                    .and_then(|sr| sr.extra.iter().find(|(n, _)| *n == name))
+                    .map(|(_, v)| v),
+                two,
+            )
+        };
+        let switches = |s: System| match sys(r, s) {
+            Some(SystemResult {
+                wakeups: Some(w),
+                preemptions: Some(p),
+                ..
+            }) => format!("{:.2} (+{:.2})", w.median, p.median),
+            _ => "-".into(),
+        };
+        dev_rows.push([
+            name(r),
+            r.case.op().into(),
+            calls(System::Relay, notes),
+            calls(System::Ours, notes),
+            switches(System::Relay),
+            switches(System::Ours),
+            x("requests"),
+            x("kicks"),
+            x("interrupts"),
+            med(sys(r, System::Ours).and_then(|s| s.allocs.as_ref()), two),
+        ]);
+    }
+    println!(
+        "\nPer operation (medians): system calls of the device process (all threads; counted \
+         in one extra repetition with a perf counter on raw_syscalls:sys_enter, not timed), its \
+         wake-ups (voluntary context switches) and preemptions (involuntary ones); our guest \
+         driver's control-queue requests, kicks and interrupts, and its allocations in the loop\n"
+    );
+    print_rows(&dev_rows);
 }
 
 fn print_rows<const N: usize>(rows: &[[String; N]]) {
@@ -511,24 +693,36 @@ fn print_rows<const N: usize>(rows: &[[String; N]]) {
 
 const COSTS: &str = "\
 Costs each side pays:
-- ours: a separate daemon process behind vhost-user. Per request the guest driver (the test
-  frontend, Rust code in the bench process standing in for the guest kernel) copies the command
-  into queue memory and kicks an eventfd unless EVENT_IDX suppresses it; the daemon walks the
+- ours: a separate daemon process behind vhost-user. Per request the guest driver (Rust code in
+  the bench process standing in for the guest kernel; by default a cheap one that offers
+  pre-encoded requests from reused guest buffers and allocates nothing per request) publishes
+  the chain and kicks an eventfd unless EVENT_IDX suppresses it; the daemon walks the
   descriptor chain, does the work, writes the used ring and signals an interrupt eventfd, which
   the guest driver polls. Unfenced requests (SEND, WRITE) are pipelined up to 32 deep, as Linux
   does not wait for them; POLL is fenced and waited for. The guest driver's CPU time counts too.
+- relay (round trip only): the floor of any separate-process device. The guest thread writes
+  64 bytes into shared memory and kicks an eventfd; a device process waiting in epoll reads the
+  kick, writes the bytes to its Unix socket to the host service, reads the answer into the
+  shared memory and writes a call eventfd the guest waits on. No virtqueue, no protocol.
 - rutabaga: in-process function calls: no virtqueue, no kick, no interrupt, no second process.
   The bench copies each command into a reused buffer (what a VMM does reading a descriptor) and
   calls submit_command; a POLL completes on rutabaga's per-context worker thread, whose fence
   callback hands the fence id to the bench thread over a channel.
 - limit: the same bytes over a bare Unix socketpair or pipe(2) between two threads (round trip:
   two processes), with the same host-service code.
-All three use the same host-service code (drain, write, echo, fd passing) on a Unix stream
-socket accepted from the same kind of listener.";
+All of them use the same host-service code (drain, write, echo, fd passing) on a Unix stream
+socket (accepted from the same kind of listener, except the limit's and the relay's).";
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("--echo-child") {
         limit::echo_child();
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some(relay::DEVICE_ARG) {
+        if let Err(e) = relay::device_main() {
+            eprintln!("bench: relay device: {e}");
+            std::process::exit(1);
+        }
         return;
     }
     let o = parse_args();
@@ -554,11 +748,17 @@ fn main() {
         all_cpus.first().copied().unwrap_or(0)
     };
     let (nproc, cpu, kernel) = sys::machine();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
     println!(
         "# vhost-user-cross-domain benchmark ({})\n\nmachine: {nproc} CPUs ({cpu}), Linux \
-         {kernel}; daemon {}; {} repetitions after one warm-up",
+         {kernel}, load average {load} at the start; daemon {}; guest driver: {}; {} \
+         repetitions after one warm-up",
         if o.quick { "quick" } else { "full" },
         bin.display(),
+        o.driver.key(),
         o.reps
     );
 
@@ -573,8 +773,9 @@ fn main() {
             eprintln!("bench: sched_setaffinity({cpus:?}): {e}");
             std::process::exit(1);
         }
-        // The daemon and rutabaga's worker threads inherit this thread's affinity.
-        let mut bench = Bench::new(&bin, &o.systems);
+        // The daemon, the relay's device and rutabaga's worker threads inherit this thread's
+        // affinity.
+        let mut bench = Bench::new(&bin, &o.systems, o.driver);
         let results: Vec<CaseResult> = o
             .cases
             .iter()
@@ -604,6 +805,7 @@ fn main() {
             "repetitions": o.reps,
             "machine": { "nproc": nproc, "cpu": cpu, "kernel": kernel },
             "daemon": bin.display().to_string(),
+            "guest_driver": o.driver.key(),
             "params": {
                 "message_bytes": cases::MSG,
                 "messages": p.msgs,
@@ -644,6 +846,7 @@ fn regime_json(regime: Regime, cpus: &[usize], results: &[CaseResult]) -> Value 
                 "unit": metric.unit,
                 "higher_is_better": metric.higher_is_better,
                 "ours_over_limit": ratio(r, m, System::Limit),
+                "ours_over_relay": ratio(r, m, System::Relay),
                 "ours_over_rutabaga": ratio(r, m, System::Peer),
             });
             for (s, sr) in &r.systems {
@@ -658,15 +861,32 @@ fn regime_json(regime: Regime, cpus: &[usize], results: &[CaseResult]) -> Value 
                     }
                 }
                 if m == 0 && r.case != Case::Memory {
-                    let cpu = |v: &Option<Summary>| {
+                    let op = r.case.op().replace(' ', "_");
+                    let sm = |v: &Option<Summary>| {
                         v.as_ref()
                             .map(|v| json!({"min": v.min, "median": v.median, "max": v.max}))
                     };
-                    let mut v = json!({ "total": cpu(&sr.cpu_us) });
-                    if *s == System::Ours {
-                        v["daemon"] = json!(cpu(&sr.daemon_cpu_us));
+                    let mut v = json!({ "total": sm(&sr.cpu_us) });
+                    if s.has_device() {
+                        let device = if *s == System::Ours {
+                            "daemon"
+                        } else {
+                            "device"
+                        };
+                        v[device] = json!(sm(&sr.device_cpu_us));
+                        v["driver"] = json!(sm(&sr.driver_cpu_us));
+                        row[format!("{}_wakeups_per_{op}", s.key())] = json!(sm(&sr.wakeups));
+                        row[format!("{}_preemptions_per_{op}", s.key())] =
+                            json!(sm(&sr.preemptions));
+                        row[format!("{}_driver_allocations_per_{op}", s.key())] =
+                            json!(sm(&sr.allocs));
+                        row[format!("{}_syscalls_per_{op}", s.key())] = match &sr.syscalls {
+                            Some(Ok(n)) => json!(n),
+                            Some(Err(e)) => json!({ "na": e }),
+                            None => Value::Null,
+                        };
                     }
-                    row[format!("{}_cpu_us_per_{}", s.key(), r.case.op().replace(' ', "_"))] = v;
+                    row[format!("{}_cpu_us_per_{op}", s.key())] = v;
                 }
             }
             rows.push(row);

@@ -13,38 +13,25 @@
 //! the value the user gave.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cross_domain_protocol::channel::{self, channel_name_list, ChannelTypeError};
+// Channel names accepted in place of numbers in `--channel NAME:PATH` (the guest proxy accepts
+// the same), and the reasons a type is reserved.
+pub use cross_domain_protocol::channel::{channel_name, ReservedReason, CHANNEL_NAMES};
+
 use crate::inherited::FdError;
 
-/// Channel names accepted in place of numbers in `--channel NAME:PATH`, with their numbers.
-///
-/// The numbers are the ones existing guests and hosts already use for these services. `camera`
-/// is defined by the protocol but no known guest uses it.
-pub const CHANNEL_NAMES: &[(&str, u32)] = &[
-    ("wayland", 1),
-    ("camera", 2),
-    ("pipewire", 0x10),
-    ("x11", 0x11),
-    ("dbus-session", 0x12),
-    ("dbus-system", 0x13),
-];
-
-/// Highest `--scanouts` value: the virtio-gpu configuration space describes at most 16 scanouts.
-pub const MAX_SCANOUTS: u32 = 16;
+/// Highest `--scanouts` value: the virtio-gpu configuration space describes at most 16 scanouts
+/// ([`cross_domain_protocol::MAX_SCANOUTS`], as the `u32` of the configuration space).
+pub const MAX_SCANOUTS: u32 = cross_domain_protocol::MAX_SCANOUTS as u32;
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes including the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
-
-/// Channel type 0: "no channel". A guest INITs with it to get a query-only context, so it can
-/// never name a host socket.
-const CHANNEL_TYPE_NONE: u32 = 0;
-
-/// Channel type 0xFFFFFFFF: magma's "internal socket" (a socket parked by UUID inside the host),
-/// never a configured path.
-const CHANNEL_TYPE_INTERNAL_SOCKET: u32 = u32::MAX;
 
 /// The flag whose values [`parse_channel_type`], [`parse_channel_spec`] and
 /// [`ChannelTable::insert`] report in their errors.
@@ -78,6 +65,19 @@ pub struct Config {
     /// What a system call outside the seccomp allow-list does (`--seccomp`); meaningless with
     /// [`SandboxMode::None`].
     pub seccomp: SeccompMode,
+    /// The group the `--socket-path` socket is given to (`--socket-group`); only with
+    /// [`Listen::Path`].
+    pub socket_group: Option<SocketGroup>,
+}
+
+/// `--socket-group GROUP`, looked up: the `--socket-path` socket gets this group and mode
+/// 0660, so that a VMM running as another user in the group can connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketGroup {
+    /// The name as given (a group name or a number), for messages.
+    pub name: String,
+    /// The group id.
+    pub gid: u32,
 }
 
 /// `--sandbox MODE`: whether the daemon confines itself once its vhost-user socket is open
@@ -144,8 +144,11 @@ pub enum Listen {
     Listener {
         /// The socket (fd 3 when the daemon was started).
         fd: Arc<OwnedFd>,
-        /// Its name from `LISTEN_FDNAMES`, for the logs.
+        /// Its name from `LISTEN_FDNAMES` ("unknown" when that is not set), for the logs.
         name: String,
+        /// Its address (a path, or `@name` in the abstract namespace), for the logs; `None`
+        /// for an unnamed socket.
+        address: Option<String>,
     },
     /// A socket already connected to the VMM: `--fd N`, or socket activation with
     /// `Accept=yes`. The daemon serves this one VMM and exits when it disconnects.
@@ -161,9 +164,26 @@ impl fmt::Display for Listen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Listen::Path(path) => write!(f, "{}", path.display()),
-            Listen::Listener { name, .. } => write!(f, "the socket-activated socket '{name}'"),
+            Listen::Listener { name, address, .. } => write!(
+                f,
+                "the socket-activated socket {}",
+                describe_activated(address.as_deref(), name)
+            ),
             Listen::Connected { origin, .. } => write!(f, "the connected socket from {origin}"),
         }
+    }
+}
+
+/// A socket passed by socket activation, for messages: its address and its `LISTEN_FDNAMES`
+/// name (`/run/vm1.sock ('vm1')`), leaving out whichever is unknown.
+pub fn describe_activated(address: Option<&str>, name: &str) -> String {
+    // sd_listen_fds_with_names(3) names every socket "unknown" when LISTEN_FDNAMES is unset.
+    let name = (!name.is_empty() && name != "unknown").then_some(name);
+    match (address, name) {
+        (Some(address), Some(name)) => format!("{address} ('{name}')"),
+        (Some(address), None) => address.to_owned(),
+        (None, Some(name)) => format!("'{name}'"),
+        (None, None) => "(unnamed)".to_owned(),
     }
 }
 
@@ -233,6 +253,13 @@ impl ChannelTable {
             .map_err(|e| e.in_argument(CHANNEL_FLAG, arg))
     }
 
+    /// Adds a `--channel` argument parsed by [`ChannelSpec::parse`]; errors name the argument
+    /// as given.
+    pub fn add_spec(&mut self, spec: &ChannelSpec) -> Result<(), ConfigError> {
+        self.insert(spec.channel_type, spec.path.clone())
+            .map_err(|e| e.in_argument(CHANNEL_FLAG, &spec.arg))
+    }
+
     /// Adds a `--wayland-sock PATH` argument, which means `--channel 1:PATH`.
     pub fn add_wayland_sock_arg(&mut self, path: &Path) -> Result<(), ConfigError> {
         let value = path.display().to_string();
@@ -275,51 +302,34 @@ impl ChannelTable {
     }
 }
 
-/// The well-known name of a channel type, if it has one (`1` → `"wayland"`).
-pub fn channel_name(channel_type: u32) -> Option<&'static str> {
-    CHANNEL_NAMES
-        .iter()
-        .find(|&&(_, t)| t == channel_type)
-        .map(|&(name, _)| name)
-}
-
 /// Parses the TYPE part of `--channel TYPE:PATH`: a decimal number, a `0x`/`0X` hexadecimal
 /// number, or a name from [`CHANNEL_NAMES`] (any case). Rejects 0 and 0xFFFFFFFF, which are
-/// reserved (query-only contexts and magma's internal sockets).
+/// reserved (query-only contexts and magma's internal sockets). The syntax is
+/// [`channel::parse_channel_type`]'s; this reports its errors against `--channel`.
 pub fn parse_channel_type(s: &str) -> Result<u32, ConfigError> {
-    let unknown = || ConfigError::UnknownChannelType {
-        flag: CHANNEL_FLAG,
-        value: s.to_owned(),
-        type_text: s.to_owned(),
-    };
-    if s.is_empty() {
-        return Err(ConfigError::EmptyChannelType {
-            flag: CHANNEL_FLAG,
-            value: s.to_owned(),
-        });
-    }
-    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => (hex, 16),
-        None => (s, 10),
-    };
-    let channel_type = if !digits.is_empty() && digits.chars().all(|c| c.is_digit(radix)) {
-        // Only digits are left, so the one way this can fail is a value above u32::MAX.
-        u32::from_str_radix(digits, radix).map_err(|_| ConfigError::ChannelTypeOutOfRange {
-            flag: CHANNEL_FLAG,
-            value: s.to_owned(),
-            type_text: s.to_owned(),
-        })?
-    } else if radix == 10 {
-        CHANNEL_NAMES
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(s))
-            .map(|&(_, t)| t)
-            .ok_or_else(unknown)?
-    } else {
-        return Err(unknown());
-    };
-    check_reserved(channel_type).map_err(|e| e.in_argument(CHANNEL_FLAG, s))?;
-    Ok(channel_type)
+    let (flag, value) = (CHANNEL_FLAG, s.to_owned());
+    channel::parse_channel_type(s).map_err(|e| match e {
+        ChannelTypeError::Empty => ConfigError::EmptyChannelType { flag, value },
+        ChannelTypeError::Unknown(type_text) => ConfigError::UnknownChannelType {
+            flag,
+            value,
+            type_text,
+        },
+        ChannelTypeError::OutOfRange(type_text) => ConfigError::ChannelTypeOutOfRange {
+            flag,
+            value,
+            type_text,
+        },
+        ChannelTypeError::Reserved {
+            channel_type,
+            reason,
+        } => ConfigError::ReservedChannelType {
+            flag,
+            value,
+            channel_type,
+            reason,
+        },
+    })
 }
 
 /// Parses a whole `--channel TYPE:PATH` value. The split is at the first `:`, so the path may
@@ -339,6 +349,69 @@ pub fn parse_channel_spec(s: &str) -> Result<(u32, PathBuf), ConfigError> {
         });
     }
     Ok((channel_type, PathBuf::from(path)))
+}
+
+/// One `--channel TYPE:PATH` argument, parsed; whether its type is already taken is checked
+/// when it is added to a table ([`ChannelTable::add_spec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSpec {
+    /// The channel type (never 0 or 0xFFFFFFFF).
+    pub channel_type: u32,
+    /// The host socket (never empty).
+    pub path: PathBuf,
+    /// The argument as given, for messages.
+    pub arg: String,
+}
+
+impl ChannelSpec {
+    /// Parses a `--channel TYPE:PATH` value (see [`parse_channel_spec`]).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let (channel_type, path) = parse_channel_spec(s)?;
+        Ok(Self {
+            channel_type,
+            path,
+            arg: s.to_owned(),
+        })
+    }
+}
+
+/// Parses `--wayland-sock PATH[,name=NAME]`, crosvm's form. Only the default, unnamed socket
+/// (no `name=`, or an empty one) is the Wayland channel; crosvm's named sockets belong to its
+/// virtio-wl device, so a name is refused, and so is any other option. The split is at the
+/// first `,`: a path containing one can be given as `--channel 1:PATH`.
+pub fn parse_wayland_sock(arg: &OsStr) -> Result<PathBuf, ConfigError> {
+    let value = || arg.to_string_lossy().into_owned();
+    let bytes = arg.as_bytes();
+    let (path, options) = match bytes.iter().position(|&b| b == b',') {
+        Some(comma) => (&bytes[..comma], Some(&bytes[comma + 1..])),
+        None => (bytes, None),
+    };
+    for option in options.into_iter().flat_map(|o| o.split(|&b| b == b',')) {
+        match option.strip_prefix(b"name=") {
+            Some(b"") => {}
+            Some(name) => {
+                return Err(ConfigError::NamedWaylandSock {
+                    flag: WAYLAND_SOCK_FLAG,
+                    value: value(),
+                    name: String::from_utf8_lossy(name).into_owned(),
+                })
+            }
+            None => {
+                return Err(ConfigError::WaylandSockOption {
+                    flag: WAYLAND_SOCK_FLAG,
+                    value: value(),
+                    option: String::from_utf8_lossy(option).into_owned(),
+                })
+            }
+        }
+    }
+    if path.is_empty() {
+        return Err(ConfigError::EmptyPath {
+            flag: WAYLAND_SOCK_FLAG,
+            value: value(),
+        });
+    }
+    Ok(PathBuf::from(OsStr::from_bytes(path)))
 }
 
 /// Parses `--scanouts N`: a decimal number from 0 to [`MAX_SCANOUTS`].
@@ -376,26 +449,23 @@ pub fn parse_fd(s: &str) -> Result<RawFd, ConfigError> {
 }
 
 /// An `--fd N` whose descriptor cannot be served (not open, not a connected Unix stream socket).
-pub fn unusable_fd(value: &str, reason: FdError) -> ConfigError {
+pub fn unusable_fd(fd: RawFd, reason: FdError) -> ConfigError {
     ConfigError::UnusableFd {
         flag: FD_FLAG,
-        value: value.to_owned(),
+        value: fd.to_string(),
         reason,
     }
 }
 
-/// Parses `--shm-size SIZE`: a byte count with an optional binary suffix `K`, `M` or `G` (any
-/// case; `8G` is 8 << 30). It must be non-zero and a multiple of the host page size.
-pub fn parse_shm_size(s: &str) -> Result<u64, ConfigError> {
-    parse_shm_size_with_page(s, host_page_size())
-}
+/// Largest `--shm-size`: 1 TiB. The VMM reserves the region in guest physical address space,
+/// where more than this rarely fits (and no guest needs it).
+pub const MAX_SHM_SIZE: u64 = 1 << 40;
 
-/// The host page size (`sysconf(_SC_PAGESIZE)`), 4096 if the system does not say.
-pub fn host_page_size() -> u64 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
-        Ok(Some(n)) if n > 0 => n as u64,
-        _ => 4096,
-    }
+/// Parses `--shm-size SIZE`: a byte count with an optional binary suffix `K`, `M` or `G`, also
+/// written `KiB`, `MiB`, `GiB` (any case; `8G` is 8 << 30). It must be a multiple of the host
+/// page size, from one page to [`MAX_SHM_SIZE`].
+pub fn parse_shm_size(s: &str) -> Result<u64, ConfigError> {
+    parse_shm_size_with_page(s, cross_domain_protocol::page_size())
 }
 
 fn parse_shm_size_with_page(s: &str, page_size: u64) -> Result<u64, ConfigError> {
@@ -404,11 +474,20 @@ fn parse_shm_size_with_page(s: &str, page_size: u64) -> Result<u64, ConfigError>
         value: s.to_owned(),
         reason,
     };
-    let (digits, shift) = match s.as_bytes().last() {
-        Some(b'k' | b'K') => (&s[..s.len() - 1], 10),
-        Some(b'm' | b'M') => (&s[..s.len() - 1], 20),
-        Some(b'g' | b'G') => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
+    // `KiB`, `MiB`, `GiB`: drop the `iB` after a unit letter (the three bytes are ASCII, so
+    // the slice is on a character boundary).
+    let b = s.as_bytes();
+    let s_unit = match b.len().checked_sub(3).map(|i| (b[i], &b[i + 1..])) {
+        Some((b'k' | b'K' | b'm' | b'M' | b'g' | b'G', ib)) if ib.eq_ignore_ascii_case(b"ib") => {
+            &s[..s.len() - 2]
+        }
+        _ => s,
+    };
+    let (digits, shift) = match s_unit.as_bytes().last() {
+        Some(b'k' | b'K') => (&s_unit[..s_unit.len() - 1], 10),
+        Some(b'm' | b'M') => (&s_unit[..s_unit.len() - 1], 20),
+        Some(b'g' | b'G') => (&s_unit[..s_unit.len() - 1], 30),
+        _ => (s_unit, 0),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(err(ShmSizeProblem::Syntax));
@@ -420,6 +499,9 @@ fn parse_shm_size_with_page(s: &str, page_size: u64) -> Result<u64, ConfigError>
         .ok_or(err(ShmSizeProblem::TooLarge))?;
     if size == 0 {
         return Err(err(ShmSizeProblem::Zero));
+    }
+    if size > MAX_SHM_SIZE {
+        return Err(err(ShmSizeProblem::AboveMaximum));
     }
     if size % page_size != 0 {
         return Err(err(ShmSizeProblem::NotPageMultiple { page_size }));
@@ -436,6 +518,8 @@ pub enum ShmSizeProblem {
     TooLarge,
     /// Zero.
     Zero,
+    /// Above [`MAX_SHM_SIZE`].
+    AboveMaximum,
     /// Not a multiple of the host page size.
     NotPageMultiple {
         /// The host page size in bytes.
@@ -452,6 +536,7 @@ impl fmt::Display for ShmSizeProblem {
             ),
             Self::TooLarge => f.write_str("the size does not fit in 64 bits"),
             Self::Zero => f.write_str("the size must not be zero"),
+            Self::AboveMaximum => f.write_str("the size must be at most 1024G (1 TiB)"),
             Self::NotPageMultiple { page_size } => write!(
                 f,
                 "the size must be a multiple of the host page size ({page_size} bytes)"
@@ -461,38 +546,14 @@ impl fmt::Display for ShmSizeProblem {
 }
 
 fn check_reserved(channel_type: u32) -> Result<(), ConfigError> {
-    let reason = match channel_type {
-        CHANNEL_TYPE_NONE => ReservedReason::NoChannel,
-        CHANNEL_TYPE_INTERNAL_SOCKET => ReservedReason::InternalSocket,
-        _ => return Ok(()),
-    };
-    Err(ConfigError::ReservedChannelType {
-        flag: CHANNEL_FLAG,
-        value: channel_type.to_string(),
-        channel_type,
-        reason,
-    })
-}
-
-/// Why a channel type can never name a host socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReservedReason {
-    /// Type 0: a guest INITs with it to get a query-only context.
-    NoChannel,
-    /// Type 0xFFFFFFFF: magma's internal sockets, handed over inside the host by UUID.
-    InternalSocket,
-}
-
-impl fmt::Display for ReservedReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::NoChannel => {
-                "channel type 0 is reserved: it means 'no channel' (a query-only context)"
-            }
-            Self::InternalSocket => {
-                "channel type 0xffffffff is reserved for internal sockets, never a host path"
-            }
-        })
+    match channel::reserved_reason(channel_type) {
+        None => Ok(()),
+        Some(reason) => Err(ConfigError::ReservedChannelType {
+            flag: CHANNEL_FLAG,
+            value: channel_type.to_string(),
+            channel_type,
+            reason,
+        }),
     }
 }
 
@@ -555,6 +616,29 @@ pub enum ConfigError {
         channel_type: u32,
     },
 
+    /// `--wayland-sock PATH,name=NAME` with a name.
+    #[error(
+        "{flag} '{value}': a named socket (name={name}) belongs to crosvm's virtio-wl device; \
+         this device connects only the unnamed Wayland socket, as channel 1: drop \
+         ',name={name}', or connect another service with --channel TYPE:PATH"
+    )]
+    NamedWaylandSock {
+        flag: &'static str,
+        value: String,
+        name: String,
+    },
+
+    /// `--wayland-sock PATH,OPTION` with an option other than `name=`.
+    #[error(
+        "{flag} '{value}': unknown option '{option}' (crosvm's form is PATH[,name=NAME]; a \
+         path that contains ',' can be given as --channel 1:PATH)"
+    )]
+    WaylandSockOption {
+        flag: &'static str,
+        value: String,
+        option: String,
+    },
+
     /// `--scanouts` not a number in 0..=16.
     #[error("{flag} '{value}': expected a number from 0 to {MAX_SCANOUTS}")]
     InvalidScanouts { flag: &'static str, value: String },
@@ -589,6 +673,26 @@ pub enum ConfigError {
          allow-list instead of killing the daemon)"
     )]
     InvalidSeccomp { flag: &'static str, value: String },
+
+    /// `--socket-group` names no group.
+    #[error("{flag} '{value}': no such group")]
+    UnknownGroup { flag: &'static str, value: String },
+
+    /// `--socket-group` where the daemon does not create the socket.
+    #[error(
+        "{flag} '{value}': only with --socket-path, where the daemon creates the socket; with \
+         {other} the socket exists already{hint}"
+    )]
+    SocketGroupWithoutPath {
+        flag: &'static str,
+        value: String,
+        other: &'static str,
+        hint: &'static str,
+    },
+
+    /// `--log-level` not one of the five levels.
+    #[error("{flag} '{value}': expected one of error, warn, info, debug, trace")]
+    InvalidLogLevel { flag: &'static str, value: String },
 
     /// The socket-activation variables are malformed or pass something the daemon cannot serve.
     #[error("socket activation: {reason}")]
@@ -629,7 +733,12 @@ impl ConfigError {
             | Self::UnusableFd { flag, value, .. }
             | Self::InvalidShmSize { flag, value, .. }
             | Self::InvalidSandbox { flag, value }
-            | Self::InvalidSeccomp { flag, value } => {
+            | Self::InvalidSeccomp { flag, value }
+            | Self::InvalidLogLevel { flag, value }
+            | Self::UnknownGroup { flag, value }
+            | Self::NamedWaylandSock { flag, value, .. }
+            | Self::WaylandSockOption { flag, value, .. }
+            | Self::SocketGroupWithoutPath { flag, value, .. } => {
                 *flag = new_flag;
                 new_value.clone_into(value);
             }
@@ -637,11 +746,6 @@ impl ConfigError {
         }
         self
     }
-}
-
-fn channel_name_list() -> String {
-    let names: Vec<&str> = CHANNEL_NAMES.iter().map(|&(name, _)| name).collect();
-    names.join(", ")
 }
 
 fn duplicate_hint(flag: &str) -> &'static str {
@@ -973,6 +1077,42 @@ mod tests {
     }
 
     #[test]
+    fn wayland_socks() {
+        let ok = |s: &str| parse_wayland_sock(OsStr::new(s)).unwrap();
+        assert_eq!(
+            ok("/run/user/1000/wayland-0"),
+            Path::new("/run/user/1000/wayland-0")
+        );
+        // crosvm's form, with its default (empty) name.
+        assert_eq!(ok("/w,name="), Path::new("/w"));
+        assert_eq!(ok("rel/w"), Path::new("rel/w"));
+        let e = parse_wayland_sock(OsStr::new("/w,name=mojo")).unwrap_err();
+        assert!(matches!(e, ConfigError::NamedWaylandSock { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with(
+                "--wayland-sock '/w,name=mojo': a named socket (name=mojo) belongs to crosvm's \
+                 virtio-wl device"
+            ),
+            "{e}"
+        );
+        for s in ["/w,mode=0", "/w,", "/a,b", "/w,name=,x"] {
+            let e = parse_wayland_sock(OsStr::new(s)).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::WaylandSockOption { .. }),
+                "{s}: {e:?}"
+            );
+            assert!(e.to_string().contains("PATH[,name=NAME]"), "{e}");
+        }
+        for s in ["", ",name="] {
+            let e = parse_wayland_sock(OsStr::new(s)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("--wayland-sock '{s}': the socket path is empty")
+            );
+        }
+    }
+
+    #[test]
     fn scanouts() {
         for n in 0..=MAX_SCANOUTS {
             assert_eq!(parse_scanouts(&n.to_string()).unwrap(), n);
@@ -1004,8 +1144,13 @@ mod tests {
         assert_eq!(ok("4096"), 4096);
         assert_eq!(ok("8589934592"), 8 << 30);
         assert_eq!(ok("016M"), 16 << 20);
-        // The largest page-aligned value that fits.
-        assert_eq!(ok("17179869183G"), 17_179_869_183 << 30);
+        // The largest value allowed, and the binary unit spellings.
+        assert_eq!(ok("1024G"), MAX_SHM_SIZE);
+        assert_eq!(ok("8GiB"), 8 << 30);
+        assert_eq!(ok("8gib"), 8 << 30);
+        assert_eq!(ok("512MiB"), 512 << 20);
+        assert_eq!(ok("64KiB"), 64 << 10);
+        assert_eq!(ok("4kIB"), 4096);
         // Page size 16 KiB (some arm64 hosts).
         assert_eq!(parse_shm_size_with_page("16K", 16384).unwrap(), 16384);
         // The default is a valid value.
@@ -1024,7 +1169,8 @@ mod tests {
             e => panic!("{s}: {e:?}"),
         };
         for s in [
-            "", "G", "x", "8T", "8GB", "8GiB", "8 G", " 8G", "-1", "+4096", "0x1000", "1.5G", "8Gg",
+            "", "G", "x", "8T", "8GB", "8 G", " 8G", "-1", "+4096", "0x1000", "1.5G", "8Gg", "8iB",
+            "GiB", "8 GiB", "8GiBB", "8TiB", "8Bi",
         ] {
             assert_eq!(problem(s), ShmSizeProblem::Syntax, "{s:?}");
         }
@@ -1038,6 +1184,16 @@ mod tests {
         ] {
             assert_eq!(problem(s), ShmSizeProblem::TooLarge, "{s:?}");
         }
+        // Fits in 64 bits, but is more than any guest needs.
+        for s in ["1025G", "17179869183G", "1048577M", "1099511631872"] {
+            assert_eq!(problem(s), ShmSizeProblem::AboveMaximum, "{s:?}");
+        }
+        assert_eq!(
+            parse_shm_size_with_page("2048GiB", 4096)
+                .unwrap_err()
+                .to_string(),
+            "--shm-size '2048GiB': the size must be at most 1024G (1 TiB)"
+        );
         for s in ["1", "4095", "1K", "6K", "4097"] {
             assert_eq!(
                 problem(s),
@@ -1080,7 +1236,7 @@ mod tests {
             "--fd 'x': expected a file descriptor number, for example 3"
         );
         assert_eq!(
-            unusable_fd("9", FdError::NotOpen).to_string(),
+            unusable_fd(9, FdError::NotOpen).to_string(),
             "--fd '9': not an open file descriptor"
         );
     }

@@ -15,7 +15,7 @@
 //!   threads (see [`run`]);
 //! - shutdown: SIGTERM and SIGINT are blocked in every thread and read from a signalfd by a
 //!   dedicated thread, which sends `STOPPING=1`, stops accepting (removes the `--socket-path`
-//!   socket), asks the current session's backend to complete every pending fence and close its
+//!   socket and its lock file, see [`crate::socket_path`]), asks the current session's backend to complete every pending fence and close its
 //!   channels ([`Backend::quiesce`], at most [`QUIESCE_TIMEOUT`]), and exits the process with
 //!   status 0. Exiting closes the vhost-user connection, guest memory and everything else.
 //!
@@ -24,7 +24,6 @@
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +39,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::config::{Config, Listen};
 use crate::device::{Backend, HOST_EVENT, SHUTDOWN_EVENT};
 use crate::relay::{self, Relay, RelayError};
+use crate::socket_path::{self, SocketClaim, SocketPathError};
 use crate::{sandbox, systemd};
 
 /// How long shutdown waits for the current session to complete its pending fences and close
@@ -49,12 +49,10 @@ pub const QUIESCE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Errors that end the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The listening socket could not be created.
-    #[error("cannot listen on {path}: {source}")]
-    Listen {
-        path: String,
-        source: vhost::vhost_user::Error,
-    },
+    /// The socket could not be created at `--socket-path` (a configuration error: the path is
+    /// in use, not a socket, in a missing directory…).
+    #[error(transparent)]
+    SocketPath(#[from] SocketPathError),
     /// An inherited socket could not be used.
     #[error("cannot use {what}: {source}")]
     Socket { what: String, source: io::Error },
@@ -88,7 +86,12 @@ pub enum Error {
 /// Where the VMM's connection comes from, opened before the sandbox.
 enum Endpoint {
     /// A listening socket (`--socket-path`, or socket activation); `place` names it in logs.
-    Listener { listener: Listener, place: String },
+    /// `claim` is the `--socket-path` the daemon created, removed at shutdown.
+    Listener {
+        listener: Listener,
+        place: String,
+        claim: Option<SocketClaim>,
+    },
     /// A socket connected to the VMM (`--fd`, or socket activation with `Accept=yes`), with
     /// the private connection its relay serves the session on.
     Connected {
@@ -103,16 +106,25 @@ impl Endpoint {
     fn open(config: &Config) -> Result<Endpoint, Error> {
         match &config.listen {
             Listen::Path(path) => {
-                let listener = Listener::new(path, true).map_err(|source| Error::Listen {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                let group = config.socket_group.as_ref();
+                let (claim, listener) = socket_path::claim(path, group)?;
                 let place = path.display().to_string();
-                info!("listening on {place} for the VMM's vhost-user connection");
-                Ok(Endpoint::Listener { listener, place })
+                let access = match group {
+                    Some(g) => format!(", group {} (gid {}), mode 0660", g.name, g.gid),
+                    None => String::new(),
+                };
+                info!(
+                    "listening on {place} for the VMM's vhost-user connection (lock file {}{access})",
+                    claim.lock_path().display()
+                );
+                Ok(Endpoint::Listener {
+                    listener: Listener::from(listener),
+                    place,
+                    claim: Some(claim),
+                })
             }
-            Listen::Listener { fd, name } => {
-                let what = format!("the socket-activated socket '{name}'");
+            listen @ Listen::Listener { fd, .. } => {
+                let what = listen.to_string();
                 let listener = fd
                     .try_clone()
                     .map(UnixListener::from)
@@ -125,6 +137,7 @@ impl Endpoint {
                 Ok(Endpoint::Listener {
                     listener: Listener::from(listener),
                     place: what,
+                    claim: None,
                 })
             }
             Listen::Connected { fd, origin } => {
@@ -161,37 +174,43 @@ impl Endpoint {
 pub fn run(config: &Config) -> Result<(), Error> {
     raise_fd_limit();
     let signals = block_signals()?;
-    let endpoint = Endpoint::open(config)?;
+    let mut endpoint = Endpoint::open(config)?;
     systemd::connect_notify_socket();
-    let socket_path = match &config.listen {
-        Listen::Path(path) => Some(path.clone()),
-        _ => None,
+    let socket = match &mut endpoint {
+        Endpoint::Listener { claim, .. } => claim.take(),
+        Endpoint::Connected { .. } => None,
     };
     sandbox::enter(&sandbox::Plan {
         mode: config.sandbox,
         seccomp: config.seccomp,
         channels: &config.channels,
-        socket_path: socket_path.as_deref(),
+        socket_path: socket.as_ref().map(SocketClaim::path),
     })
     .map_err(Error::Sandbox)?;
     sandbox::self_test();
 
     let shutdown = Arc::new(Shutdown {
         current: Mutex::new(None),
-        socket_path,
+        socket,
     });
     start_signal_thread(shutdown.clone(), signals)?;
-    match endpoint {
-        Endpoint::Listener { listener, place } => {
-            serve_listener(listener, &place, config, &shutdown)
-        }
+    let outcome = match endpoint {
+        Endpoint::Listener {
+            listener, place, ..
+        } => serve_listener(listener, &place, config, &shutdown),
         Endpoint::Connected {
             vmm,
             private,
             daemon_end,
             origin,
         } => serve_connected(vmm, private, daemon_end, &origin, config, &shutdown),
+    };
+    // The signal thread still holds the claim: remove the socket here, as no VMM will be
+    // served on it any more.
+    if let Some(socket) = &shutdown.socket {
+        socket.release();
     }
+    outcome
 }
 
 /// Serves one VMM after another on `listener`; `place` names it in logs and status lines.
@@ -340,8 +359,8 @@ fn is_disconnect(e: &vhost_user_backend::Error) -> bool {
 struct Shutdown {
     /// The backend of the session being served, if a VMM is connected.
     current: Mutex<Option<Arc<Backend>>>,
-    /// The socket the daemon created (`--socket-path`), removed at shutdown.
-    socket_path: Option<PathBuf>,
+    /// The socket the daemon created (`--socket-path`) and its lock file, removed at shutdown.
+    socket: Option<SocketClaim>,
 }
 
 impl Shutdown {
@@ -360,9 +379,9 @@ impl Shutdown {
     fn exit(&self, signal: &str) -> ! {
         info!("{signal} received: shutting down");
         systemd::notify_stopping();
-        if let Some(path) = &self.socket_path {
+        if let Some(socket) = &self.socket {
             // No new VMM can connect from now on.
-            let _ = std::fs::remove_file(path);
+            socket.release();
         }
         if let Some(backend) = self.current() {
             if backend.quiesce(QUIESCE_TIMEOUT) {

@@ -143,6 +143,7 @@ impl Backend {
         let limits = Limits::default();
         let gpu = Gpu::new(
             Arc::new(config.channels.clone()),
+            Arc::new(crate::sandbox::BrokerConnector),
             num_scanouts,
             config.shm_size,
             limits,

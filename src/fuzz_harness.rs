@@ -10,18 +10,20 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollFlags};
+use nix::sys::epoll::EpollFlags;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::config::{self, ChannelTable};
-use crate::cross_domain::{Context, Env, Lookup, ResourceView, Scratch};
+use crate::cross_domain::{
+    Connector, Context, HoldToken, Lookup, ResourceView, Shared, Submission,
+};
+use crate::guest_mem::{GuestMem, SgList};
 use crate::ratelimit::GuestLog;
-use crate::virtio_gpu::sg::{GuestMem, SgList};
 use crate::virtio_gpu::{Gpu, Limits, ShmMapper};
 
 /// Guest memory of every harness: 2 MiB at 64 KiB.
@@ -82,6 +84,16 @@ fn channels() -> Arc<ChannelTable> {
         .clone()
 }
 
+/// Connects channel sockets directly, as the daemon does without a sandbox (the harness never
+/// starts a broker).
+struct DirectConnector;
+
+impl Connector for DirectConnector {
+    fn connect(&self, _channel_type: u32, path: &Path) -> io::Result<OwnedFd> {
+        crate::sandbox::broker::connect_unix(path)
+    }
+}
+
 /// Resources as one context sees them: 1 query ring, 2 channel ring, 3 a 1 KiB ring, 4 a
 /// resource without backing, 5 a host memfd blob; everything else is not attached.
 struct FuzzView {
@@ -106,11 +118,9 @@ impl ResourceView for FuzzView {
 
 struct CdFixture {
     mem: GuestMem,
-    epoll: Epoll,
+    shared: Shared,
     view: FuzzView,
-    scratch: Scratch,
     limiter: GuestLog,
-    channels: Arc<ChannelTable>,
 }
 
 fn sg(parts: &[(u64, usize)]) -> SgList {
@@ -127,7 +137,7 @@ fn cd_fixture() -> CdFixture {
     let _ = nix::unistd::ftruncate(&memfd, 8192);
     CdFixture {
         mem: new_memory(),
-        epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        shared: Shared::new(channels(), Arc::new(DirectConnector))
             .unwrap_or_else(|e| panic!("fuzz harness: epoll: {e}")),
         view: FuzzView {
             query: sg(&[(QUERY_RING, 4096)]),
@@ -136,9 +146,7 @@ fn cd_fixture() -> CdFixture {
             small: sg(&[(SMALL_RING, 1024)]),
             memfd,
         },
-        scratch: Scratch::default(),
         limiter: GuestLog::new(1),
-        channels: channels(),
     }
 }
 
@@ -181,9 +189,9 @@ pub fn cross_domain_commands(data: &[u8]) {
         let mut ctx = Context::new(7, "fuzz".into());
         let mut rest = data;
         let mut fence = 0u64;
-        // Requests held by queued output (head -> chunks), as the device keeps them; every
-        // hold must be released exactly once, at the latest by the teardown.
-        let mut held: std::collections::HashMap<u16, u32> = std::collections::HashMap::new();
+        // Requests held by queued output (token value -> chunks), as the device keeps them;
+        // every hold must be released exactly once, at the latest by the teardown.
+        let mut held: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
         let mut released = Vec::new();
         let mut next_head = 0u16;
         while rest.len() >= 3 {
@@ -191,18 +199,7 @@ pub fn cross_domain_commands(data: &[u8]) {
             let len = usize::from(u16_of(&rest[1..3]));
             rest = &rest[3..];
             let bytes = take(&mut rest, len);
-            let mut env = Env {
-                mem: &fx.mem,
-                epoll: &fx.epoll,
-                channels: &fx.channels,
-                scratch: &mut fx.scratch,
-                limiter: &mut fx.limiter,
-                hold: None,
-                holds: 0,
-                released: &mut released,
-                // Small, so that the VM-wide refusal is reached too.
-                images_left: 64,
-            };
+            let mut env = fx.shared.env(&fx.mem, &mut fx.limiter, &mut released);
             match op % 4 {
                 0 => {
                     let half = bytes.len() / 2;
@@ -211,17 +208,22 @@ pub fn cross_domain_commands(data: &[u8]) {
                     let stream = sg(&[(STREAM_A, half), (STREAM_B, bytes.len() - half)]);
                     // Odd heads may be held, even ones must complete now (as fenced ones).
                     next_head = next_head.wrapping_add(1);
-                    while held.contains_key(&next_head) {
+                    while held.contains_key(&u64::from(next_head)) {
                         next_head = next_head.wrapping_add(1);
                     }
-                    env.hold = (next_head % 2 == 1).then_some(next_head);
-                    let _ = ctx.submit(&mut env, &fx.view, &stream, 0, bytes.len());
+                    let mut sub = Submission {
+                        hold: (next_head % 2 == 1).then(|| HoldToken::new(next_head.into())),
+                        held_chunks: 0,
+                        // Small, so that the VM-wide refusal is reached too.
+                        images_left: 64,
+                    };
+                    let _ = ctx.submit(&mut env, &mut sub, &fx.view, &stream, 0, bytes.len());
                     assert!(
-                        env.hold.is_some() || env.holds == 0,
+                        sub.hold.is_some() || sub.held_chunks == 0,
                         "unholdable request held"
                     );
-                    if env.holds > 0 {
-                        held.insert(next_head, env.holds);
+                    if sub.held_chunks > 0 {
+                        held.insert(next_head.into(), sub.held_chunks);
                     }
                 }
                 1 => {
@@ -244,7 +246,7 @@ pub fn cross_domain_commands(data: &[u8]) {
             }
             settle(&mut held, &mut released);
         }
-        ctx.teardown(&fx.epoll, &mut released);
+        ctx.teardown(fx.shared.epoll(), &mut released);
         settle(&mut held, &mut released);
         assert!(
             held.is_empty(),
@@ -255,8 +257,8 @@ pub fn cross_domain_commands(data: &[u8]) {
 }
 
 /// Account released holds, as the device does; a release of a request that is not held is a bug.
-fn settle(held: &mut std::collections::HashMap<u16, u32>, released: &mut Vec<u16>) {
-    for head in released.drain(..) {
+fn settle(held: &mut std::collections::HashMap<u64, u32>, released: &mut Vec<HoldToken>) {
+    for head in released.drain(..).map(HoldToken::get) {
         let refs = held
             .get_mut(&head)
             .unwrap_or_else(|| panic!("request {head} released but not held"));
@@ -285,8 +287,14 @@ impl ShmMapper for FuzzMapper {
 }
 
 fn gpu() -> Gpu {
-    Gpu::new(channels(), 1, 1 << 24, Limits::default())
-        .unwrap_or_else(|e| panic!("fuzz harness: gpu: {e}"))
+    Gpu::new(
+        channels(),
+        Arc::new(DirectConnector),
+        1,
+        1 << 24,
+        Limits::default(),
+    )
+    .unwrap_or_else(|e| panic!("fuzz harness: gpu: {e}"))
 }
 
 /// The control-queue decoder and dispatcher. `data` = guest memory image (first 64 KiB, copied

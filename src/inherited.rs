@@ -7,9 +7,10 @@
 //! (exit status 2) instead of failing later.
 
 use std::fmt;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
+use nix::sys::socket::UnixAddr;
 
 /// What an inherited Unix stream socket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +120,17 @@ fn int_sockopt(fd: RawFd, opt: libc::c_int) -> Result<libc::c_int, FdError> {
     Ok(value)
 }
 
+/// The address `fd`, a Unix socket, is bound to, for messages: its path, `@name` for the
+/// abstract namespace, or `None` for an unnamed socket (or one that cannot be asked).
+pub fn local_address(fd: BorrowedFd<'_>) -> Option<String> {
+    let addr: UnixAddr = nix::sys::socket::getsockname(fd.as_raw_fd()).ok()?;
+    if let Some(path) = addr.path() {
+        return Some(path.display().to_string());
+    }
+    addr.as_abstract()
+        .map(|name| format!("@{}", String::from_utf8_lossy(name)))
+}
+
 /// Takes ownership of the inherited socket `fd` and marks it close-on-exec.
 ///
 /// # Safety
@@ -170,6 +182,36 @@ mod tests {
         assert_eq!(inspect(-1), Err(FdError::NotOpen));
         // A number far above anything this test process has open.
         assert_eq!(inspect(1_000_000), Err(FdError::NotOpen));
+    }
+
+    #[test]
+    fn addresses() {
+        use std::os::fd::AsFd;
+        use std::os::linux::net::SocketAddrExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        assert_eq!(
+            local_address(listener.as_fd()),
+            Some(path.display().to_string())
+        );
+        // An accepted connection has the listening socket's address.
+        let _client = UnixStream::connect(&path).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(
+            local_address(accepted.as_fd()),
+            Some(path.display().to_string())
+        );
+        let name = format!("vucd-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let abstract_listener = UnixListener::bind_addr(&addr).unwrap();
+        assert_eq!(
+            local_address(abstract_listener.as_fd()),
+            Some(format!("@{name}"))
+        );
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert_eq!(local_address(a.as_fd()), None);
     }
 
     #[test]

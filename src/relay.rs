@@ -29,16 +29,17 @@
 //! separate sockets handed over as descriptors, so none of the data path goes through here.
 
 use std::fmt;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::thread::{self, JoinHandle};
 
+use cross_domain_fdpass::{self as fdpass, CmsgBuf};
 use log::debug;
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 /// Size of a vhost-user message header.
 pub const HEADER_SIZE: usize = 12;
@@ -191,7 +192,7 @@ impl Relay {
 
 /// Forwards messages from `from` to `to` until either closes, then shuts both down.
 fn pump(from: &UnixStream, to: &UnixStream, direction: Direction) -> Result<(), RelayError> {
-    let mut cmsg_buf = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut cmsg_buf = CmsgBuf::new(MAX_FDS);
     let mut msg = Vec::with_capacity(HEADER_SIZE + 256);
     let result = loop {
         match forward_one(from, to, direction, &mut msg, &mut cmsg_buf) {
@@ -215,7 +216,7 @@ fn forward_one(
     to: &UnixStream,
     direction: Direction,
     msg: &mut Vec<u8>,
-    cmsg_buf: &mut Vec<u8>,
+    cmsg_buf: &mut CmsgBuf,
 ) -> Result<bool, RelayError> {
     let io_err = |source: io::Error| RelayError::Io { direction, source };
     let mut fds: Vec<OwnedFd> = Vec::new();
@@ -256,42 +257,26 @@ fn recv_exact(
     from: &UnixStream,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
-    cmsg_buf: &mut Vec<u8>,
+    cmsg_buf: &mut CmsgBuf,
     direction: Direction,
 ) -> Result<bool, RelayError> {
     let mut got = 0;
     while got < buf.len() {
-        let mut iov = [IoSliceMut::new(&mut buf[got..])];
-        let received = match recvmsg::<()>(
-            from.as_raw_fd(),
-            &mut iov,
-            Some(&mut *cmsg_buf),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) => m,
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                return Err(RelayError::Io {
-                    direction,
-                    source: e.into(),
-                })
-            }
-        };
-        let n = received.bytes;
-        // A truncated control buffer is reported as an error by `cmsgs`; it cannot happen with
-        // room for SCM_MAX_FD descriptors, but if it did, the session ends (and so does the
-        // process, closing whatever was received).
-        let cmsgs = received
-            .cmsgs()
-            .map_err(|_| RelayError::TooManyFds { direction })?;
-        for cmsg in cmsgs {
-            if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                for fd in raw {
-                    // SAFETY: the kernel has just installed `fd` in this process for this
-                    // message; nothing else knows its number, so we are its sole owner.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
+        // Blocking: the relay threads wait for the next message (Relay::start makes both
+        // sockets blocking).
+        let received = fdpass::recv(
+            from.as_fd(),
+            &mut buf[got..],
+            fds,
+            cmsg_buf,
+            fdpass::Wait::Block,
+        )
+        .map_err(|source| RelayError::Io { direction, source })?;
+        let n = received.len;
+        // The kernel dropping descriptors cannot happen with room for SCM_MAX_FD of them, but
+        // if it did, the session ends (the ones that arrived are closed with `fds`).
+        if received.fds_truncated {
+            return Err(RelayError::TooManyFds { direction });
         }
         if fds.len() > MAX_FDS {
             return Err(RelayError::TooManyFds { direction });
@@ -338,7 +323,9 @@ fn send_all(to: &UnixStream, msg: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use std::io::{IoSliceMut, Read, Write};
+    use std::os::fd::FromRawFd;
     use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
     fn header(request: u32, flags: u32, size: u32) -> Vec<u8> {

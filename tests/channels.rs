@@ -1,8 +1,6 @@
 //! Cross-domain channels end to end through vhost-user: bytes, pipes and fds both ways, host
 //! hang-up, several contexts, and VMM reconnects.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -347,3 +347,62 @@ fn version() {
         format!("vhost-user-cross-domain {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn socket_path_in_a_missing_directory() {
+    let out = run(&["--socket-path", SOCKET]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "vhost-user-cross-domain: error: --socket-path '{SOCKET}': the directory \
+             /nonexistent-vhost-user-cross-domain-test does not exist"
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn unknown_socket_group() {
+    let err = assert_rejected(
+        &["--socket-group", "no-such-group-vucd"],
+        "--socket-group",
+        "no-such-group-vucd",
+    );
+    assert!(err.contains("no such group"), "{err}");
+    assert_rejected(&["--socket-group", ""], "--socket-group", "");
+}
+
+#[test]
+fn crosvm_wayland_sock_names_are_refused_clearly() {
+    let err = assert_rejected(
+        &["--wayland-sock", "/w,name=mojo"],
+        "--wayland-sock",
+        "/w,name=mojo",
+    );
+    assert!(err.contains("a named socket (name=mojo)"), "{err}");
+    let err = assert_rejected(
+        &["--wayland-sock", "/w,mode=0"],
+        "--wayland-sock",
+        "/w,mode=0",
+    );
+    assert!(err.contains("unknown option 'mode=0'"), "{err}");
+    assert!(err.contains("PATH[,name=NAME]"), "{err}");
+}
+
+#[test]
+fn negative_numbers_name_their_flag() {
+    let err = assert_rejected(&["--scanouts", "-1"], "--scanouts", "-1");
+    assert!(err.contains("0 to 16"), "{err}");
+    assert_rejected(&["--shm-size", "-1"], "--shm-size", "-1");
+    let err = assert_rejected_alone(&["--fd", "-1"], "--fd", "-1");
+    assert!(err.contains("expected a file descriptor number"), "{err}");
+}
+
+#[test]
+fn shm_size_range() {
+    let err = assert_rejected(&["--shm-size", "2048G"], "--shm-size", "2048G");
+    assert!(err.contains("at most 1024G (1 TiB)"), "{err}");
+    let err = assert_rejected(&["--shm-size", "8GB"], "--shm-size", "8GB");
+    assert!(err.contains("K, M or G"), "{err}");
+}

@@ -6,8 +6,6 @@
 //! another size, and a 32-byte command on the control queue (see [`shm_cmd`]) makes it map or
 //! unmap pages of its own memfd through the backend request channel.
 
-mod support;
-
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;

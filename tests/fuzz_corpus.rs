@@ -1,10 +1,10 @@
 //! Replays the fuzz corpora and every crash the fuzzers ever found (`fuzz/corpus/<target>/`,
 //! `fuzz/regressions/<target>/`) through the same entry points the fuzz targets use, on stable.
 //!
-//! `VUCD_WRITE_SEEDS=1 cargo test --test fuzz_corpus` (re)writes the seed inputs, built from the
-//! same requests the integration tests send, into `fuzz/corpus/`.
-
-mod support;
+//! The entry points are behind the `fuzzing` feature (Cargo.toml makes it a required feature of
+//! this test), so the replay runs with `cargo test --all-targets --features fuzzing`.
+//! `VUCD_WRITE_SEEDS=1 cargo test --features fuzzing --test fuzz_corpus` (re)writes the seed
+//! inputs, built from the same requests the integration tests send, into `fuzz/corpus/`.
 
 use std::path::{Path, PathBuf};
 

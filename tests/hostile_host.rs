@@ -2,8 +2,6 @@
 //! stream, and a flood faster than the guest polls. The daemon stays bounded, closes what it
 //! refuses, and the guest sees well-formed messages or an EOF.
 
-mod support;
-
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;

@@ -3,8 +3,6 @@
 //! hits are debug lines) instead of once per request. Likewise for fds a host service sends
 //! into a full item table.
 
-mod support;
-
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -12,9 +10,9 @@ use support::*;
 
 const T: Duration = Duration::from_secs(10);
 
-/// `MAX_ITEMS` (src/cross_domain/context.rs): received fds and pipes one context may hold.
+/// `MAX_ITEMS` (src/cross_domain/items.rs): received fds and pipes one context may hold.
 const MAX_ITEMS: usize = 1024;
-/// `MAX_IMAGE_REQUIREMENTS` (src/cross_domain/context.rs): distinct image requirements one
+/// `MAX_IMAGE_REQUIREMENTS` (src/cross_domain/blobs.rs): distinct image requirements one
 /// context may store.
 const MAX_IMAGES: usize = 4096;
 /// `MAX_IMAGE_REQUIREMENTS_PER_VM`: the same for all contexts together.

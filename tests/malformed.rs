@@ -1,8 +1,6 @@
 //! A hostile guest: malformed requests get an error response (or, for broken descriptor
 //! chains, are dropped) and the next valid request is answered correctly. Nothing leaks.
 
-mod support;
-
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;

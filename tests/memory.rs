@@ -2,8 +2,6 @@
 //! test frontend), HOST3D blobs from received memfds and from image requirements, read-only
 //! mappings, and the errors a hostile guest can provoke.
 
-mod support;
-
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -141,8 +139,8 @@ fn sealed_or_read_only_memory_maps_read_only() {
     .unwrap();
     let mut sealed = File::from(fd);
     sealed.write_all(&pattern(4096, 1)).unwrap();
-    // SAFETY: plain fcntl on an fd we own.
     assert_eq!(
+        // SAFETY: plain fcntl on an fd we own.
         unsafe { libc::fcntl(sealed.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) },
         0
     );
@@ -170,7 +168,7 @@ fn sealed_or_read_only_memory_maps_read_only() {
     }
 }
 
-/// Independent reading of spec §7.2: (bytes per pixel, hsub, vsub) per plane.
+/// Independent reading of docs/protocol.md §7.2: (bytes per pixel, hsub, vsub) per plane.
 fn planes(fourcc: &[u8; 4]) -> Vec<(u32, u32, u32)> {
     match fourcc {
         b"R8  " => vec![(1, 1, 1)],
@@ -201,7 +199,7 @@ fn image_requirements_blobs_for_every_format_reach_the_host() {
                 .ctx
                 .image_requirements(&mut fx.vm, w, h, code, 0x11)
                 .unwrap_or_else(|resp| panic!("{what}: {resp:x?}"));
-            // Expected layout, computed here from the spec.
+            // Expected layout, computed here from docs/protocol.md §7.2.
             let mut strides = [0u32; 4];
             let mut offsets = [0u32; 4];
             let mut total = 0u64;
@@ -526,8 +524,8 @@ fn odd_sized_sealed_memory_like_a_keymap_is_copied_into_whole_pages() {
     let content = pattern(70_000, 11);
     keymap.write_all(&content).unwrap();
     let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
-    // SAFETY: plain fcntl on an fd we own.
     assert_eq!(
+        // SAFETY: plain fcntl on an fd we own.
         unsafe { libc::fcntl(keymap.as_raw_fd(), libc::F_ADD_SEALS, seals) },
         0
     );

@@ -1,8 +1,6 @@
 //! Negotiation through vhost-user: features, protocol features, config space, capsets, display
 //! info, GPU_SET_SOCKET, and the 2D/cursor commands a guest console sends.
 
-mod support;
-
 use support::*;
 
 fn le32_at(b: &[u8], off: usize) -> u32 {

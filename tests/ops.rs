@@ -3,8 +3,6 @@
 //! socketpair, `--print-capabilities`, readiness notification (`NOTIFY_SOCKET`), shutdown on
 //! SIGTERM/SIGINT, and the "exactly one of --socket-path, --fd and socket activation" rule.
 
-mod support;
-
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
@@ -549,4 +547,492 @@ fn open_file_limit_is_raised_to_the_hard_limit() {
             d.log()
         );
     }
+}
+
+/// Runs `--socket-path PATH` (with its log in a directory of its own) and expects exit 2 with a
+/// message naming the flag, the value and `needles`; returns the message.
+#[track_caller]
+fn assert_socket_path_refused(path: &Path, needles: &[&str]) -> String {
+    let logs = temp_dir();
+    let (cmd, log_path) = command(logs.path(), &["--socket-path".into(), path.into()], false);
+    let mut d = spawn(cmd, log_path);
+    assert_eq!(d.exit_code(T), 2, "{}", d.log());
+    let log = d.log();
+    let value = format!("--socket-path '{}': ", path.display());
+    assert!(
+        log.contains(&format!("vhost-user-cross-domain: error: {value}")),
+        "{log}"
+    );
+    for n in needles {
+        assert!(log.contains(n), "{n:?} missing from: {log}");
+    }
+    log
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    name.into()
+}
+
+#[test]
+fn socket_path_of_a_running_daemon_is_refused_and_it_keeps_serving() {
+    let dir = temp_dir();
+    let (channel_path, host) = channel_listener(dir.path());
+    let first = Daemon::start_in(dir, channel_args(&channel_path));
+    let path = first.socket_path().to_path_buf();
+    assert!(
+        lock_path(&path).exists(),
+        "the lock file is next to the socket"
+    );
+    assert_socket_path_refused(&path, &["already in use by another process", ".lock"]);
+    // The first daemon's socket and lock file are where they were, and it serves the next VMM.
+    assert!(path.exists());
+    assert!(lock_path(&path).exists());
+    let mut vm = TestVm::connect(&path);
+    exchange(&mut vm, &host, 0);
+    vm.disconnect();
+    let log = first.log();
+    assert!(log.contains("session 1: VMM connected"), "{log}");
+    assert!(
+        !log.contains("session 2: VMM connected"),
+        "the refused daemon connected to the first one: {log}"
+    );
+}
+
+#[test]
+fn socket_path_where_another_program_listens_is_refused() {
+    let dir = temp_dir();
+    let path = dir.path().join("gpu.sock");
+    let other = UnixListener::bind(&path).unwrap();
+    assert_socket_path_refused(&path, &["already in use by another process"]);
+    assert!(path.exists());
+    assert!(!lock_path(&path).exists(), "the lock file is cleaned up");
+    // The program still has its socket.
+    UnixStream::connect(&path).expect("the other program's socket still works");
+    drop(other);
+}
+
+#[test]
+fn socket_path_that_is_a_regular_file_is_left_alone() {
+    let dir = temp_dir();
+    let path = dir.path().join("gpu.sock");
+    std::fs::write(&path, "not a socket").unwrap();
+    assert_socket_path_refused(&path, &["a regular file, not a socket"]);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+    assert!(!lock_path(&path).exists(), "the lock file is cleaned up");
+}
+
+#[test]
+fn socket_path_that_is_a_directory_is_refused() {
+    let dir = temp_dir();
+    let path = dir.path().join("gpu.sock");
+    std::fs::create_dir(&path).unwrap();
+    let log = assert_socket_path_refused(&path, &["a directory, not a socket"]);
+    assert!(!log.contains("Address already in use"), "{log}");
+    assert!(path.is_dir());
+}
+
+#[test]
+fn socket_path_in_a_missing_directory_is_refused() {
+    let dir = temp_dir();
+    let missing = dir.path().join("vm1");
+    let path = missing.join("gpu.sock");
+    assert_socket_path_refused(
+        &path,
+        &[&format!(
+            "the directory {} does not exist",
+            missing.display()
+        )],
+    );
+    assert!(!missing.exists(), "the daemon creates no directory");
+}
+
+#[test]
+fn stale_socket_is_replaced_and_removed_at_shutdown() {
+    let dir = temp_dir();
+    let path = dir.path().join("gpu.sock");
+    // A socket nothing accepts on any more, as a daemon killed with SIGKILL leaves behind.
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let (cmd, log_path) = command(
+        dir.path(),
+        &["--socket-path".into(), path.clone().into()],
+        false,
+    );
+    let mut d = spawn(cmd, log_path);
+    let deadline = Instant::now() + T;
+    while !d.log().contains("listening on") {
+        assert!(Instant::now() < deadline, "not listening\n{}", d.log());
+        assert!(d.wait_exit(Duration::ZERO).is_none(), "exited\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(d.log().contains("removing the stale socket"), "{}", d.log());
+    let vm = TestVm::connect(&path);
+    vm.disconnect();
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.exit_code(EXIT_DEADLINE), 0);
+    assert!(!path.exists(), "the socket is removed at shutdown");
+    assert!(
+        !lock_path(&path).exists(),
+        "the lock file is removed at shutdown"
+    );
+}
+
+/// `JOURNAL_STREAM` naming `log_path`, the way systemd names the journal stream it gives a
+/// service as standard error.
+fn journal_stream(log_path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(log_path).expect("stat the log");
+    format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// Waits until the daemon's log contains `needle`.
+#[track_caller]
+fn wait_log(d: &mut Proc, needle: &str) {
+    let deadline = Instant::now() + T;
+    while !d.log().contains(needle) {
+        assert!(Instant::now() < deadline, "no {needle:?} in:\n{}", d.log());
+        assert!(
+            d.wait_exit(Duration::ZERO).is_none(),
+            "exited:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn journal_lines_carry_priorities_and_no_timestamps() {
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    // No channel: the start-up warning shows the warning priority.
+    let (mut cmd, log_path) = command(
+        dir.path(),
+        &["--socket-path".into(), sock.clone().into()],
+        false,
+    );
+    cmd.env("JOURNAL_STREAM", journal_stream(&log_path))
+        .env("RUST_LOG", "info");
+    let mut d = spawn(cmd, log_path);
+    wait_log(&mut d, "listening on");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.exit_code(EXIT_DEADLINE), 0);
+    let log = d.log();
+    for line in log.lines() {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "line without a priority prefix: {line:?}\n{log}"
+        );
+        assert!(!line.contains("[20"), "a timestamp of its own: {line:?}");
+    }
+    assert!(log.contains("<4>no --channel given"), "{log}");
+    assert!(log.contains("<6>listening on"), "{log}");
+    assert!(log.contains("<6>SIGTERM received"), "{log}");
+
+    // A fatal error has the error priority.
+    let dir = temp_dir();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let (mut cmd, log_path) = command(dir.path(), &["--socket-path".into(), file.into()], false);
+    cmd.env("JOURNAL_STREAM", journal_stream(&log_path));
+    let mut d = spawn(cmd, log_path);
+    assert_eq!(d.exit_code(T), 2);
+    assert!(
+        d.log()
+            .contains("<3>vhost-user-cross-domain: error: --socket-path '"),
+        "{}",
+        d.log()
+    );
+
+    // JOURNAL_STREAM naming another stream (inherited by a program whose standard error goes
+    // elsewhere): the usual format.
+    let dir = temp_dir();
+    let (mut cmd, log_path) = command(dir.path(), &["--fd".into(), "x".into()], false);
+    cmd.env("JOURNAL_STREAM", "1:1");
+    let mut d = spawn(cmd, log_path);
+    assert_eq!(d.exit_code(T), 2);
+    assert!(
+        d.log()
+            .starts_with("vhost-user-cross-domain: error: --fd 'x': "),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn fatal_errors_are_printed_whatever_the_log_filter() {
+    for filter in ["off", "bogus"] {
+        // A configuration error found at start-up (exit 2).
+        let dir = temp_dir();
+        let sock = dir.path().join("missing/gpu.sock");
+        let (mut cmd, log_path) =
+            command(dir.path(), &["--socket-path".into(), sock.into()], false);
+        cmd.env("RUST_LOG", filter);
+        let mut d = spawn(cmd, log_path);
+        assert_eq!(d.exit_code(T), 2, "{filter}");
+        let log = d.log();
+        assert!(
+            log.contains("vhost-user-cross-domain: error: --socket-path '")
+                && log.contains("does not exist"),
+            "RUST_LOG={filter}: {log:?}"
+        );
+
+        // A failure while running (exit 1).
+        let dir = temp_dir();
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let (mut cmd, log_path) = command(dir.path(), &["--fd".into(), "4".into()], false);
+        cmd.env("RUST_LOG", filter);
+        pass_fd(&mut cmd, theirs.as_raw_fd(), 4);
+        let mut d = spawn(cmd, log_path);
+        drop(theirs);
+        let mut msg = Vec::new();
+        for word in [0xffffu32, 1, 0] {
+            msg.extend_from_slice(&word.to_ne_bytes());
+        }
+        ours.write_all(&msg).unwrap();
+        assert_eq!(d.exit_code(T), 1);
+        let log = d.log();
+        assert_eq!(
+            log.lines().count(),
+            1,
+            "RUST_LOG={filter}: only the fatal error: {log:?}"
+        );
+        assert!(
+            log.starts_with("vhost-user-cross-domain: error: the session ended with an error"),
+            "RUST_LOG={filter}: {log:?}"
+        );
+    }
+}
+
+#[test]
+fn log_level_flag_wins_over_rust_log() {
+    // --log-level warn: warnings, no info lines, whatever RUST_LOG says.
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    let args: Vec<OsString> = vec![
+        "--socket-path".into(),
+        sock.clone().into(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    let (mut cmd, log_path) = command(dir.path(), &args, false);
+    cmd.env("RUST_LOG", "trace");
+    let mut d = spawn(cmd, log_path);
+    wait_log(&mut d, "no --channel given");
+    let deadline = Instant::now() + T;
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.exit_code(EXIT_DEADLINE), 0);
+    let log = d.log();
+    assert!(!log.contains("INFO"), "{log}");
+    assert!(!log.contains("DEBUG"), "{log}");
+    assert!(log.contains("WARN"), "{log}");
+
+    // --log-level debug under RUST_LOG=off.
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    let args: Vec<OsString> = vec![
+        "--socket-path".into(),
+        sock.clone().into(),
+        "--log-level".into(),
+        "debug".into(),
+    ];
+    let (mut cmd, log_path) = command(dir.path(), &args, false);
+    cmd.env("RUST_LOG", "off");
+    let mut d = spawn(cmd, log_path);
+    wait_log(&mut d, "listening on");
+    // A VMM's feature negotiation is logged at debug level.
+    let vm = TestVm::connect(&sock);
+    vm.disconnect();
+    wait_log(&mut d, "acked features");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.exit_code(EXIT_DEADLINE), 0);
+    let log = d.log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(log.contains("DEBUG"), "{log}");
+
+    // A level that does not exist.
+    let dir = temp_dir();
+    let (cmd, log_path) = command(dir.path(), &["--log-level".into(), "loud".into()], false);
+    assert_exit_2(
+        spawn(cmd, log_path),
+        &["--log-level 'loud'", "error, warn, info"],
+    );
+}
+
+#[test]
+fn start_up_lines_describe_the_configuration() {
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    let args: Vec<OsString> = vec![
+        "--socket-path".into(),
+        sock.into(),
+        // crosvm's form, with its default (empty) name.
+        "--wayland-sock".into(),
+        "/run/w-0,name=".into(),
+        "--channel".into(),
+        "0x14:/run/agent.sock".into(),
+        "--shm-size".into(),
+        "512MiB".into(),
+        "--scanouts".into(),
+        "0".into(),
+        "--sandbox".into(),
+        "none".into(),
+    ];
+    let (mut cmd, log_path) = command(dir.path(), &args, false);
+    cmd.env("RUST_LOG", "info");
+    let mut d = spawn(cmd, log_path);
+    wait_log(&mut d, "listening on");
+    let log = d.log();
+    for needle in [
+        &format!(
+            "vhost-user-cross-domain {} starting",
+            env!("CARGO_PKG_VERSION")
+        )[..],
+        "--shm-size 512 MiB",
+        "--scanouts 0",
+        "--sandbox none",
+        "2 channels",
+        "channel 1 (wayland): /run/w-0",
+        "channel 20 (0x14): /run/agent.sock",
+    ] {
+        assert!(log.contains(needle), "{needle:?} missing from:\n{log}");
+    }
+}
+
+/// A group the daemon may give its socket to: as root one that exists on Debian and is not
+/// root's own, otherwise the test's own group.
+fn other_group() -> (String, u32) {
+    if nix::unistd::geteuid().is_root() {
+        for name in ["nogroup", "daemon"] {
+            if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
+                return (name.to_owned(), g.gid.as_raw());
+            }
+        }
+    }
+    let gid = nix::unistd::getegid().as_raw();
+    (gid.to_string(), gid)
+}
+
+#[test]
+fn socket_group_gives_the_socket_to_the_group_with_mode_0660() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let (name, gid) = other_group();
+    let d = Daemon::builder()
+        .args(["--socket-group", name.as_str()])
+        .spawn();
+    // The socket exists from its bind on; the group is given right after, before this line.
+    assert!(d.wait_for_log("listening on", T), "{}", d.log());
+    let meta = std::fs::symlink_metadata(d.socket_path()).unwrap();
+    assert_eq!(meta.gid(), gid, "{}", d.log());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    assert!(
+        d.log()
+            .contains(&format!("group {name} (gid {gid}), mode 0660")),
+        "{}",
+        d.log()
+    );
+    // The VMM still connects.
+    let vm = TestVm::connect(d.socket_path());
+    vm.disconnect();
+}
+
+#[test]
+fn socket_group_needs_socket_path() {
+    let dir = temp_dir();
+    let (_ours, theirs) = UnixStream::pair().unwrap();
+    let args: Vec<OsString> = vec![
+        "--fd".into(),
+        "5".into(),
+        "--socket-group".into(),
+        "daemon".into(),
+    ];
+    let (mut cmd, log_path) = command(dir.path(), &args, false);
+    pass_fd(&mut cmd, theirs.as_raw_fd(), 5);
+    assert_exit_2(
+        spawn(cmd, log_path),
+        &[
+            "--socket-group 'daemon': only with --socket-path",
+            "with --fd",
+        ],
+    );
+
+    let dir = temp_dir();
+    let listener = UnixListener::bind(dir.path().join("a.sock")).unwrap();
+    let args: Vec<OsString> = vec!["--socket-group".into(), "daemon".into()];
+    let d = spawn_activated(dir.path(), &[listener.as_raw_fd()], &args);
+    assert_exit_2(
+        d,
+        &[
+            "--socket-group 'daemon': only with --socket-path",
+            "socket activation",
+            "SocketGroup=",
+        ],
+    );
+}
+
+#[test]
+fn channel_paths_that_cannot_work_yet_are_warned_about() {
+    let dir = temp_dir();
+    let sock = dir.path().join("gpu.sock");
+    let missing = dir.path().join("not-yet");
+    let args: Vec<OsString> = vec![
+        "--socket-path".into(),
+        sock.into(),
+        "--channel".into(),
+        "5:relative/portal.sock".into(),
+        "--channel".into(),
+        format!("3:{}/agent.sock", missing.display()).into(),
+        "--sandbox".into(),
+        "none".into(),
+    ];
+    let (mut cmd, log_path) = command(dir.path(), &args, false);
+    cmd.env("RUST_LOG", "info");
+    let mut d = spawn(cmd, log_path);
+    // Warnings, not errors: the daemon serves.
+    wait_log(&mut d, "listening on");
+    let log = d.log();
+    assert!(
+        log.contains("channel 5: relative/portal.sock: a relative path"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "channel 3: {}/agent.sock: the directory {} does not exist",
+            missing.display(),
+            missing.display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("WARN"), "{log}");
+}
+
+#[test]
+fn socket_activation_logs_the_socket_path() {
+    // Without LISTEN_FDNAMES the service manager's name for the socket is "unknown".
+    let dir = temp_dir();
+    let socket_path = dir.path().join("activated.sock");
+    let listener = UnixListener::bind(&socket_path).unwrap();
+    let (mut cmd, log_path) = command(dir.path(), &[], true);
+    cmd.env("LISTEN_FDS", "1");
+    pass_fd(&mut cmd, listener.as_raw_fd(), 3);
+    let mut d = spawn(cmd, log_path);
+    drop(listener);
+    wait_log(&mut d, "socket activation: listening on");
+    let log = d.log();
+    assert!(
+        log.contains(&format!(
+            "socket activation: listening on the socket-activated socket {} for",
+            socket_path.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("unknown"), "{log}");
 }

@@ -3,7 +3,7 @@
 //! to the real daemon, and the test plays both the guest client (connected to the proxy's
 //! socket) and the host service (accepting the daemon's channel connection).
 //!
-//! How the fake maps the kernel's behaviour (Linux `drivers/gpu/drm/virtio`, spec §1.9):
+//! How the fake maps the kernel's behaviour (Linux `drivers/gpu/drm/virtio`, docs/protocol.md §1.9):
 //! - CONTEXT_INIT → CTX_CREATE; GUEST blobs live in the VM's guest memory and are attached to
 //!   the context; HOST3D mappable blobs → CREATE_BLOB + RESOURCE_MAP_BLOB at an offset the
 //!   fake allocates in the host-visible region + CTX_ATTACH; GEM_CLOSE → CTX_DETACH and, unless
@@ -18,8 +18,6 @@
 //!   for a mapping), so it returns a memfd holding a copy of the blob's bytes taken at export
 //!   time; PRIME import is not supported (no dma-bufs exist here).
 
-mod support;
-
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -27,18 +25,17 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::*;
-use tempfile::TempDir;
-use vhost_user_cross_domain::proxy::device::{
+use cross_domain_proxy::device::{
     context_param, param, Blob, BlobCreate, BlobMapping, DeviceError, ResourceInfo, VirtGpuDevice,
     BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D,
 };
-use vhost_user_cross_domain::proxy::{self, ProxyConfig, Session, SessionError};
+use cross_domain_proxy::{self as proxy, ProxyConfig, Session, SessionError};
+use support::*;
+use tempfile::TempDir;
 
 const T: Duration = Duration::from_secs(10);
 const PAGE: u64 = 4096;
@@ -859,60 +856,4 @@ fn a_channel_the_host_refuses_is_detected_at_setup() {
     let mut client = client;
     set_timeout(&client);
     assert_eq!(read_to_eof(&mut client), b"");
-}
-
-// ---- the binary ------------------------------------------------------------------------------
-
-const BIN: &str = env!("CARGO_BIN_EXE_cross-domain-proxy");
-
-fn run_bin(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cross-domain-proxy");
-    let deadline = Instant::now() + T;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("cross-domain-proxy {args:?} did not exit");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn cli() {
-    let (code, out, _) = run_bin(&["--help"]);
-    assert_eq!(code, Some(0));
-    for flag in ["--channel", "--listen", "--device", "--skip-capset-check"] {
-        assert!(out.contains(flag), "--help mentions {flag}: {out}");
-    }
-    let (code, _, err) = run_bin(&["--channel", "bogus", "--listen", "/tmp/x.sock"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("bogus"), "{err}");
-    let (code, _, err) = run_bin(&["--listen", "/tmp/x.sock"]);
-    assert_eq!(code, Some(2), "--channel is required: {err}");
-    let (code, _, err) = run_bin(&[
-        "--channel",
-        "dbus-session",
-        "--listen",
-        "/nonexistent-cross-domain-proxy-test/p.sock",
-        "--device",
-        "/nonexistent-cross-domain-proxy-test/renderD128",
-    ]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("/nonexistent-cross-domain-proxy-test/renderD128"),
-        "{err}"
-    );
 }

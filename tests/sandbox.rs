@@ -6,8 +6,6 @@
 //!
 //! The rest of the integration suite runs sandboxed too, since the sandbox is the default.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;

@@ -3,8 +3,6 @@
 //! hardening brief (10^4 contexts, 10^3 VMM sessions) is
 //! `VUCD_SOAK_FULL=1 cargo test --release --test soak -- --nocapture`.
 
-mod support;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,7 @@
 //! The cases, their sizes and counts, and what each reports.
 
+use crate::counters::SpanCosts;
+
 /// Message size of the throughput cases: the most one RECEIVE carries (4096-byte ring minus the
 /// 352-byte SEND/RECEIVE header), used in both directions.
 pub const MSG: usize = 3744;
@@ -22,6 +24,9 @@ pub struct Params {
     pub pipe_bytes: usize,
     pub fd_msgs: usize,
     pub memfd_msgs: usize,
+    /// Count the device process's system calls in this repetition (the separate counted
+    /// pass, see `counters.rs`); set by the bench, not by the mode.
+    pub count_syscalls: bool,
 }
 
 impl Params {
@@ -32,6 +37,7 @@ impl Params {
             pipe_bytes: 16 << 20,
             fd_msgs: 5_000,
             memfd_msgs: 2_000,
+            count_syscalls: false,
         }
     }
 
@@ -42,6 +48,7 @@ impl Params {
             pipe_bytes: 4 << 20,
             fd_msgs: 500,
             memfd_msgs: 300,
+            count_syscalls: false,
         }
     }
 }
@@ -178,6 +185,11 @@ pub struct Outcome {
     pub ops: u64,
     /// Diagnostics per operation (e.g. kicks and interrupts), by name.
     pub extra: Vec<(&'static str, f64)>,
+    /// Costs over the traffic, for systems with a device process (ours, relay); the others
+    /// are measured by the bench around the whole repetition.
+    pub costs: Option<SpanCosts>,
+    /// Allocations of the guest driver's thread in the case's loop (not its set-up).
+    pub driver_allocs: Option<u64>,
 }
 
 impl Outcome {
@@ -186,7 +198,15 @@ impl Outcome {
             values: values.into_iter().map(Ok).collect(),
             ops: ops as u64,
             extra: Vec::new(),
+            costs: None,
+            driver_allocs: None,
         }
+    }
+
+    /// Records the driver thread's allocations in the loop.
+    pub fn allocs(mut self, n: u64) -> Self {
+        self.driver_allocs = Some(n);
+        self
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::cases::*;
 use crate::service;
 use crate::stats::{mb_per_s, percentile};
-use crate::support::{memfd_with, pipe};
+use support::{memfd_with, pipe};
 
 fn err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
@@ -26,11 +26,11 @@ pub fn run(case: Case, p: &Params) -> RepResult {
         Case::FdPipeToGuest => fd_pipe_to_guest(p.fd_msgs),
         Case::FdPipeToHost => fd_pipe_to_host(p.fd_msgs),
         Case::FdMemfd => fd_memfd(p.memfd_msgs),
-        Case::Memory => Ok(Outcome {
-            values: vec![Err("n/a (no process of its own)".into()); 4],
-            ops: 0,
-            extra: Vec::new(),
-        }),
+        Case::Memory => {
+            let mut o = Outcome::new(Vec::new(), 0);
+            o.values = vec![Err("n/a (no process of its own)".into()); 4];
+            Ok(o)
+        }
     }
 }
 
@@ -213,7 +213,7 @@ fn fd_pipe_to_host(n: usize) -> RepResult {
     let t0 = Instant::now();
     for _ in 0..n {
         let (mut r, w) = pipe();
-        crate::support::send_with_fds(&a, b"p", &[w.as_raw_fd()]);
+        support::send_with_fds(&a, b"p", &[w.as_raw_fd()]);
         drop(w);
         if r.read(&mut buf).map_err(err("read"))? != 0 {
             return Err("data on an empty pipe".into());

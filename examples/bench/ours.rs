@@ -4,6 +4,11 @@
 //! The guest driver behaves like Linux's virtio-gpu driver: unfenced SUBMIT_3Ds (SEND, WRITE)
 //! are not waited for one by one — up to [`WINDOW`] are in flight — while POLL is fenced and
 //! waited for, one message per fence. EVENT_IDX is negotiated, as Linux does.
+//!
+//! Two guest drivers: the cheap one (`driver.rs`, cases in `lean.rs`; the default), which
+//! allocates nothing per request, and the test frontend's general one (the cases below,
+//! `--driver frontend`), which allocates, poisons and copies every buffer as the integration
+//! tests want. Both send the same requests in the same order.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -11,19 +16,40 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::alloc;
 use crate::cases::*;
+use crate::counters;
 use crate::service;
 use crate::stats::{mb_per_s, percentile};
-use crate::support::*;
+use support::*;
 
 /// How long any single wait may take before the case is declared broken.
-const T: Duration = Duration::from_secs(10);
+pub const T: Duration = Duration::from_secs(10);
 /// Unfenced requests the guest driver keeps in flight.
 pub const WINDOW: usize = 32;
+
+/// Which guest driver sends the requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// Pre-encoded requests in reused buffers (`driver.rs`): nothing allocated per request.
+    Lean,
+    /// The test frontend's general driver, as the integration tests use it.
+    Frontend,
+}
+
+impl Driver {
+    pub fn key(self) -> &'static str {
+        match self {
+            Driver::Lean => "lean",
+            Driver::Frontend => "frontend",
+        }
+    }
+}
 
 /// A running daemon, a connected fake VM and the host listener of the channel.
 pub struct Ours {
     bin: PathBuf,
+    driver: Driver,
     daemon: Daemon,
     vm: TestVm,
     listener: UnixListener,
@@ -69,7 +95,12 @@ impl Pipeline {
 }
 
 fn check_ok(resp: &[u8], what: &str) -> Result<(), String> {
-    match resp_type(resp) {
+    check_type(resp_type(resp), what)
+}
+
+/// OK_NODATA, or an error saying what came instead.
+pub fn check_type(t: u32, what: &str) -> Result<(), String> {
+    match t {
         RESP_OK_NODATA => Ok(()),
         RESP_ERR_OUT_OF_MEMORY => Err(format!(
             "{what} answered ERR_OUT_OF_MEMORY: the host service fell {} MiB behind and the \
@@ -106,19 +137,16 @@ fn connect(daemon: &Daemon) -> TestVm {
 
 impl Ours {
     /// Starts the daemon (inheriting this thread's CPU affinity) and connects a VM.
-    pub fn start(bin: &Path) -> Ours {
+    pub fn start(bin: &Path, driver: Driver) -> Ours {
         let (daemon, listener) = spawn_daemon(bin);
         let vm = connect(&daemon);
         Ours {
             bin: bin.to_owned(),
+            driver,
             daemon,
             vm,
             listener,
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.daemon.pid()
     }
 
     /// Opens a context on the channel and accepts the daemon's connection to the host service.
@@ -154,17 +182,13 @@ impl Ours {
         // until the context is gone, so no channel hang-up overtakes the guest's last message.
         let keep = host.try_clone().map_err(err("dup"))?;
         let before = self.vm.queue_stats(CONTROLQ);
-        let r = match case {
-            Case::GuestToHost => self.guest_to_host(&ctx, host, p.msgs),
-            Case::HostToGuest => self.host_to_guest(&ctx, host, p.msgs),
-            Case::RoundTrip => self.round_trip(&ctx, host, p.rtts),
-            Case::PipeRead => self.pipe_read(&ctx, host, p.pipe_bytes),
-            Case::PipeWrite => self.pipe_write(&ctx, host, p.pipe_bytes),
-            Case::FdPipeToGuest => self.fd_pipe_to_guest(&ctx, host, p.fd_msgs),
-            Case::FdPipeToHost => self.fd_pipe_to_host(&ctx, host, p.fd_msgs),
-            Case::FdMemfd => self.fd_memfd(&ctx, host, p.memfd_msgs),
-            Case::Memory => unreachable!(),
+        // Costs over the traffic only: context set-up and tear-down are not the case's.
+        let span = counters::Span::start(self.daemon.pid(), p.count_syscalls);
+        let r = match self.driver {
+            Driver::Lean => crate::lean::run(&mut self.vm, &ctx, case, host, p),
+            Driver::Frontend => self.frontend(&ctx, host, case, p),
         };
+        let costs = span.stop();
         let after = self.vm.queue_stats(CONTROLQ);
         self.close(ctx)?;
         drop(keep);
@@ -177,8 +201,30 @@ impl Ours {
                     ("interrupts", per(after.interrupts, before.interrupts)),
                 ];
             }
+            o.costs = Some(costs);
             o
         })
+    }
+
+    /// The cases with the test frontend's driver.
+    fn frontend(
+        &mut self,
+        ctx: &CrossDomainContext,
+        host: UnixStream,
+        case: Case,
+        p: &Params,
+    ) -> RepResult {
+        match case {
+            Case::GuestToHost => self.guest_to_host(ctx, host, p.msgs),
+            Case::HostToGuest => self.host_to_guest(ctx, host, p.msgs),
+            Case::RoundTrip => self.round_trip(ctx, host, p.rtts),
+            Case::PipeRead => self.pipe_read(ctx, host, p.pipe_bytes),
+            Case::PipeWrite => self.pipe_write(ctx, host, p.pipe_bytes),
+            Case::FdPipeToGuest => self.fd_pipe_to_guest(ctx, host, p.fd_msgs),
+            Case::FdPipeToHost => self.fd_pipe_to_host(ctx, host, p.fd_msgs),
+            Case::FdMemfd => self.fd_memfd(ctx, host, p.memfd_msgs),
+            Case::Memory => unreachable!(),
+        }
     }
 
     /// Pipelined SENDs of MSG bytes; a host thread drains the socket.
@@ -187,23 +233,23 @@ impl Ours {
         let drain = service::spawn_drain(host, total);
         let cmd = cd_send(&vec![0x5a; MSG], &[]);
         let mut pipe = Pipeline::new();
+        let allocs = alloc::Span::start();
         let t0 = Instant::now();
         for _ in 0..n {
             let h = self.vm.submit_3d(ctx.ctx_id, &cmd, None);
             pipe.push(&mut self.vm, h)?;
         }
         pipe.drain(&mut self.vm)?;
+        let allocs = allocs.stop();
         let t1 = service::join(drain, "host drain")?;
-        Ok(Outcome::new(
-            vec![mb_per_s(total, (t1 - t0).as_secs_f64())],
-            n,
-        ))
+        Ok(Outcome::new(vec![mb_per_s(total, (t1 - t0).as_secs_f64())], n).allocs(allocs))
     }
 
     /// A host thread writes `n` messages of MSG bytes; the guest POLLs and reads RECEIVEs.
     fn host_to_guest(&mut self, ctx: &CrossDomainContext, host: UnixStream, n: usize) -> RepResult {
         let total = (n * MSG) as u64;
         let writer = service::spawn_writer(host, vec![0x5a; MSG], n);
+        let allocs = alloc::Span::start();
         let t0 = Instant::now();
         let mut got = 0u64;
         let mut polls = 0usize;
@@ -215,9 +261,10 @@ impl Ours {
             polls += 1;
         }
         let secs = t0.elapsed().as_secs_f64();
+        let allocs = allocs.stop();
         service::join(writer, "host writer")?;
         let mbps = mb_per_s(total, secs);
-        Ok(Outcome::new(vec![mbps, mbps], polls))
+        Ok(Outcome::new(vec![mbps, mbps], polls).allocs(allocs))
     }
 
     /// SEND 64 B → host echo thread → POLL fence → RECEIVE; the POLL is armed before the SEND,
@@ -227,6 +274,7 @@ impl Ours {
         let echo = service::spawn_echo(host, RTT_MSG, n + warm);
         let cmd = cd_send(&[0x5a; RTT_MSG], &[]);
         let mut samples = Vec::with_capacity(n);
+        let allocs = alloc::Span::start();
         let mut poll = ctx.poll_next(&mut self.vm);
         for i in 0..n + warm {
             let t0 = Instant::now();
@@ -255,10 +303,11 @@ impl Ours {
             }
         }
         self.vm.discard(CONTROLQ, poll);
+        let allocs = allocs.stop();
         service::join(echo, "host echo")?;
         let p50 = percentile(&mut samples, 50.0);
         let p99 = percentile(&mut samples, 99.0);
-        Ok(Outcome::new(vec![p50, p99], n + warm))
+        Ok(Outcome::new(vec![p50, p99], n + warm).allocs(allocs))
     }
 
     /// SEND with a READ_PIPE identifier; the host writes `bytes` into the write end it
@@ -266,6 +315,7 @@ impl Ours {
     fn pipe_read(&mut self, ctx: &CrossDomainContext, host: UnixStream, bytes: usize) -> RepResult {
         let writer = service::spawn_pipe_filler(host, bytes);
         let id = CD_READ_PIPE_ID_BASE + 1;
+        let allocs = alloc::Span::start();
         let t0 = Instant::now();
         let h = self.vm.submit_3d(
             ctx.ctx_id,
@@ -294,11 +344,12 @@ impl Ours {
         }
         let secs = t0.elapsed().as_secs_f64();
         pipe.drain(&mut self.vm)?;
+        let allocs = allocs.stop();
         service::join(writer, "host writer")?;
         if got != bytes {
             return Err(format!("read {got} of {bytes} bytes"));
         }
-        Ok(Outcome::new(vec![mb_per_s(bytes as u64, secs)], reads))
+        Ok(Outcome::new(vec![mb_per_s(bytes as u64, secs)], reads).allocs(allocs))
     }
 
     /// The host passes a pipe's write end; the guest WRITEs PIPE_CHUNK-byte pieces
@@ -320,6 +371,7 @@ impl Ours {
         let data = vec![0x5au8; bytes];
         let chunks = bytes.div_ceil(PIPE_CHUNK);
         let mut pipe = Pipeline::new();
+        let allocs = alloc::Span::start();
         let t0 = Instant::now();
         for (i, c) in data.chunks(PIPE_CHUNK).enumerate() {
             let h = self
@@ -328,6 +380,7 @@ impl Ours {
             pipe.push(&mut self.vm, h)?;
         }
         pipe.drain(&mut self.vm)?;
+        let allocs = allocs.stop();
         let (got, t1) = service::join(reader, "host reader")?;
         drop(host);
         if got != bytes as u64 {
@@ -336,7 +389,8 @@ impl Ours {
         Ok(Outcome::new(
             vec![mb_per_s(bytes as u64, (t1 - t0).as_secs_f64())],
             chunks,
-        ))
+        )
+        .allocs(allocs))
     }
 
     /// Per message: the host passes a pipe write end; the guest RECEIVEs it and releases it
@@ -350,6 +404,7 @@ impl Ours {
         let (_r, w) = pipe();
         let (credits, source) = service::spawn_fd_source(host, b"p", OwnedFd::from(w), n);
         let mut pipe = Pipeline::new();
+        let allocs = alloc::Span::start();
         let t0 = Instant::now();
         for _ in 0..n {
             let id = match ctx.recv(&mut self.vm, T) {
@@ -364,8 +419,9 @@ impl Ours {
         }
         pipe.drain(&mut self.vm)?;
         let secs = t0.elapsed().as_secs_f64();
+        let allocs = allocs.stop();
         service::join(source, "host sender")?;
-        Ok(Outcome::new(vec![n as f64 / secs], n))
+        Ok(Outcome::new(vec![n as f64 / secs], n).allocs(allocs))
     }
 
     /// Per message: SEND with a new READ_PIPE identifier; the host receives the write end and
@@ -378,6 +434,7 @@ impl Ours {
     ) -> RepResult {
         let sink = service::spawn_fd_sink(host, n);
         let mut pipe = Pipeline::new();
+        let allocs = alloc::Span::start();
         let t0 = Instant::now();
         for i in 0..n {
             let id = CD_READ_PIPE_ID_BASE + 1 + i as u32;
@@ -398,8 +455,9 @@ impl Ours {
         }
         pipe.drain(&mut self.vm)?;
         let secs = t0.elapsed().as_secs_f64();
+        let allocs = allocs.stop();
         service::join(sink, "host receiver")?;
-        Ok(Outcome::new(vec![n as f64 / secs], n))
+        Ok(Outcome::new(vec![n as f64 / secs], n).allocs(allocs))
     }
 
     /// Per message: the host passes a memfd; the guest RECEIVEs it, creates a HOST3D blob from
@@ -408,6 +466,7 @@ impl Ours {
         let memfd = memfd_with(&vec![0u8; MEMFD_SIZE as usize]);
         let (credits, source) = service::spawn_fd_source(host, b"m", OwnedFd::from(memfd), n);
         let flags = BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE;
+        let allocs = alloc::Span::start();
         let t0 = Instant::now();
         for i in 0..n {
             let id = match ctx.recv(&mut self.vm, T) {
@@ -435,8 +494,9 @@ impl Ours {
             check_ok(&self.vm.resource_unref(res), "RESOURCE_UNREF")?;
         }
         let secs = t0.elapsed().as_secs_f64();
+        let allocs = allocs.stop();
         service::join(source, "host sender")?;
-        Ok(Outcome::new(vec![n as f64 / secs], n))
+        Ok(Outcome::new(vec![n as f64 / secs], n).allocs(allocs))
     }
 }
 

@@ -24,7 +24,7 @@ use tempfile::TempDir;
 use crate::cases::*;
 use crate::service;
 use crate::stats::{mb_per_s, percentile};
-use crate::support::{
+use support::{
     accept_timeout, cd_init, cd_poll, cd_send, cd_write, channel_listener, decode_channel_msg,
     memfd_with, pipe, send_with_fds, temp_dir, ChannelMsg, CD_CHANNEL_RING, CD_ID_TYPE_READ_PIPE,
     CD_READ_PIPE_ID_BASE, CD_RING_SIZE,
@@ -493,6 +493,8 @@ impl Peer {
             ],
             ops: 0,
             extra: Vec::new(),
+            costs: None,
+            driver_allocs: None,
         })
     }
 }

@@ -135,8 +135,13 @@ pub fn spawn_fd_sink(s: UnixStream, n: usize) -> JoinHandle<io::Result<()>> {
 
 /// Receiver-paced sending: the sender waits for a credit before running more than
 /// [`FD_WINDOW`] messages ahead.
+///
+/// A bounded channel of FD_WINDOW slots, allocated once: the receiver gives one credit per
+/// message it got, and it cannot have got more than FD_WINDOW messages beyond the credits the
+/// sender took, so giving never blocks, and never allocates (an unbounded channel allocates a
+/// block every few dozen messages, which would count against the guest driver that gives).
 pub struct Credits {
-    tx: mpsc::Sender<()>,
+    tx: mpsc::SyncSender<()>,
 }
 
 impl Credits {
@@ -154,13 +159,13 @@ pub fn spawn_fd_source(
     fd: OwnedFd,
     n: usize,
 ) -> (Credits, JoinHandle<io::Result<()>>) {
-    let (tx, rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::sync_channel::<()>(FD_WINDOW);
     let h = thread::spawn(move || {
         for i in 0..n {
             if i >= FD_WINDOW && rx.recv().is_err() {
                 return Err(io::Error::other("the receiver gave up"));
             }
-            crate::support::send_with_fds(&s, data, &[fd.as_raw_fd()]);
+            support::send_with_fds(&s, data, &[fd.as_raw_fd()]);
         }
         Ok(())
     });

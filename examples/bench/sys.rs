@@ -1,5 +1,6 @@
-//! Operating-system helpers: CPU affinity, memory and CPU accounting from /proc, the machine
-//! description, and finding (or building) the daemon binary.
+//! Operating-system helpers: CPU affinity, memory and CPU accounting, the machine description,
+//! and finding (or building) the daemon binary. Per-process costs over a span of traffic are
+//! in `counters.rs`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -67,18 +68,6 @@ pub fn rss(pid: u32) -> io::Result<Rss> {
     })
 }
 
-/// CPU time (ns) consumed so far by every live thread of process `pid`, from
-/// /proc/PID/task/*/schedstat (exact, unlike the tick-based /proc/PID/stat).
-pub fn process_cpu_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// CPU time (ns) of this process (all threads, exited ones included) plus its waited-for
 /// children.
 pub fn self_cpu_ns() -> u64 {
@@ -144,6 +133,9 @@ pub fn daemon_binary(name: &str) -> Result<PathBuf, String> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let sources = [
         manifest.join("src"),
+        // The workspace's other crates, which the daemon links (cross-domain-protocol,
+        // cross-domain-fdpass).
+        manifest.join("crates"),
         manifest.join("Cargo.toml"),
         manifest.join("Cargo.lock"),
     ];
@@ -170,6 +162,10 @@ pub fn daemon_binary(name: &str) -> Result<PathBuf, String> {
         .current_dir(manifest);
     if release {
         cmd.arg("--release");
+    }
+    // The same features as this example, or cargo would rebuild it without them.
+    if cfg!(feature = "bench-peer") {
+        cmd.args(["--features", "bench-peer"]);
     }
     eprintln!(
         "bench: {} is {}; building it",

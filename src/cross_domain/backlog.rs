@@ -5,24 +5,42 @@
 //! module owns that queue and decides nothing about policy; [`super::Context`] chooses, per
 //! message, one of two ways to keep the bytes:
 //!
-//! - **Held in guest memory** ([`Backlog::push_guest`]): the chunk refers to the guest's request
-//!   buffers and remembers the control-queue head of the request; the device does not complete
-//!   that request until the chunk went out (or was dropped). No copy, no allocation of the
-//!   payload, and the guest is throttled the way a full virtqueue throttles any driver.
+//! - **Held in guest memory** ([`Backlog::push_held`]): the chunk refers to the guest's request
+//!   buffers and carries the request's [`HoldToken`]; the device does not complete that request
+//!   until the chunk went out (or was dropped). No copy, no allocation of the payload, and the
+//!   guest is throttled the way a full virtqueue throttles any driver.
 //! - **Copied** ([`Backlog::push_owned`]): the request completes at once. Used where holding is
 //!   not possible (fenced submissions, whose completion order the fence timeline fixes) and
 //!   beyond the per-peer budget of held requests; bounded by the caller (`MAX_BACKLOG_BYTES`).
 //!
-//! Every chunk that carried a held request reports its head in the `released` list when it is
+//! Every chunk that holds a request hands its token back in the `released` list when it is
 //! sent completely or discarded; the virtio-gpu layer completes the request once all chunks
-//! that refer to it are released.
+//! that hold it are released. The token means nothing here: it only travels.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::io::{self as cdio, CmsgBuf, MAX_FDS};
-use crate::virtio_gpu::sg::{GuestMem, SgList};
+use crate::guest_mem::{GuestMem, SgList};
+
+/// "This request may complete": an opaque token the device lends with a request it may leave
+/// uncompleted while bytes of it wait in guest memory, and gets back once no queued chunk
+/// holds that request any more. Its value means nothing to the cross-domain layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HoldToken(u64);
+
+impl HoldToken {
+    /// A token with the value the device chooses (the device maps it back to its request).
+    pub const fn new(value: u64) -> Self {
+        HoldToken(value)
+    }
+
+    /// The device's value.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
 
 /// Where a queued chunk's bytes are.
 enum Bytes {
@@ -39,8 +57,8 @@ struct Chunk {
     sent: usize,
     /// Travel with the chunk's first byte; cleared once that byte is out.
     fds: Vec<OwnedFd>,
-    /// Control-queue head of the guest request whose buffers hold the bytes.
-    hold: Option<u16>,
+    /// The guest request whose buffers hold the bytes, which this chunk holds uncompleted.
+    holds: Option<HoldToken>,
 }
 
 /// Outcome of flushing a backlog.
@@ -88,19 +106,19 @@ impl Backlog {
             len,
             sent: 0,
             fds,
-            hold: None,
+            holds: None,
         });
     }
 
-    /// Queue bytes `[start, start + len)` of the guest request `sg` (control-queue head
-    /// `head`), which the caller keeps uncompleted until this chunk is released.
-    pub fn push_guest(
+    /// Queue bytes `[start, start + len)` of the guest request `sg`, held uncompleted under
+    /// `token` until this chunk is released.
+    pub fn push_held(
         &mut self,
         sg: SgList,
         start: usize,
         len: usize,
         fds: Vec<OwnedFd>,
-        head: u16,
+        token: HoldToken,
     ) {
         self.held += 1;
         self.chunks.push_back(Chunk {
@@ -108,30 +126,30 @@ impl Backlog {
             len,
             sent: 0,
             fds,
-            hold: Some(head),
+            holds: Some(token),
         });
     }
 
-    fn pop_front(&mut self, released: &mut Vec<u16>) {
+    fn pop_front(&mut self, released: &mut Vec<HoldToken>) {
         if let Some(chunk) = self.chunks.pop_front() {
             self.forget(&chunk, released);
         }
     }
 
-    fn forget(&mut self, chunk: &Chunk, released: &mut Vec<u16>) {
+    fn forget(&mut self, chunk: &Chunk, released: &mut Vec<HoldToken>) {
         if matches!(chunk.bytes, Bytes::Owned(_)) {
             self.owned_bytes -= chunk.len - chunk.sent;
         }
-        if let Some(head) = chunk.hold {
+        if let Some(token) = chunk.holds {
             self.held -= 1;
-            released.push(head);
+            released.push(token);
         }
     }
 
     /// Drop everything queued (the peer is gone, or the item or context is closed). Held
     /// requests are released; their bytes are lost, as bytes a socket accepted are when the
     /// peer closes before reading them.
-    pub fn discard(&mut self, released: &mut Vec<u16>) {
+    pub fn discard(&mut self, released: &mut Vec<HoldToken>) {
         while !self.chunks.is_empty() {
             self.pop_front(released);
         }
@@ -147,7 +165,7 @@ impl Backlog {
         mem: &GuestMem,
         iov: &mut Vec<libc::iovec>,
         cmsg: &mut CmsgBuf,
-        released: &mut Vec<u16>,
+        released: &mut Vec<HoldToken>,
     ) -> io::Result<Flush> {
         while let Some(chunk) = self.chunks.front_mut() {
             let rest = chunk.len - chunk.sent;
@@ -203,9 +221,9 @@ impl Backlog {
                 // `forget` must not count the sent bytes again: they are already subtracted.
                 let chunk = self.chunks.pop_front();
                 if let Some(c) = chunk {
-                    if let Some(head) = c.hold {
+                    if let Some(token) = c.holds {
                         self.held -= 1;
-                        released.push(head);
+                        released.push(token);
                     }
                 }
             } else if n == 0 {
@@ -234,6 +252,15 @@ mod tests {
 
     use super::*;
 
+    fn tok(v: u16) -> HoldToken {
+        HoldToken::new(u64::from(v))
+    }
+
+    /// The values of released tokens, in order.
+    fn vals(rel: &[HoldToken]) -> Vec<u16> {
+        rel.iter().map(|t| t.get() as u16).collect()
+    }
+
     fn mem() -> GuestMem {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x4000)]).unwrap()
     }
@@ -250,13 +277,13 @@ mod tests {
         a.set_nonblocking(true).unwrap();
         let mut q = Backlog::default();
         q.push_owned(b"<".to_vec(), Vec::new());
-        q.push_guest(sg, 2, 11, Vec::new(), 7);
+        q.push_held(sg, 2, 11, Vec::new(), tok(7));
         q.push_owned(b">".to_vec(), Vec::new());
         assert_eq!((q.held(), q.owned_bytes()), (1, 2));
         let (mut iov, mut cmsg, mut rel) = (Vec::new(), CmsgBuf::default(), Vec::new());
         let r = q.flush(a.as_fd(), true, &m, &mut iov, &mut cmsg, &mut rel);
         assert_eq!(r.unwrap(), Flush::Done);
-        assert_eq!(rel, [7]);
+        assert_eq!(vals(&rel), [7]);
         assert!(q.is_empty() && q.held() == 0 && q.owned_bytes() == 0);
         let mut got = [0u8; 13];
         b.read_exact(&mut got).unwrap();
@@ -274,7 +301,7 @@ mod tests {
         let (mut iov, mut cmsg, mut rel) = (Vec::new(), CmsgBuf::default(), Vec::new());
         // Far more than a socket buffer: the peer never reads.
         for head in 0..200u16 {
-            q.push_guest(sg.clone(), 0, 0x4000, Vec::new(), head);
+            q.push_held(sg.clone(), 0, 0x4000, Vec::new(), tok(head));
         }
         let r = q.flush(a.as_fd(), true, &m, &mut iov, &mut cmsg, &mut rel);
         assert_eq!(r.unwrap(), Flush::Pending);
@@ -282,11 +309,15 @@ mod tests {
             !rel.is_empty() && rel.len() < 200,
             "some, not all, went out"
         );
-        assert_eq!(rel, (0..rel.len() as u16).collect::<Vec<_>>(), "in order");
+        assert_eq!(
+            vals(&rel),
+            (0..rel.len() as u16).collect::<Vec<_>>(),
+            "in order"
+        );
         let done = rel.len();
         q.discard(&mut rel);
         assert_eq!(rel.len(), 200, "every held request released exactly once");
-        assert_eq!(rel[done..], (done as u16..200).collect::<Vec<_>>());
+        assert_eq!(vals(&rel[done..]), (done as u16..200).collect::<Vec<_>>());
         assert_eq!(q.held(), 0);
     }
 
@@ -301,12 +332,12 @@ mod tests {
         let (a, mut b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let mut q = Backlog::default();
-        q.push_guest(gone, 0, 16, Vec::new(), 1);
-        q.push_guest(ok, 0, 2, Vec::new(), 2);
+        q.push_held(gone, 0, 16, Vec::new(), tok(1));
+        q.push_held(ok, 0, 2, Vec::new(), tok(2));
         let (mut iov, mut cmsg, mut rel) = (Vec::new(), CmsgBuf::default(), Vec::new());
         let r = q.flush(a.as_fd(), true, &m, &mut iov, &mut cmsg, &mut rel);
         assert_eq!(r.unwrap(), Flush::Done);
-        assert_eq!(rel, [1, 2]);
+        assert_eq!(vals(&rel), [1, 2]);
         let mut got = [0u8; 2];
         b.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"ok");
@@ -321,7 +352,7 @@ mod tests {
         q.push_owned(vec![1; 10], Vec::new());
         let mut sg = SgList::new();
         sg.push(GuestAddress(0x1000), 4);
-        q.push_guest(sg, 0, 4, Vec::new(), 9);
+        q.push_held(sg, 0, 4, Vec::new(), tok(9));
         let (mut iov, mut cmsg, mut rel) = (Vec::new(), CmsgBuf::default(), Vec::new());
         // (The Rust runtime ignores SIGPIPE, so the write fails with EPIPE.)
         assert!(q
@@ -329,7 +360,7 @@ mod tests {
             .is_err());
         assert!(rel.is_empty());
         q.discard(&mut rel);
-        assert_eq!(rel, [9]);
+        assert_eq!(vals(&rel), [9]);
         assert_eq!(q.owned_bytes(), 0);
     }
 }

@@ -132,15 +132,7 @@ pub fn requirements(
 }
 
 /// The host's page size.
-pub fn host_page_size() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 {
-        v as u64
-    } else {
-        4096
-    }
-}
+pub use cross_domain_protocol::page_size as host_page_size;
 
 #[cfg(test)]
 mod tests {

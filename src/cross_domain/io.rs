@@ -2,10 +2,14 @@
 //! straight between guest memory and sockets, non-blocking `readv`/`writev`, and the
 //! classification of file descriptors received from host services (spec §5.3).
 //!
-//! This module is the only place in `cross_domain` that calls into libc directly.
+//! Every libc call of `cross_domain` is here (unit tests aside); the other files use libc's
+//! types and constants only. `recvmsg` itself and the host page size come from the
+//! workspace's shared crates.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use cross_domain_fdpass as fdpass;
 
 /// Most file descriptors accepted in one RECEIVE (and sent in one SEND).
 pub const MAX_FDS: usize = super::protocol::MAX_IDENTIFIERS;
@@ -21,28 +25,12 @@ pub enum Received {
     WouldBlock,
 }
 
-fn cmsg_space(fds: usize) -> usize {
-    // SAFETY: CMSG_SPACE only computes a size from its argument.
-    unsafe { libc::CMSG_SPACE((fds * std::mem::size_of::<RawFd>()) as u32) as usize }
-}
-
-/// Control-message buffer, u64-aligned as `cmsghdr` requires.
-pub struct CmsgBuf {
-    buf: Vec<u64>,
-}
+/// Control-message buffer for [`MAX_FDS`] descriptors, u64-aligned as `cmsghdr` requires.
+pub struct CmsgBuf(fdpass::CmsgBuf);
 
 impl Default for CmsgBuf {
     fn default() -> Self {
-        let words = cmsg_space(MAX_FDS).div_ceil(8);
-        CmsgBuf {
-            buf: vec![0u64; words],
-        }
-    }
-}
-
-impl CmsgBuf {
-    fn bytes(&self) -> usize {
-        self.buf.len() * 8
+        CmsgBuf(fdpass::CmsgBuf::new(MAX_FDS))
     }
 }
 
@@ -62,9 +50,9 @@ pub fn send_with_fds(
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len() as _;
     if !fds.is_empty() {
-        let space = cmsg_space(fds.len());
-        debug_assert!(space <= cmsg.bytes());
-        msg.msg_control = cmsg.buf.as_mut_ptr().cast();
+        let space = fdpass::cmsg_space(fds.len());
+        debug_assert!(space <= cmsg.0.capacity());
+        msg.msg_control = cmsg.0.as_mut_ptr();
         msg.msg_controllen = space as _;
         // SAFETY: msg_control points at `space` writable, aligned bytes, enough for one cmsghdr
         // carrying `fds.len()` descriptors (CMSG_SPACE above); CMSG_FIRSTHDR/CMSG_DATA stay
@@ -102,67 +90,27 @@ pub fn send_with_fds(
 }
 
 /// Non-blocking `recvmsg` into `iov`, collecting up to [`MAX_FDS`] descriptors into `fds`
-/// (close-on-exec). Descriptors beyond that are discarded by the kernel (`MSG_CTRUNC`).
+/// (close-on-exec). Descriptors beyond that are discarded by the kernel (`MSG_CTRUNC`). The
+/// receive itself is the workspace's one implementation, [`fdpass::recv_iovecs`].
 pub fn recv_with_fds(
     sock: BorrowedFd<'_>,
     iov: &[libc::iovec],
     fds: &mut Vec<OwnedFd>,
     cmsg: &mut CmsgBuf,
 ) -> io::Result<Received> {
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = iov.len() as _;
-    msg.msg_control = cmsg.buf.as_mut_ptr().cast();
-    msg.msg_controllen = cmsg.bytes() as _;
-    let n = loop {
-        // SAFETY: `iov` describes writable memory owned by the caller for this call (guest
-        // ring pages held by the caller's memory guard); the control buffer is ours and its
-        // length is set above.
-        let r = unsafe {
-            libc::recvmsg(
-                sock.as_raw_fd(),
-                &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(Received::WouldBlock),
-            _ => return Err(e),
-        }
-    };
-    // SAFETY: the kernel filled `msg_controllen` bytes of our buffer with well-formed cmsghdrs;
-    // CMSG_FIRSTHDR/CMSG_NXTHDR never step outside msg_control/msg_controllen. Each SCM_RIGHTS
-    // payload holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors that were just installed in this
-    // process and are owned by nobody else, so wrapping each in OwnedFd exactly once is sound.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                let payload = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let count = payload / std::mem::size_of::<RawFd>();
-                for i in 0..count {
-                    let fd = std::ptr::read_unaligned(data.add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
+    // SAFETY: `iov` describes writable memory owned by the caller for this call (guest ring
+    // pages held by the caller's memory guard).
+    let received =
+        unsafe { fdpass::recv_iovecs(sock, iov, fds, &mut cmsg.0, fdpass::Wait::DontWait) };
+    match received {
+        Ok(r) if r.len == 0 && fds.is_empty() => Ok(Received::Eof),
+        Ok(r) => Ok(Received::Data {
+            len: r.len,
+            truncated_fds: r.fds_truncated,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Received::WouldBlock),
+        Err(e) => Err(e),
     }
-    let truncated_fds = msg.msg_flags & libc::MSG_CTRUNC != 0;
-    if n == 0 && fds.is_empty() {
-        return Ok(Received::Eof);
-    }
-    Ok(Received::Data {
-        len: n,
-        truncated_fds,
-    })
 }
 
 /// `readv` that retries on EINTR; `Ok(None)` means EAGAIN.
@@ -327,14 +275,10 @@ fn seekable_size(fd: BorrowedFd<'_>) -> FdKind {
     }
 }
 
-/// Borrow helper for owned fds stored in the item table.
-pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
-    fd.as_fd()
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
 
     use super::*;

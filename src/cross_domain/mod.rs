@@ -3,17 +3,36 @@
 //!
 //! This module owns everything a context holds on the host (sockets, pipes, received fds) and
 //! must never block: every host fd is non-blocking and watched through the device's epoll.
-//! It never touches virtqueues or fences directly; it tells the virtio-gpu layer which POLL
-//! fence a delivered message completes.
+//! It never touches virtqueues or fences directly: it tells the virtio-gpu layer which POLL
+//! fence a delivered message completes, and hands back the opaque [`HoldToken`]s of requests
+//! that may now complete. It knows nothing of virtio-gpu response codes or virtqueue heads.
+//!
+//! Files, one concern each: `context.rs` (command dispatch, INIT, SEND, delivery scheduling,
+//! teardown), `channel.rs` (the channel socket, RECEIVE), `peer.rs` (writing to a slow host
+//! peer), `backlog.rs` (its queue), `items.rs` (the item table and id ranges), `pipes.rs`
+//! (READ and WRITE), `blobs.rs` (blob memory, image requirements), `delivery.rs` (the
+//! rotation over sources, epoll tokens), `env.rs` (what the device lends a context),
+//! `error.rs`, and the leaf modules [`image`], [`io`] and [`protocol`].
 
 mod backlog;
+mod blobs;
+mod channel;
 mod context;
+mod delivery;
+mod env;
+mod error;
 pub mod image;
 pub mod io;
+mod items;
+mod peer;
+mod pipes;
 pub mod protocol;
 
-pub use context::{
-    capabilities, token_parts, Context, CtxError, Env, Lookup, ResourceView, Scratch,
-    MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER, MAX_IMAGE_REQUIREMENTS, MAX_IMAGE_REQUIREMENTS_PER_VM,
-    MAX_ITEMS,
-};
+pub use backlog::HoldToken;
+pub use blobs::{MAX_IMAGE_REQUIREMENTS, MAX_IMAGE_REQUIREMENTS_PER_VM};
+pub use context::{capabilities, Context};
+pub use delivery::token_parts;
+pub use env::{Connector, Env, Lookup, ResourceView, Shared, Submission};
+pub use error::CtxError;
+pub use items::MAX_ITEMS;
+pub use peer::{MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER};

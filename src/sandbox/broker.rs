@@ -22,17 +22,18 @@
 //! Without a sandbox (`--sandbox none`) there is no broker and [`connect_channel`] connects
 //! directly.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use cross_domain_fdpass::{self as fdpass, CmsgBuf};
 use log::{debug, error, warn};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    recv, recvmsg, send, sendmsg, setsockopt, socketpair, sockopt, AddressFamily, ControlMessage,
-    ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    recv, send, sendmsg, setsockopt, socketpair, sockopt, AddressFamily, ControlMessage, MsgFlags,
+    SockFlag, SockType,
 };
 use nix::sys::time::TimeVal;
 use nix::unistd::{fork, ForkResult, Pid};
@@ -100,39 +101,34 @@ fn request(sock: &OwnedFd, channel_type: u32, sequence: u32) -> io::Result<Owned
     msg[4..].copy_from_slice(&sequence.to_le_bytes());
     send(sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL)
         .map_err(|e| broker_gone(io::Error::from(e)))?;
+    // A reply carries at most one socket.
+    let mut cmsg = CmsgBuf::new(1);
     loop {
         let mut reply = [0u8; 8];
-        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-        let mut iov = [IoSliceMut::new(&mut reply)];
-        let msg = match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
+        let mut fds = Vec::new();
+        // Blocking, up to the socket's receive timeout (REPLY_TIMEOUT), which ends in EAGAIN.
+        let msg = match fdpass::recv(
+            sock.as_fd(),
+            &mut reply,
+            &mut fds,
+            &mut cmsg,
+            fdpass::Wait::Block,
         ) {
             Ok(msg) => msg,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the connection broker did not answer",
                 ))
             }
-            Err(e) => return Err(broker_gone(e.into())),
+            Err(e) => return Err(broker_gone(e)),
         };
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().map_err(io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(received) = c {
-                // SAFETY: the kernel just installed these descriptors in this process for
-                // this message; nothing else owns them.
-                fds.extend(
-                    received
-                        .into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
+        // More descriptors than a reply carries (the kernel closed the rest): not an answer
+        // from our broker.
+        if msg.fds_truncated {
+            return Err(io::Error::from(Errno::ENOBUFS));
         }
-        let len = msg.bytes;
+        let len = msg.len;
         if len == 0 {
             return Err(broker_gone(io::Error::from(io::ErrorKind::UnexpectedEof)));
         }

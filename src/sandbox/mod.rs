@@ -36,7 +36,19 @@ use std::path::Path;
 use log::{info, warn};
 
 use crate::config::{ChannelTable, SandboxMode, SeccompMode};
+use crate::cross_domain::Connector;
 pub use broker::connect_channel;
+
+/// The daemon's [`Connector`]: [`connect_channel`], through the broker once the sandbox is
+/// entered, directly otherwise.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BrokerConnector;
+
+impl Connector for BrokerConnector {
+    fn connect(&self, channel_type: u32, path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+        connect_channel(channel_type, path)
+    }
+}
 
 /// The self-test hook's environment variable: a comma-separated list of `open:PATH`,
 /// `connect:PATH` and `execve` (which tries to run a program that does not exist).

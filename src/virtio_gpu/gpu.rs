@@ -1,280 +1,81 @@
-//! Device state and command dispatch. Everything here runs on the device's single event-loop
-//! thread; nothing blocks.
+//! The coordinator: takes a descriptor chain through split ([`chain`]), decode
+//! ([`command`]), execution and response ([`super::response`]), and decides what happens to
+//! the request afterwards (completed now, deferred on a fence timeline, or held for a slow
+//! host peer). It owns the epoll set of host fds and hands host events to the contexts, and it
+//! is the one place that logs a refused request and borrows the cross-domain layer's `Env`
+//! (from `cross_domain::Shared`, which makes every one).
+//! Each piece of state lives in its own module (resources, contexts, scanouts, fences, held
+//! requests); this file must never grow their rules back, only call them in the order that
+//! fixes which error a bad request gets. Everything here runs on the device's single
+//! event-loop thread; nothing blocks.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use log::{debug, info};
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
-use vm_memory::{ByteValued, GuestAddress};
+use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
 
+use super::chain;
+use super::command::{self, Command, Queue};
+use super::contexts::Contexts;
+use super::error::GpuError;
+use super::fences::Fences;
+use super::held::HeldRequests;
 use super::protocol::*;
-use super::sg::{range_is_valid, GuestMem, SgList};
-use super::ShmMapper;
+use super::resources::Resources;
+use super::response::{response_size, Resp};
+use super::scanouts::{check_rect, Scanouts};
+use super::{Limits, ShmMapper};
 use crate::config::ChannelTable;
-use crate::cross_domain::{
-    self, image, protocol as cd, Context, CtxError, Env, Lookup, ResourceView,
-};
+use crate::cross_domain::{self, image, protocol as cd, Connector, Shared, Submission};
+use crate::guest_mem::{GuestMem, SgList};
 use crate::guest_warn;
-use crate::idmap::{IdMap, IdSet};
-use crate::limitlog::LimitKind;
 use crate::ratelimit::GuestLog;
-
-/// Bounds on what a guest may make the device hold.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_contexts: usize,
-    pub max_resources: usize,
-    /// Backing entries of one resource.
-    pub max_entries_per_resource: usize,
-    /// Backing entries over all resources.
-    pub max_total_entries: usize,
-    /// Resources attached to one context (contexts x resources would otherwise be the bound).
-    pub max_attached_per_context: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_contexts: 1024,
-            max_resources: 65536,
-            max_entries_per_resource: 1 << 18,
-            max_total_entries: 1 << 22,
-            max_attached_per_context: 16384,
-        }
-    }
-}
-
-/// Why a request was refused; each maps to a `RESP_ERR_*` code.
-#[derive(Debug, thiserror::Error)]
-pub enum GpuError {
-    #[error("request of {have} bytes is shorter than the {need} its command needs")]
-    ShortRequest { have: usize, need: usize },
-    #[error("unknown command {0:#x}")]
-    UnknownCommand(u32),
-    #[error("{0}")]
-    Unsupported(&'static str),
-    #[error("invalid resource id {0}")]
-    InvalidResource(u32),
-    #[error("resource id {0} already exists")]
-    ResourceExists(u32),
-    #[error("invalid context id {0}")]
-    InvalidContext(u32),
-    #[error("context id {0} already exists")]
-    ContextExists(u32),
-    #[error("invalid scanout id {0}")]
-    InvalidScanout(u32),
-    #[error("invalid parameter: {0}")]
-    InvalidParameter(&'static str),
-    #[error("backing entry {index} ({addr:#x}+{len}) is not guest memory")]
-    BadEntry { index: usize, addr: u64, len: u32 },
-    #[error("limit reached: {0} ({1})")]
-    Limit(LimitKind, usize),
-    #[error("fence on ring {0}: cross-domain contexts have rings 0 and 1 only")]
-    BadRing(u8),
-    #[error("cross-domain: {0}")]
-    CrossDomain(#[from] CtxError),
-    #[error("host-visible region: {0}")]
-    Map(std::io::Error),
-}
-
-impl GpuError {
-    /// The response type reported to the guest.
-    pub fn response(&self) -> u32 {
-        match self {
-            GpuError::InvalidResource(_) | GpuError::ResourceExists(_) => {
-                RESP_ERR_INVALID_RESOURCE_ID
-            }
-            GpuError::InvalidContext(_) | GpuError::ContextExists(_) => RESP_ERR_INVALID_CONTEXT_ID,
-            GpuError::InvalidScanout(_) => RESP_ERR_INVALID_SCANOUT_ID,
-            GpuError::Limit(..) => RESP_ERR_OUT_OF_MEMORY,
-            GpuError::UnknownCommand(_) | GpuError::Unsupported(_) | GpuError::Map(_) => {
-                RESP_ERR_UNSPEC
-            }
-            GpuError::CrossDomain(e) => e.response(),
-            _ => RESP_ERR_INVALID_PARAMETER,
-        }
-    }
-
-    /// The limit this error reports, with its value; `None` for other errors. Limits are
-    /// logged once per context (see [`GuestLog::limit_hit`]).
-    pub fn limit(&self) -> Option<(LimitKind, usize)> {
-        match self {
-            GpuError::Limit(kind, value) => Some((*kind, *value)),
-            GpuError::CrossDomain(e) => e.limit(),
-            _ => None,
-        }
-    }
-}
-
-enum Kind {
-    TwoD { width: u32, height: u32 },
-    GuestBlob,
-    HostBlob(HostMem),
-}
-
-/// Host memory behind a HOST3D blob.
-struct HostMem {
-    fd: OwnedFd,
-    size: u64,
-    map_info: u32,
-    writable: bool,
-    /// Offset and length of the live mapping in the host-visible region.
-    mapped: Option<(u64, u64)>,
-}
-
-struct Resource {
-    kind: Kind,
-    backing: Option<SgList>,
-}
-
-impl Resource {
-    fn entries(&self) -> usize {
-        self.backing.as_ref().map_or(0, SgList::segments)
-    }
-}
-
-struct Ctx {
-    cd: Context,
-    attached: IdSet<u32>,
-}
-
-struct View<'a> {
-    resources: &'a IdMap<u32, Resource>,
-    attached: &'a IdSet<u32>,
-}
-
-impl ResourceView for View<'_> {
-    fn lookup(&self, res_id: u32) -> Lookup<'_> {
-        if !self.attached.contains(&res_id) {
-            return Lookup::NotAttached;
-        }
-        match self.resources.get(&res_id) {
-            None => Lookup::NotAttached,
-            Some(Resource {
-                kind: Kind::HostBlob(h),
-                ..
-            }) => Lookup::Host(h.fd.as_fd()),
-            Some(Resource {
-                backing: Some(sg), ..
-            }) => Lookup::Guest(sg),
-            Some(_) => Lookup::Unbacked,
-        }
-    }
-}
-
-struct Pending {
-    fence_id: u64,
-    head: u16,
-    len: u32,
-}
-
-/// A request left uncompleted while bytes of it wait, in guest memory, for a slow host peer
-/// (see `cross_domain::backlog`). Its response is already written.
-struct Held {
-    /// Queued chunks still referring to the request.
-    refs: u32,
-    /// Bytes written into the response buffer.
-    len: u32,
-    /// Descriptors of the request (counted against the hold budget).
-    descs: usize,
-}
-
-/// A response body following the header.
-enum Resp {
-    NoData,
-    DisplayInfo,
-    CapsetInfo(RespCapsetInfo),
-    Capset(cd::Capabilities),
-    Uuid([u8; 16]),
-    MapInfo(u32),
-}
-
-/// Control-queue size assumed until the VMM sets one (QEMU's vhost-user-test-device default).
-const DEFAULT_QUEUE_SIZE: u16 = 64;
-
-/// Descriptors that may be held at once for a control queue of `size` entries: a quarter.
-fn hold_budget(size: u16) -> usize {
-    usize::from(size) / 4
-}
 
 /// Most entries returned by one epoll poll of the device's own sources.
 const EVENTS_PER_POLL: usize = 64;
 
 /// The device: resources, contexts, fence timelines and the epoll set of host fds.
 pub struct Gpu {
-    channels: Arc<ChannelTable>,
-    num_scanouts: u32,
-    shm_size: u64,
-    page_size: u64,
-    /// Live mappings in the host-visible region: offset → (length, resource id).
-    mappings: BTreeMap<u64, (u64, u32)>,
-    limits: Limits,
-    resources: IdMap<u32, Resource>,
-    total_entries: usize,
-    contexts: IdMap<u32, Ctx>,
-    scanouts: [u32; MAX_SCANOUTS],
-    /// Deferred fenced responses per `(ctx_id, ring_idx)` timeline.
-    pending: IdMap<(u32, u8), VecDeque<Pending>>,
-    epoll: Epoll,
+    resources: Resources,
+    contexts: Contexts,
+    scanouts: Scanouts,
+    /// Deferred fenced responses and completed responses to publish.
+    fences: Fences,
+    /// What every cross-domain context shares: the epoll set of host fds, the channel table,
+    /// the connector, scratch buffers.
+    cd: Shared,
     events: Vec<EpollEvent>,
-    scratch: cross_domain::Scratch,
     limiter: GuestLog,
     req: SgList,
     resp: SgList,
-    completions: Vec<(u16, u32)>,
-    /// Requests held for slow host peers, by control-queue head.
-    held: IdMap<u16, Held>,
-    /// Heads whose queued chunks went out or were dropped, not yet accounted in `held`.
-    released: Vec<u16>,
-    /// While a chain is processed: its head, if it may be held.
-    hold: Option<u16>,
-    /// While a chain is processed: chunks queued that hold it.
-    holds: u32,
+    /// Requests held for slow host peers.
+    held: HeldRequests,
     /// Image requirements stored by all contexts (see `MAX_IMAGE_REQUIREMENTS_PER_VM`).
     images: usize,
-    /// Most descriptors held at once, over all contexts (see
-    /// [`Gpu::set_control_queue_size`]).
-    hold_budget: usize,
-    /// Descriptors of the requests in `held`.
-    held_descs: usize,
 }
 
 impl Gpu {
-    /// A device with no resources or contexts.
+    /// A device with no resources or contexts, whose contexts reach the host services of
+    /// `channels` through `connector`.
     pub fn new(
         channels: Arc<ChannelTable>,
+        connector: Arc<dyn Connector>,
         num_scanouts: u32,
         shm_size: u64,
         limits: Limits,
     ) -> std::io::Result<Self> {
         Ok(Gpu {
-            channels,
-            num_scanouts: num_scanouts.min(MAX_SCANOUTS as u32),
-            shm_size,
-            page_size: image::host_page_size(),
-            mappings: BTreeMap::new(),
-            limits,
-            resources: IdMap::default(),
-            total_entries: 0,
-            contexts: IdMap::default(),
-            scanouts: [0; MAX_SCANOUTS],
-            pending: IdMap::default(),
-            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?,
+            resources: Resources::new(shm_size, image::host_page_size(), limits),
+            contexts: Contexts::new(limits),
+            scanouts: Scanouts::new(num_scanouts),
+            fences: Fences::default(),
+            cd: Shared::new(channels, connector)?,
             events: vec![EpollEvent::empty(); EVENTS_PER_POLL],
-            scratch: cross_domain::Scratch::default(),
             limiter: GuestLog::new(limits.max_contexts),
             req: SgList::new(),
             resp: SgList::new(),
-            completions: Vec::new(),
-            held: IdMap::default(),
-            released: Vec::new(),
-            hold: None,
-            holds: 0,
+            held: HeldRequests::default(),
             images: 0,
-            hold_budget: hold_budget(DEFAULT_QUEUE_SIZE),
-            held_descs: 0,
         })
     }
 
@@ -286,13 +87,13 @@ impl Gpu {
     /// full queue (Linux does) against a host service that stops reading while its own writes
     /// towards the guest are blocked (an echo service, most request/event protocols).
     pub fn set_control_queue_size(&mut self, size: u16) {
-        self.hold_budget = hold_budget(size);
+        self.held.set_queue_size(size);
     }
 
     /// The epoll fd of host sources (channel sockets, pipes); readable when
     /// [`Gpu::handle_host_events`] has work.
     pub fn epoll(&self) -> &Epoll {
-        &self.epoll
+        self.cd.epoll()
     }
 
     /// Number of live contexts.
@@ -303,21 +104,15 @@ impl Gpu {
     /// Drop every resource and context (device reset or VMM disconnect). Pending fenced
     /// responses are forgotten: their queue is gone.
     pub fn reset(&mut self) {
-        let ids: Vec<u32> = self.contexts.keys().copied().collect();
-        for id in ids {
-            if let Some(mut ctx) = self.contexts.remove(&id) {
-                ctx.cd.teardown(&self.epoll, &mut self.released);
+        for id in self.contexts.ids() {
+            if let Some(mut ctx) = self.contexts.remove(id) {
+                ctx.cd.teardown(self.cd.epoll(), self.held.released());
             }
         }
         self.resources.clear();
-        self.mappings.clear();
-        self.total_entries = 0;
-        self.pending.clear();
-        self.scanouts = [0; MAX_SCANOUTS];
-        self.completions.clear();
+        self.fences.clear();
+        self.scanouts.clear();
         self.held.clear();
-        self.held_descs = 0;
-        self.released.clear();
         self.images = 0;
         self.limiter.limits.clear();
     }
@@ -326,41 +121,30 @@ impl Gpu {
     /// wait forever), close every context's host sockets and pipes, and drop all resources.
     /// The completions are left in [`Gpu::take_completions`] for the caller to publish.
     pub fn complete_all_and_reset(&mut self) {
-        let ids: Vec<u32> = self.contexts.keys().copied().collect();
-        for id in ids {
-            if let Some(mut ctx) = self.contexts.remove(&id) {
-                ctx.cd.teardown(&self.epoll, &mut self.released);
+        for id in self.contexts.ids() {
+            if let Some(mut ctx) = self.contexts.remove(id) {
+                ctx.cd.teardown(self.cd.epoll(), self.held.released());
             }
-            self.complete_context(id);
+            self.fences.complete_context(id);
         }
         self.settle_released();
-        for (head, h) in self.held.drain() {
-            // Not reachable: every held chunk belongs to a context torn down above.
-            debug!("completing request {head} still held after shutdown");
-            self.completions.push((head, h.len));
-        }
-        self.held_descs = 0;
-        let leftovers: Vec<(u32, u8)> = self.pending.keys().copied().collect();
-        for k in leftovers {
-            Self::complete_timeline(&mut self.pending, &mut self.completions, k, u64::MAX);
-        }
-        self.pending.clear();
+        self.held
+            .complete_all(|head, len| self.fences.complete(head, len));
+        self.fences.complete_all();
         self.resources.clear();
-        self.mappings.clear();
-        self.total_entries = 0;
         self.images = 0;
-        self.scanouts = [0; MAX_SCANOUTS];
+        self.scanouts.clear();
         self.limiter.limits.clear();
     }
 
     /// Completed deferred responses (control queue heads and lengths) to publish.
     pub fn take_completions(&mut self) -> std::vec::Drain<'_, (u16, u32)> {
-        self.completions.drain(..)
+        self.fences.take()
     }
 
     /// True when deferred responses are waiting to be published.
     pub fn has_completions(&self) -> bool {
-        !self.completions.is_empty()
+        self.fences.has_completions()
     }
 
     /// Process one descriptor chain. Returns the number of bytes written into the chain when it
@@ -377,47 +161,13 @@ impl Gpu {
     where
         I: Iterator<Item = virtio_queue::desc::split::Descriptor>,
     {
-        self.req.clear();
-        self.resp.clear();
-        let mut writable = false;
-        let mut ndesc = 0usize;
-        for d in descs {
-            ndesc += 1;
-            let len = d.len() as usize;
-            if len == 0 {
-                continue;
-            }
-            if !range_is_valid(mem, d.addr().0, len) {
-                guest_warn!(
-                    self.limiter,
-                    "dropping descriptor chain {head}: buffer {:#x}+{len} is outside guest memory",
-                    d.addr().0
-                );
+        let ndesc = match chain::split(mem, descs, &mut self.req, &mut self.resp) {
+            Ok(n) => n,
+            Err(e) => {
+                guest_warn!(self.limiter, "dropping descriptor chain {head}: {e}");
                 return Some(0);
             }
-            if d.is_write_only() {
-                writable = true;
-                self.resp.push(d.addr(), len);
-            } else if writable {
-                guest_warn!(
-                    self.limiter,
-                    "dropping descriptor chain {head}: readable buffer after a writable one"
-                );
-                return Some(0);
-            } else {
-                self.req.push(d.addr(), len);
-            }
-        }
-        let hdr_len = std::mem::size_of::<CtrlHdr>();
-        if self.req.len() < hdr_len || self.resp.len() < hdr_len {
-            guest_warn!(
-                self.limiter,
-                "dropping descriptor chain {head}: request {} bytes, response buffer {} bytes",
-                self.req.len(),
-                self.resp.len()
-            );
-            return Some(0);
-        }
+        };
         let hdr: CtrlHdr = match self.req.read_obj(mem, 0) {
             Ok(h) => h,
             Err(_) => return Some(0),
@@ -427,12 +177,8 @@ impl Gpu {
         // whose timeline fixes when it completes. Unfenced (Linux >= 6.6) and globally fenced
         // (older kernels fence every execbuffer) ones may: a global fence is signalled at once
         // by this device anyway, and holding the request keeps its buffer, not its fence.
-        self.hold = (!cursor
-            && hdr.type_ == CMD_SUBMIT_3D
-            && hdr.flags & FLAG_INFO_RING_IDX == 0
-            && self.held_descs + ndesc <= self.hold_budget)
-            .then_some(head);
-        self.holds = 0;
+        let may_hold = !cursor && hdr.type_ == CMD_SUBMIT_3D && hdr.flags & FLAG_INFO_RING_IDX == 0;
+        self.held.begin(head, ndesc, may_hold);
         let result = if self.resp.len() < need {
             Err(GpuError::InvalidParameter("response buffer too small"))
         } else if hdr.flags & FLAG_FENCE != 0
@@ -440,32 +186,26 @@ impl Gpu {
             && hdr.ring_idx > cd::CHANNEL_RING
         {
             Err(GpuError::BadRing(hdr.ring_idx))
-        } else if cursor && !matches!(hdr.type_, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) {
-            Err(GpuError::UnknownCommand(hdr.type_))
         } else {
-            self.dispatch(mem, &hdr, mapper)
+            let queue = if cursor {
+                Queue::Cursor
+            } else {
+                Queue::Control
+            };
+            match command::decode(mem, &hdr, &self.req, queue) {
+                Ok(cmd) => self.execute(mem, &hdr, cmd, mapper),
+                Err(e) => Err(e.into()),
+            }
         };
         let (resp_type, body) = match result {
-            Ok(body) => (resp_type(&body), body),
+            Ok(body) => (body.response_type(), body),
             Err(e) => {
                 self.log_refusal(&hdr, &e);
                 (e.response(), Resp::NoData)
             }
         };
-        let written = self.write_response(mem, &hdr, resp_type, &body);
-        self.hold = None;
-        let mut refs = std::mem::take(&mut self.holds);
-        if refs > 0 {
-            // Chunks of this very request that already went out while it was processed.
-            self.released.retain(|&h| {
-                if h == head && refs > 0 {
-                    refs -= 1;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
+        let written = body.write(mem, &self.resp, &hdr, resp_type, self.scanouts.count());
+        let refs = self.held.end(head);
         self.settle_released();
         let len = match &written {
             Ok(len) => *len,
@@ -479,16 +219,8 @@ impl Gpu {
         };
         if refs > 0 {
             // Its bytes wait in its buffers for a slow host peer: complete it once they went
-            // out (`settle_released`). Never on a ring timeline (see `self.hold`).
-            self.held.insert(
-                head,
-                Held {
-                    refs,
-                    len,
-                    descs: ndesc,
-                },
-            );
-            self.held_descs += ndesc;
+            // out (`settle_released`). Never on a ring timeline (see `may_hold`).
+            self.held.hold(head, refs, len, ndesc);
             return None;
         }
         if written.is_err() {
@@ -501,164 +233,36 @@ impl Gpu {
         Some(len)
     }
 
-    fn write_response(
-        &mut self,
-        mem: &GuestMem,
-        req: &CtrlHdr,
-        type_: u32,
-        body: &Resp,
-    ) -> Result<u32, super::sg::SgError> {
-        let mut hdr = CtrlHdr {
-            type_,
-            ..Default::default()
-        };
-        if req.flags & FLAG_FENCE != 0 {
-            hdr.flags = req.flags & (FLAG_FENCE | FLAG_INFO_RING_IDX);
-            hdr.fence_id = req.fence_id;
-            hdr.ctx_id = req.ctx_id;
-            hdr.ring_idx = req.ring_idx;
-        }
-        let h = std::mem::size_of::<CtrlHdr>();
-        let total = match body {
-            Resp::NoData => {
-                self.resp.write_obj(mem, 0, &hdr)?;
-                h
-            }
-            Resp::DisplayInfo => {
-                let mut r = RespDisplayInfo {
-                    hdr,
-                    ..Default::default()
-                };
-                if self.num_scanouts > 0 {
-                    r.pmodes[0].r = Rect {
-                        x: 0,
-                        y: 0,
-                        width: 1024,
-                        height: 768,
-                    };
-                }
-                self.resp.write_obj(mem, 0, &r)?;
-                std::mem::size_of::<RespDisplayInfo>()
-            }
-            Resp::CapsetInfo(info) => {
-                let r = RespCapsetInfo { hdr, ..*info };
-                self.resp.write_obj(mem, 0, &r)?;
-                std::mem::size_of::<RespCapsetInfo>()
-            }
-            Resp::Capset(caps) => {
-                self.resp.write_obj(mem, 0, &hdr)?;
-                self.resp.write_obj(mem, h, caps)?;
-                h + std::mem::size_of::<cd::Capabilities>()
-            }
-            Resp::Uuid(uuid) => {
-                let r = RespResourceUuid { hdr, uuid: *uuid };
-                self.resp.write_obj(mem, 0, &r)?;
-                std::mem::size_of::<RespResourceUuid>()
-            }
-            Resp::MapInfo(map_info) => {
-                let r = RespMapInfo {
-                    hdr,
-                    map_info: *map_info,
-                    padding: 0,
-                };
-                self.resp.write_obj(mem, 0, &r)?;
-                std::mem::size_of::<RespMapInfo>()
-            }
-        };
-        Ok(total as u32)
-    }
-
     fn create_fence(&mut self, mem: &GuestMem, hdr: &CtrlHdr, head: u16, len: u32) -> Option<u32> {
         if hdr.flags & FLAG_INFO_RING_IDX == 0 || hdr.ring_idx == cd::QUERY_RING {
             // Global timeline and the query ring: the work is already done.
             return Some(len);
         }
-        let Some(ctx) = self.contexts.get_mut(&hdr.ctx_id) else {
+        let Some(ctx) = self.contexts.get_mut(hdr.ctx_id) else {
             return Some(len);
         };
         let timeline = (hdr.ctx_id, hdr.ring_idx);
-        self.pending
-            .entry(timeline)
-            .or_default()
-            .push_back(Pending {
-                fence_id: hdr.fence_id,
-                head,
-                len,
-            });
+        self.fences.defer(timeline, hdr.fence_id, head, len);
         ctx.cd.arm_poll(hdr.fence_id);
-        let mut env = Env {
-            mem,
-            epoll: &self.epoll,
-            channels: &self.channels,
-            scratch: &mut self.scratch,
-            limiter: &mut self.limiter,
-            hold: None,
-            holds: 0,
-            released: &mut self.released,
-            images_left: 0,
-        };
+        let mut env = self.cd.env(mem, &mut self.limiter, self.held.released());
         if let Some(f) = ctx.cd.try_deliver(&mut env) {
-            Self::complete_timeline(&mut self.pending, &mut self.completions, timeline, f);
+            self.fences.signal(timeline, f);
         }
         self.settle_released();
         None
     }
 
-    fn complete_timeline(
-        pending: &mut IdMap<(u32, u8), VecDeque<Pending>>,
-        completions: &mut Vec<(u16, u32)>,
-        timeline: (u32, u8),
-        fence_id: u64,
-    ) {
-        if let Some(q) = pending.get_mut(&timeline) {
-            q.retain(|p| {
-                if p.fence_id <= fence_id {
-                    completions.push((p.head, p.len));
-                    false
-                } else {
-                    true
-                }
-            });
-            // An empty queue stays: the next POLL on this timeline reuses its allocation.
-            // Timelines are bounded (3 rings per live context) and go with their context.
-        }
-    }
-
-    fn complete_context(&mut self, ctx_id: u32) {
-        let keys: Vec<(u32, u8)> = self
-            .pending
-            .keys()
-            .filter(|(c, _)| *c == ctx_id)
-            .copied()
-            .collect();
-        for k in keys {
-            Self::complete_timeline(&mut self.pending, &mut self.completions, k, u64::MAX);
-            self.pending.remove(&k);
-        }
-    }
-
     /// Account released chunks; requests with none left are completed.
     fn settle_released(&mut self) {
-        for head in self.released.drain(..) {
-            let Some(h) = self.held.get_mut(&head) else {
-                debug!("released request {head} is not held");
-                continue;
-            };
-            h.refs -= 1;
-            if h.refs == 0 {
-                let (len, descs) = (h.len, h.descs);
-                self.held.remove(&head);
-                self.held_descs -= descs;
-                self.completions.push((head, len));
-            }
-        }
+        self.held
+            .settle(|head, len| self.fences.complete(head, len));
     }
 
     /// Handle readiness of host fds (channel sockets, pipes): deliver messages to contexts with
     /// a pending POLL, flush output backlogs. Never blocks.
     pub fn handle_host_events(&mut self, mem: &GuestMem) {
         loop {
-            let n = match self.epoll.wait(&mut self.events, EpollTimeout::ZERO) {
+            let n = match self.cd.epoll().wait(&mut self.events, EpollTimeout::ZERO) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -669,28 +273,13 @@ impl Gpu {
             for i in 0..n {
                 let ev = self.events[i];
                 let (ctx_id, src) = cross_domain::token_parts(ev.data());
-                let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+                let Some(ctx) = self.contexts.get_mut(ctx_id) else {
                     continue;
                 };
-                let mut env = Env {
-                    mem,
-                    epoll: &self.epoll,
-                    channels: &self.channels,
-                    scratch: &mut self.scratch,
-                    limiter: &mut self.limiter,
-                    hold: None,
-                    holds: 0,
-                    released: &mut self.released,
-                    images_left: 0,
-                };
+                let mut env = self.cd.env(mem, &mut self.limiter, self.held.released());
                 ctx.cd.on_event(&mut env, src, ev.events());
                 if let Some(f) = ctx.cd.try_deliver(&mut env) {
-                    Self::complete_timeline(
-                        &mut self.pending,
-                        &mut self.completions,
-                        (ctx_id, cd::CHANNEL_RING),
-                        f,
-                    );
+                    self.fences.signal((ctx_id, cd::CHANNEL_RING), f);
                 }
             }
             self.settle_released();
@@ -700,128 +289,56 @@ impl Gpu {
         }
     }
 
-    fn body<T: ByteValued + Default>(&self, mem: &GuestMem) -> Result<T, GpuError> {
-        let need = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<T>();
-        if self.req.len() < need {
-            return Err(GpuError::ShortRequest {
-                have: self.req.len(),
-                need,
-            });
-        }
-        self.req
-            .read_obj(mem, std::mem::size_of::<CtrlHdr>())
-            .map_err(|_| GpuError::InvalidParameter("request not readable"))
-    }
-
-    fn dispatch(
+    /// Execute one decoded command.
+    fn execute(
         &mut self,
         mem: &GuestMem,
         hdr: &CtrlHdr,
+        cmd: Command,
         mapper: &dyn ShmMapper,
     ) -> Result<Resp, GpuError> {
-        match hdr.type_ {
-            CMD_GET_DISPLAY_INFO => Ok(Resp::DisplayInfo),
-            CMD_GET_EDID => Err(GpuError::Unsupported("GET_EDID: F_EDID is not offered")),
-            CMD_RESOURCE_CREATE_2D => {
-                let b: ResourceCreate2d = self.body(mem)?;
-                if !is_2d_format(b.format) {
-                    return Err(GpuError::InvalidParameter("unknown 2D format"));
-                }
-                if b.width == 0 || b.height == 0 {
-                    return Err(GpuError::InvalidParameter("zero-sized 2D resource"));
-                }
-                self.insert_resource(
-                    b.resource_id,
-                    Resource {
-                        kind: Kind::TwoD {
-                            width: b.width,
-                            height: b.height,
-                        },
-                        backing: None,
-                    },
-                )?;
+        match cmd {
+            Command::GetDisplayInfo => Ok(Resp::DisplayInfo),
+            Command::GetEdid => Err(GpuError::Unsupported("GET_EDID: F_EDID is not offered")),
+            Command::ResourceCreate2d(b) => {
+                self.resources.create_2d(&b)?;
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_UNREF => {
-                let b: ResourceId = self.body(mem)?;
-                self.existing(b.resource_id)?;
-                if let Err(e) = self.unmap(b.resource_id, mapper) {
-                    // The guest is done with the resource either way; the region slot stays
-                    // reserved if the VMM kept the mapping.
-                    if !matches!(e, GpuError::InvalidParameter(_)) {
-                        guest_warn!(
-                            self.limiter,
-                            "unmapping resource {} on UNREF: {e}",
-                            b.resource_id
-                        );
-                    }
-                }
-                let res = self
-                    .resources
-                    .remove(&b.resource_id)
-                    .ok_or(GpuError::InvalidResource(b.resource_id))?;
-                self.total_entries -= res.entries();
-                for ctx in self.contexts.values_mut() {
-                    ctx.attached.remove(&b.resource_id);
-                }
-                for s in self.scanouts.iter_mut() {
-                    if *s == b.resource_id {
-                        *s = 0;
-                    }
-                }
+            Command::ResourceUnref(b) => {
+                let id = b.resource_id;
+                self.resources.unref(id, mapper, &mut self.limiter)?;
+                self.contexts.forget_resource(id);
+                self.scanouts.forget_resource(id);
                 Ok(Resp::NoData)
             }
-            CMD_SET_SCANOUT => {
-                let b: SetScanout = self.body(mem)?;
-                self.check_scanout(b.scanout_id)?;
+            Command::SetScanout(b) => {
+                self.scanouts.check(b.scanout_id)?;
                 if b.resource_id != 0 {
-                    let (w, h) = self.dims_2d(b.resource_id)?;
+                    let (w, h) = self.resources.dims_2d(b.resource_id)?;
                     check_rect(&b.r, w, h)?;
                 }
-                self.scanouts[b.scanout_id as usize] = b.resource_id;
+                self.scanouts.set(b.scanout_id, b.resource_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_FLUSH => {
-                let b: ResourceFlush = self.body(mem)?;
-                self.existing(b.resource_id)?;
+            Command::ResourceFlush(b) => {
+                self.resources.check_exists(b.resource_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_TRANSFER_TO_HOST_2D => {
-                let b: TransferToHost2d = self.body(mem)?;
-                let (w, h) = self.dims_2d(b.resource_id)?;
+            Command::TransferToHost2d(b) => {
+                let (w, h) = self.resources.dims_2d(b.resource_id)?;
                 check_rect(&b.r, w, h)?;
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_ATTACH_BACKING => {
-                let b: ResourceAttachBacking = self.body(mem)?;
-                self.existing(b.resource_id)?;
-                let base =
-                    std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<ResourceAttachBacking>();
-                let sg = self.read_entries(mem, base, b.nr_entries)?;
-                let old = self
-                    .resources
-                    .get(&b.resource_id)
-                    .map_or(0, Resource::entries);
-                self.check_entry_budget(sg.segments(), old)?;
-                self.total_entries = self.total_entries - old + sg.segments();
-                if let Some(r) = self.resources.get_mut(&b.resource_id) {
-                    r.backing = Some(sg);
-                }
+            Command::ResourceAttachBacking { body, entries } => {
+                self.resources
+                    .attach_backing(mem, &self.req, body.resource_id, entries)?;
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_DETACH_BACKING => {
-                let b: ResourceId = self.body(mem)?;
-                let r = self
-                    .resources
-                    .get_mut(&b.resource_id)
-                    .ok_or(GpuError::InvalidResource(b.resource_id))?;
-                let n = r.entries();
-                r.backing = None;
-                self.total_entries -= n;
+            Command::ResourceDetachBacking(b) => {
+                self.resources.detach_backing(b.resource_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_GET_CAPSET_INFO => {
-                let b: GetCapsetInfo = self.body(mem)?;
+            Command::GetCapsetInfo(b) => {
                 if b.capset_index != 0 {
                     return Err(GpuError::InvalidParameter("capset index out of range"));
                 }
@@ -832,114 +349,97 @@ impl Gpu {
                     ..Default::default()
                 }))
             }
-            CMD_GET_CAPSET => {
-                let b: GetCapset = self.body(mem)?;
+            Command::GetCapset(b) => {
                 if b.capset_id != CAPSET_CROSS_DOMAIN {
                     return Err(GpuError::InvalidParameter("unknown capset id"));
                 }
-                Ok(Resp::Capset(cross_domain::capabilities(&self.channels)))
+                Ok(Resp::Capset(cross_domain::capabilities(self.cd.channels())))
             }
-            CMD_RESOURCE_ASSIGN_UUID => {
-                let b: ResourceId = self.body(mem)?;
-                self.existing(b.resource_id)?;
+            Command::ResourceAssignUuid(b) => {
+                self.resources.check_exists(b.resource_id)?;
                 let mut uuid = [0u8; 16];
                 uuid[12..].copy_from_slice(&b.resource_id.to_be_bytes());
                 Ok(Resp::Uuid(uuid))
             }
-            CMD_RESOURCE_CREATE_BLOB => {
-                let b: ResourceCreateBlob = self.body(mem)?;
-                self.create_blob(mem, hdr, &b)?;
+            Command::ResourceCreateBlob { body, entries } => {
+                let contexts = &mut self.contexts;
+                let take_host = |blob_id, size| {
+                    let ctx = contexts.live(hdr.ctx_id)?;
+                    Ok(ctx.cd.take_blob(blob_id, size)?)
+                };
+                self.resources
+                    .create_blob(mem, &self.req, &body, entries, take_host)?;
                 Ok(Resp::NoData)
             }
-            CMD_SET_SCANOUT_BLOB => {
-                let b: SetScanoutBlob = self.body(mem)?;
-                self.check_scanout(b.scanout_id)?;
+            Command::SetScanoutBlob(b) => {
+                self.scanouts.check(b.scanout_id)?;
                 if b.resource_id != 0 {
-                    self.existing(b.resource_id)?;
+                    self.resources.check_exists(b.resource_id)?;
                 }
-                self.scanouts[b.scanout_id as usize] = b.resource_id;
+                self.scanouts.set(b.scanout_id, b.resource_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_CTX_CREATE => {
-                let b: CtxCreate = self.body(mem)?;
-                self.create_context(hdr.ctx_id, &b)?;
+            Command::CtxCreate(b) => {
+                self.contexts.create(hdr.ctx_id, &b)?;
                 Ok(Resp::NoData)
             }
-            CMD_CTX_DESTROY => {
-                let mut ctx = self
-                    .contexts
-                    .remove(&hdr.ctx_id)
-                    .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-                ctx.cd.teardown(&self.epoll, &mut self.released);
-                self.images = self.images.saturating_sub(ctx.cd.image_count());
-                self.complete_context(hdr.ctx_id);
-                self.limiter.limits.forget(hdr.ctx_id);
-                debug!("ctx {}: destroyed", hdr.ctx_id);
+            Command::CtxDestroy => {
+                self.destroy_context(hdr.ctx_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_CTX_ATTACH_RESOURCE => {
-                let b: ResourceId = self.body(mem)?;
-                self.existing(b.resource_id)?;
-                let ctx = self
-                    .contexts
-                    .get_mut(&hdr.ctx_id)
-                    .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-                if ctx.attached.len() >= self.limits.max_attached_per_context
-                    && !ctx.attached.contains(&b.resource_id)
-                {
-                    return Err(GpuError::Limit(
-                        LimitKind::AttachedPerContext,
-                        self.limits.max_attached_per_context,
-                    ));
-                }
-                ctx.attached.insert(b.resource_id);
+            Command::CtxAttachResource(b) => {
+                self.resources.check_exists(b.resource_id)?;
+                self.contexts.attach(hdr.ctx_id, b.resource_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_CTX_DETACH_RESOURCE => {
-                let b: ResourceId = self.body(mem)?;
-                let ctx = self
-                    .contexts
-                    .get_mut(&hdr.ctx_id)
-                    .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-                if !ctx.attached.remove(&b.resource_id) {
-                    return Err(GpuError::InvalidResource(b.resource_id));
-                }
+            Command::CtxDetachResource(b) => {
+                self.contexts.detach(hdr.ctx_id, b.resource_id)?;
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_CREATE_3D => {
-                let _: ResourceCreate3d = self.body(mem)?;
+            Command::ResourceCreate3d => {
                 Err(GpuError::Unsupported("RESOURCE_CREATE_3D: no 3D renderer"))
             }
-            CMD_TRANSFER_TO_HOST_3D | CMD_TRANSFER_FROM_HOST_3D => {
-                let _: Transfer3d = self.body(mem)?;
+            Command::TransferToHost3d | Command::TransferFromHost3d => {
                 Err(GpuError::Unsupported("3D transfers: no 3D renderer"))
             }
-            CMD_SUBMIT_3D => {
-                let b: Submit3d = self.body(mem)?;
-                self.submit_3d(mem, hdr, &b)?;
+            Command::Submit3d { offset, len } => {
+                self.submit_3d(mem, hdr, offset, len)?;
                 Ok(Resp::NoData)
             }
-            CMD_RESOURCE_MAP_BLOB => {
-                let b: ResourceMapBlob = self.body(mem)?;
-                let map_info = self.map(b.resource_id, b.offset, mapper)?;
+            Command::ResourceMapBlob(b) => {
+                let map_info = self.resources.map(b.resource_id, b.offset, mapper)?;
                 Ok(Resp::MapInfo(map_info))
             }
-            CMD_RESOURCE_UNMAP_BLOB => {
-                let b: ResourceId = self.body(mem)?;
-                self.existing(b.resource_id)?;
-                self.unmap(b.resource_id, mapper)?;
+            Command::ResourceUnmapBlob(b) => {
+                self.resources.check_exists(b.resource_id)?;
+                self.resources.unmap(b.resource_id, mapper)?;
                 Ok(Resp::NoData)
             }
-            CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR => {
-                let b: UpdateCursor = self.body(mem)?;
-                self.check_scanout(b.pos.scanout_id)?;
-                if hdr.type_ == CMD_UPDATE_CURSOR && b.resource_id != 0 {
-                    self.existing(b.resource_id)?;
+            Command::UpdateCursor(b) => {
+                self.scanouts.check(b.pos.scanout_id)?;
+                if b.resource_id != 0 {
+                    self.resources.check_exists(b.resource_id)?;
                 }
                 Ok(Resp::NoData)
             }
-            other => Err(GpuError::UnknownCommand(other)),
+            Command::MoveCursor(b) => {
+                self.scanouts.check(b.pos.scanout_id)?;
+                Ok(Resp::NoData)
+            }
         }
+    }
+
+    fn destroy_context(&mut self, ctx_id: u32) -> Result<(), GpuError> {
+        let mut ctx = self
+            .contexts
+            .remove(ctx_id)
+            .ok_or(GpuError::InvalidContext(ctx_id))?;
+        ctx.cd.teardown(self.cd.epoll(), self.held.released());
+        self.images = self.images.saturating_sub(ctx.cd.image_count());
+        self.fences.complete_context(ctx_id);
+        self.limiter.limits.forget(ctx_id);
+        debug!("ctx {}: destroyed", ctx_id);
+        Ok(())
     }
 
     /// Log a refused request: a limit once per context (see [`GuestLog::limit_hit`]; requests
@@ -948,7 +448,7 @@ impl Gpu {
         let cmd = command_name(hdr.type_);
         match e.limit() {
             Some((kind, value)) => {
-                let ctx = if self.contexts.contains_key(&hdr.ctx_id) {
+                let ctx = if self.contexts.contains(hdr.ctx_id) {
                     hdr.ctx_id
                 } else {
                     0
@@ -960,307 +460,28 @@ impl Gpu {
         }
     }
 
-    fn existing(&self, id: u32) -> Result<&Resource, GpuError> {
-        self.resources.get(&id).ok_or(GpuError::InvalidResource(id))
-    }
-
-    fn dims_2d(&self, id: u32) -> Result<(u32, u32), GpuError> {
-        match self.existing(id)?.kind {
-            Kind::TwoD { width, height } => Ok((width, height)),
-            _ => Err(GpuError::InvalidParameter("resource is not a 2D resource")),
-        }
-    }
-
-    fn check_scanout(&self, id: u32) -> Result<(), GpuError> {
-        if id >= self.num_scanouts {
-            return Err(GpuError::InvalidScanout(id));
-        }
-        Ok(())
-    }
-
-    fn insert_resource(&mut self, id: u32, res: Resource) -> Result<(), GpuError> {
-        if id == 0 {
-            return Err(GpuError::InvalidResource(0));
-        }
-        if self.resources.contains_key(&id) {
-            return Err(GpuError::ResourceExists(id));
-        }
-        if self.resources.len() >= self.limits.max_resources {
-            return Err(GpuError::Limit(
-                LimitKind::ResourcesPerVm,
-                self.limits.max_resources,
-            ));
-        }
-        self.total_entries += res.entries();
-        self.resources.insert(id, res);
-        Ok(())
-    }
-
-    fn check_entry_budget(&self, new: usize, replacing: usize) -> Result<(), GpuError> {
-        if self.total_entries - replacing + new > self.limits.max_total_entries {
-            return Err(GpuError::Limit(
-                LimitKind::EntriesPerVm,
-                self.limits.max_total_entries,
-            ));
-        }
-        Ok(())
-    }
-
-    fn read_entries(&self, mem: &GuestMem, base: usize, nr: u32) -> Result<SgList, GpuError> {
-        let nr = nr as usize;
-        if nr == 0 {
-            return Err(GpuError::InvalidParameter("no backing entries"));
-        }
-        if nr > self.limits.max_entries_per_resource {
-            return Err(GpuError::Limit(
-                LimitKind::EntriesPerResource,
-                self.limits.max_entries_per_resource,
-            ));
-        }
-        let entry = std::mem::size_of::<MemEntry>();
-        let need = base + nr * entry;
-        if self.req.len() < need {
-            return Err(GpuError::ShortRequest {
-                have: self.req.len(),
-                need,
-            });
-        }
-        let mut sg = SgList::new();
-        for i in 0..nr {
-            let e: MemEntry = self
-                .req
-                .read_obj(mem, base + i * entry)
-                .map_err(|_| GpuError::InvalidParameter("entries not readable"))?;
-            if e.length == 0 || !range_is_valid(mem, e.addr, e.length as usize) {
-                return Err(GpuError::BadEntry {
-                    index: i,
-                    addr: e.addr,
-                    len: e.length,
-                });
-            }
-            sg.push(GuestAddress(e.addr), e.length as usize);
-        }
-        Ok(sg)
-    }
-
-    /// RESOURCE_MAP_BLOB: place a host blob at `offset` of the host-visible region.
-    fn map(&mut self, res_id: u32, offset: u64, mapper: &dyn ShmMapper) -> Result<u32, GpuError> {
-        let page = self.page_size;
-        let res = self
-            .resources
-            .get(&res_id)
-            .ok_or(GpuError::InvalidResource(res_id))?;
-        let Kind::HostBlob(host) = &res.kind else {
-            return Err(GpuError::InvalidParameter(
-                "only host-backed (HOST3D) blobs can be mapped",
-            ));
-        };
-        if host.mapped.is_some() {
-            return Err(GpuError::InvalidParameter("resource is already mapped"));
-        }
-        let len = host.size.div_ceil(page) * page;
-        if offset % page != 0 {
-            return Err(GpuError::InvalidParameter(
-                "offset is not aligned to the host page size",
-            ));
-        }
-        match offset.checked_add(len) {
-            Some(end) if end <= self.shm_size => {
-                if let Some((&start, &(l, _))) = self.mappings.range(..end).next_back() {
-                    if start + l > offset {
-                        return Err(GpuError::InvalidParameter("range overlaps a live mapping"));
-                    }
-                }
-            }
-            _ => {
-                return Err(GpuError::InvalidParameter(
-                    "range exceeds the host-visible region",
-                ))
-            }
-        }
-        mapper
-            .map(host.fd.as_fd(), offset, len, host.writable)
-            .map_err(GpuError::Map)?;
-        let map_info = host.map_info;
-        if let Some(Resource {
-            kind: Kind::HostBlob(h),
-            ..
-        }) = self.resources.get_mut(&res_id)
-        {
-            h.mapped = Some((offset, len));
-        }
-        self.mappings.insert(offset, (len, res_id));
-        Ok(map_info)
-    }
-
-    /// RESOURCE_UNMAP_BLOB (and UNREF of a mapped blob).
-    fn unmap(&mut self, res_id: u32, mapper: &dyn ShmMapper) -> Result<(), GpuError> {
-        let Some(Resource {
-            kind: Kind::HostBlob(host),
-            ..
-        }) = self.resources.get_mut(&res_id)
-        else {
-            return Err(GpuError::InvalidParameter("resource is not mapped"));
-        };
-        let Some((offset, len)) = host.mapped else {
-            return Err(GpuError::InvalidParameter("resource is not mapped"));
-        };
-        mapper.unmap(offset, len).map_err(GpuError::Map)?;
-        host.mapped = None;
-        self.mappings.remove(&offset);
-        Ok(())
-    }
-
-    fn create_blob(
+    /// SUBMIT_3D: hand the command stream (`len` bytes at `start` of the request, checked by
+    /// [`command::decode`]) to the context.
+    fn submit_3d(
         &mut self,
         mem: &GuestMem,
         hdr: &CtrlHdr,
-        b: &ResourceCreateBlob,
+        start: usize,
+        len: usize,
     ) -> Result<(), GpuError> {
-        if b.resource_id == 0 {
-            return Err(GpuError::InvalidResource(0));
-        }
-        if self.resources.contains_key(&b.resource_id) {
-            return Err(GpuError::ResourceExists(b.resource_id));
-        }
-        let known = BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE | BLOB_FLAG_USE_CROSS_DEVICE;
-        if b.blob_flags & !known != 0 {
-            return Err(GpuError::InvalidParameter("unknown blob flags"));
-        }
-        match b.blob_mem {
-            BLOB_MEM_GUEST => {}
-            BLOB_MEM_HOST3D => return self.create_host_blob(hdr, b),
-            BLOB_MEM_HOST3D_GUEST => {
-                return Err(GpuError::Unsupported(
-                    "HOST3D_GUEST blobs need a 3D renderer",
-                ))
-            }
-            _ => return Err(GpuError::InvalidParameter("unknown blob_mem")),
-        }
-        let base = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<ResourceCreateBlob>();
-        let sg = self.read_entries(mem, base, b.nr_entries)?;
-        if b.size == 0 || b.size > sg.len() as u64 {
-            return Err(GpuError::InvalidParameter(
-                "blob size is zero or larger than its backing",
-            ));
-        }
-        self.check_entry_budget(sg.segments(), 0)?;
-        self.insert_resource(
-            b.resource_id,
-            Resource {
-                kind: Kind::GuestBlob,
-                backing: Some(sg),
-            },
-        )
-    }
-
-    /// RESOURCE_CREATE_BLOB(HOST3D): memory named by `blob_id` in the creating context.
-    fn create_host_blob(&mut self, hdr: &CtrlHdr, b: &ResourceCreateBlob) -> Result<(), GpuError> {
-        if b.nr_entries != 0 {
-            return Err(GpuError::InvalidParameter(
-                "host blobs take no backing entries",
-            ));
-        }
-        if b.size == 0 {
-            return Err(GpuError::InvalidParameter("zero-sized blob"));
-        }
-        let blob_id = u32::try_from(b.blob_id)
-            .map_err(|_| GpuError::InvalidParameter("blob_id does not fit 32 bits"))?;
-        if self.resources.len() >= self.limits.max_resources {
-            return Err(GpuError::Limit(
-                LimitKind::ResourcesPerVm,
-                self.limits.max_resources,
-            ));
-        }
-        let ctx = self
-            .contexts
-            .get_mut(&hdr.ctx_id)
-            .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-        let (fd, map_info, writable) = ctx.cd.take_blob(blob_id, b.size)?;
-        self.insert_resource(
-            b.resource_id,
-            Resource {
-                kind: Kind::HostBlob(HostMem {
-                    fd,
-                    size: b.size,
-                    map_info,
-                    writable,
-                    mapped: None,
-                }),
-                backing: None,
-            },
-        )
-    }
-
-    fn create_context(&mut self, ctx_id: u32, b: &CtxCreate) -> Result<(), GpuError> {
-        if ctx_id == 0 {
-            return Err(GpuError::InvalidContext(0));
-        }
-        if self.contexts.contains_key(&ctx_id) {
-            return Err(GpuError::ContextExists(ctx_id));
-        }
-        let capset = b.context_init & CONTEXT_INIT_CAPSET_ID_MASK;
-        if capset != 0 && capset != CAPSET_CROSS_DOMAIN {
-            return Err(GpuError::InvalidParameter(
-                "only the cross-domain capset (5) is supported",
-            ));
-        }
-        if b.nlen as usize > b.debug_name.len() {
-            return Err(GpuError::InvalidParameter(
-                "debug name longer than 64 bytes",
-            ));
-        }
-        if self.contexts.len() >= self.limits.max_contexts {
-            return Err(GpuError::Limit(
-                LimitKind::ContextsPerVm,
-                self.limits.max_contexts,
-            ));
-        }
-        let name = String::from_utf8_lossy(&b.debug_name[..b.nlen as usize]).into_owned();
-        debug!("ctx {ctx_id}: created ({name})");
-        self.contexts.insert(
-            ctx_id,
-            Ctx {
-                cd: Context::new(ctx_id, name),
-                attached: IdSet::default(),
-            },
-        );
-        Ok(())
-    }
-
-    fn submit_3d(&mut self, mem: &GuestMem, hdr: &CtrlHdr, b: &Submit3d) -> Result<(), GpuError> {
-        if b.padding != 0 {
-            return Err(GpuError::InvalidParameter("in-fences are not supported"));
-        }
-        let start = std::mem::size_of::<CtrlHdr>() + std::mem::size_of::<Submit3d>();
-        let len = b.size as usize;
-        if len > self.req.len() - start {
-            return Err(GpuError::InvalidParameter(
-                "command stream size exceeds the request",
-            ));
-        }
-        let ctx = self
-            .contexts
-            .get_mut(&hdr.ctx_id)
-            .ok_or(GpuError::InvalidContext(hdr.ctx_id))?;
-        let view = View {
-            resources: &self.resources,
-            attached: &ctx.attached,
-        };
-        let mut env = Env {
-            mem,
-            epoll: &self.epoll,
-            channels: &self.channels,
-            scratch: &mut self.scratch,
-            limiter: &mut self.limiter,
-            hold: self.hold,
-            holds: 0,
-            released: &mut self.released,
+        let ctx = self.contexts.live(hdr.ctx_id)?;
+        let view = self.resources.view(&ctx.attached);
+        let mut sub = Submission {
+            hold: self.held.current(),
+            held_chunks: 0,
             images_left: cross_domain::MAX_IMAGE_REQUIREMENTS_PER_VM.saturating_sub(self.images),
         };
+        let mut env = self.cd.env(mem, &mut self.limiter, self.held.released());
         let images_before = ctx.cd.image_count();
-        let res = ctx.cd.submit(&mut env, &view, &self.req, start, len);
-        self.holds += env.holds;
+        let res = ctx
+            .cd
+            .submit(&mut env, &mut sub, &view, &self.req, start, len);
+        self.held.add_refs(sub.held_chunks);
         // Submissions only add image requirements; destruction and reset remove them.
         self.images += ctx.cd.image_count().saturating_sub(images_before);
         res?;
@@ -1274,43 +495,5 @@ impl Drop for Gpu {
             info!("dropping {} context(s)", self.contexts.len());
         }
         self.reset();
-    }
-}
-
-fn resp_type(r: &Resp) -> u32 {
-    match r {
-        Resp::NoData => RESP_OK_NODATA,
-        Resp::DisplayInfo => RESP_OK_DISPLAY_INFO,
-        Resp::CapsetInfo(_) => RESP_OK_CAPSET_INFO,
-        Resp::Capset(_) => RESP_OK_CAPSET,
-        Resp::Uuid(_) => RESP_OK_RESOURCE_UUID,
-        Resp::MapInfo(_) => RESP_OK_MAP_INFO,
-    }
-}
-
-/// Bytes the response to `cmd` needs.
-fn response_size(cmd: u32) -> usize {
-    let h = std::mem::size_of::<CtrlHdr>();
-    match cmd {
-        CMD_GET_DISPLAY_INFO => std::mem::size_of::<RespDisplayInfo>(),
-        CMD_GET_CAPSET_INFO => std::mem::size_of::<RespCapsetInfo>(),
-        CMD_GET_CAPSET => h + std::mem::size_of::<cd::Capabilities>(),
-        CMD_RESOURCE_ASSIGN_UUID => std::mem::size_of::<RespResourceUuid>(),
-        CMD_RESOURCE_MAP_BLOB => std::mem::size_of::<RespMapInfo>(),
-        _ => h,
-    }
-}
-
-fn is_2d_format(f: u32) -> bool {
-    // B8G8R8A8, B8G8R8X8, A8R8G8B8, X8R8G8B8, R8G8B8A8, X8B8G8R8, A8B8G8R8, R8G8B8X8.
-    matches!(f, 1 | 2 | 3 | 4 | 67 | 68 | 121 | 134)
-}
-
-fn check_rect(r: &Rect, w: u32, h: u32) -> Result<(), GpuError> {
-    let x_end = r.x.checked_add(r.width);
-    let y_end = r.y.checked_add(r.height);
-    match (x_end, y_end) {
-        (Some(x), Some(y)) if x <= w && y <= h => Ok(()),
-        _ => Err(GpuError::InvalidParameter("rectangle outside the resource")),
     }
 }

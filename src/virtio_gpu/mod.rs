@@ -1,12 +1,27 @@
 //! The virtio-gpu layer: decodes control- and cursor-queue requests, owns resources, contexts
 //! and fence timelines, and encodes responses. It knows nothing about vhost-user; the device
 //! module feeds it descriptor chains and publishes the completions it produces.
+//!
+//! A chain is split into request and response buffers (`chain`), its request decoded into a
+//! typed command (`command`), executed by the coordinator (`gpu`) against the state each
+//! file owns — resources and the host-visible region (`resources`), contexts (`contexts`),
+//! scanouts (`scanouts`), fence timelines (`fences`), requests held for slow host peers
+//! (`held`) — and answered (`response`); refusals are [`GpuError`]s.
 
+mod chain;
+mod command;
+mod contexts;
+mod error;
+mod fences;
 mod gpu;
+mod held;
 pub mod protocol;
-pub mod sg;
+mod resources;
+mod response;
+mod scanouts;
 
-pub use gpu::{Gpu, GpuError, Limits};
+pub use error::GpuError;
+pub use gpu::Gpu;
 
 use std::os::fd::BorrowedFd;
 
@@ -19,4 +34,29 @@ pub trait ShmMapper {
         -> std::io::Result<()>;
     /// Remove the mapping of `len` bytes at `offset`.
     fn unmap(&self, offset: u64, len: u64) -> std::io::Result<()>;
+}
+
+/// Bounds on what a guest may make the device hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_contexts: usize,
+    pub max_resources: usize,
+    /// Backing entries of one resource.
+    pub max_entries_per_resource: usize,
+    /// Backing entries over all resources.
+    pub max_total_entries: usize,
+    /// Resources attached to one context (contexts x resources would otherwise be the bound).
+    pub max_attached_per_context: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_contexts: 1024,
+            max_resources: 65536,
+            max_entries_per_resource: 1 << 18,
+            max_total_entries: 1 << 22,
+            max_attached_per_context: 16384,
+        }
+    }
 }

@@ -77,13 +77,13 @@ pub const BLOB_FLAG_USE_MAPPABLE: u32 = 1;
 pub const BLOB_FLAG_USE_SHAREABLE: u32 = 2;
 pub const BLOB_FLAG_USE_CROSS_DEVICE: u32 = 4;
 
-/// Capset ids.
-pub const CAPSET_CROSS_DOMAIN: u32 = 5;
+/// Capset ids: the cross-domain one is the only one this device offers.
+pub use cross_domain_protocol::CAPSET_CROSS_DOMAIN;
 /// `CtxCreate::context_init` bits holding the capset id.
 pub const CONTEXT_INIT_CAPSET_ID_MASK: u32 = 0xff;
 
 /// The spec allows at most 16 scanouts.
-pub const MAX_SCANOUTS: usize = 16;
+pub use cross_domain_protocol::MAX_SCANOUTS;
 
 /// Control header that starts every request and every response.
 #[repr(C)]
@@ -456,7 +456,8 @@ mod tests {
         assert_eq!(offset_of!(CtrlHdr, ring_idx), 20);
     }
 
-    // Offsets below are relative to the start of the body, i.e. the spec's offset minus 24.
+    // Offsets below are relative to the start of the body, i.e. the offset in the
+    // virtio specification (docs/protocol.md §1.7) minus 24.
     #[test]
     fn request_layouts() {
         assert_eq!(size_of::<Rect>(), 16);

@@ -19,7 +19,7 @@
 #
 # Usage: tests/e2e/run.sh [--boot-only]
 #   --boot-only   boot each kernel and check only the guest's virtio-gpu features (no proxy,
-#                 no channel traffic): checks the environment without src/bin/cross-domain-proxy.rs
+#                 no channel traffic): checks the environment without crates/cross-domain-proxy
 # Environment:
 #   VUCD_E2E_CACHE          cache directory (default /var/cache/vucd-e2e); delete it to start cold
 #   VUCD_E2E_MIRROR         Debian mirror (default http://deb.debian.org/debian)
@@ -291,9 +291,9 @@ rustc --edition 2021 -O -C target-feature=+crt-static --target "$TRIPLE" \
 GUEST_CLIENT="$BIN/e2e_guest_client"
 if [ "$BOOT_ONLY" = 0 ]; then
     # A target directory of its own: the static RUSTFLAGS would otherwise invalidate the normal
-    # build's artifacts.
+    # build's artifacts. The proxy is its own package in the workspace (crates/cross-domain-proxy).
     RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target "$TRIPLE" \
-        --target-dir "$STATIC_TARGET_DIR" --bin cross-domain-proxy
+        --target-dir "$STATIC_TARGET_DIR" -p cross-domain-proxy --bin cross-domain-proxy
 fi
 PROXY="$STATIC_TARGET_DIR/$TRIPLE/release/cross-domain-proxy"
 stage_end

@@ -15,14 +15,13 @@ pub const DAEMON_NAME: &str = "vhost-user-cross-domain";
 
 /// Path of the daemon binary.
 ///
-/// Order: `$VHOST_USER_CROSS_DOMAIN_BIN`, then Cargo's `CARGO_BIN_EXE_…` (set when compiling
-/// integration tests and benches), then the binary next to this program's target directory
-/// (`target/<profile>/{deps,examples}/x` → `target/<profile>/vhost-user-cross-domain`).
+/// Order: `$VHOST_USER_CROSS_DOMAIN_BIN`, then the binary next to this program's target
+/// directory (`target/<profile>/{deps,examples}/x` → `target/<profile>/vhost-user-cross-domain`;
+/// cargo builds it before it runs the root package's integration tests). Cargo's
+/// `CARGO_BIN_EXE_…` cannot help here: it is set only when compiling the tests of the package
+/// that owns the binary, and this crate is a package of its own.
 pub fn daemon_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("VHOST_USER_CROSS_DOMAIN_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = option_env!("CARGO_BIN_EXE_vhost-user-cross-domain") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");

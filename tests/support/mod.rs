@@ -11,10 +11,10 @@
 //! - [`gpu`]: virtio-gpu and cross-domain request encoders, response decoders and the
 //!   `CrossDomainContext` helper.
 //!
-//! Integration tests include this with `mod support;`; the benchmark program with
-//! `#[path = "../tests/support/mod.rs"] mod support;`. Each includer uses a different subset,
-//! hence the blanket `dead_code` allowance.
-#![allow(dead_code, unused_imports)]
+//! It is a crate of its own (`vucd-test-frontend`, never published), which the integration
+//! tests and the benchmark program use as the dev-dependency `support`. It must never depend on
+//! the daemon's library: it reaches the daemon only through vhost-user and its binary, as a VMM
+//! would.
 
 pub mod daemon;
 pub mod gpu;

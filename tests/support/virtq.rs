@@ -257,6 +257,8 @@ pub struct VirtQueue {
     event_idx: bool,
     always_kick: bool,
     stats: QueueStats,
+    /// State of fixed chains by head slot (see [`FixedChain`]).
+    fixed: Vec<FixedState>,
 }
 
 fn new_eventfd() -> EventFd {
@@ -298,6 +300,7 @@ impl VirtQueue {
             event_idx,
             always_kick,
             stats: QueueStats::default(),
+            fixed: vec![FixedState::None; usize::from(size)],
         }
     }
 
@@ -355,6 +358,7 @@ impl VirtQueue {
         self.last_used = 0;
         self.kick = new_eventfd();
         self.call = new_eventfd();
+        self.fixed.fill(FixedState::None);
     }
 
     fn take_slots(&mut self, mem: &GuestMemoryMmap, n: usize) -> Vec<u16> {
@@ -618,6 +622,9 @@ impl VirtQueue {
     }
 
     fn complete(&mut self, mem: &GuestMemoryMmap, id: u32, len: u32) {
+        if self.complete_fixed(id, len) {
+            return;
+        }
         let q = self.index;
         let chain = usize::try_from(id)
             .ok()
@@ -781,5 +788,162 @@ impl VirtQueue {
             }
             self.free_slots.extend_from_slice(&c.slots);
         }
+    }
+}
+
+// ---- fixed chains: the benchmark's allocation-free path ------------------------------------
+
+/// Where a fixed chain is in its cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FixedState {
+    /// The slot is not the head of a fixed chain.
+    None,
+    /// Laid out and not offered (or completed and collected).
+    Idle,
+    Offered,
+    /// On the used ring with this length, not yet collected.
+    Done(u32),
+}
+
+/// A chain laid out once in descriptor slots it keeps until [`VirtQueue::release_fixed`], and
+/// offered again and again with [`VirtQueue::offer_fixed`]: nothing is allocated, copied or
+/// poisoned per request, and the caller reads responses straight from its own buffers in
+/// guest memory. This is the benchmark's cheap guest driver (a real guest driver reuses its
+/// buffers too); tests use [`VirtQueue::submit`], which checks more.
+///
+/// The chain's slots are not in the free list while it lives, and a completion of a fixed
+/// chain that is not offered is a device bug, reported like any other unknown head.
+#[derive(Debug)]
+pub struct FixedChain {
+    slots: Vec<u16>,
+}
+
+impl FixedChain {
+    /// The head descriptor index (what the device puts on the used ring).
+    pub fn head(&self) -> u16 {
+        self.slots[0]
+    }
+
+    /// Number of descriptors.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+impl VirtQueue {
+    /// Takes descriptor slots for `descs` and lays them out (`next` translated as for
+    /// [`Self::submit_descs`]); nothing is offered yet.
+    pub fn reserve_fixed(&mut self, mem: &GuestMemoryMmap, descs: &[RawDesc]) -> FixedChain {
+        let slots = self.take_slots(mem, descs.len());
+        for (i, d) in descs.iter().enumerate() {
+            let mut d = *d;
+            if usize::from(d.next) < descs.len() {
+                d.next = slots[usize::from(d.next)];
+            }
+            self.write_desc(mem, slots[i], &d);
+        }
+        self.fixed[usize::from(slots[0])] = FixedState::Idle;
+        FixedChain { slots }
+    }
+
+    /// Rewrites the length of descriptor `i` of an idle fixed chain (a request of another
+    /// size in the same buffer).
+    pub fn set_fixed_len(&mut self, mem: &GuestMemoryMmap, chain: &FixedChain, i: usize, len: u32) {
+        let head = chain.head();
+        assert_eq!(
+            self.fixed[usize::from(head)],
+            FixedState::Idle,
+            "queue {}: fixed chain {head} is not idle",
+            self.index
+        );
+        let at = self.desc + u64::from(chain.slots[i]) * DESC_SIZE + 8;
+        mem.write_obj(len.to_le(), GuestAddress(at))
+            .expect("write descriptor length");
+    }
+
+    /// Offers an idle fixed chain again (publish and kick as for any chain).
+    pub fn offer_fixed(&mut self, mem: &GuestMemoryMmap, chain: &FixedChain) {
+        let head = chain.head();
+        let state = &mut self.fixed[usize::from(head)];
+        assert_eq!(
+            *state,
+            FixedState::Idle,
+            "queue {}: fixed chain {head} offered while not idle",
+            self.index
+        );
+        *state = FixedState::Offered;
+        self.publish(mem, head);
+    }
+
+    /// Waits (up to `timeout`) for an offered fixed chain to complete; returns the used
+    /// length and makes the chain idle again. `None` on timeout (the chain stays offered).
+    /// As for [`Self::wait_for`], a completion the device never signalled is a panic.
+    pub fn wait_fixed(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: &FixedChain,
+        timeout: Duration,
+    ) -> Option<u32> {
+        let head = usize::from(chain.head());
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.fixed[head] {
+                FixedState::Done(len) => {
+                    self.fixed[head] = FixedState::Idle;
+                    return Some(len);
+                }
+                FixedState::Offered => {}
+                s => panic!(
+                    "queue {}: waiting for fixed chain {head}, which is {s:?}",
+                    self.index
+                ),
+            }
+            if !self.wait_signal(deadline) {
+                self.scan_used(mem);
+                if let FixedState::Done(_) = self.fixed[head] {
+                    if !self.wait_signal(Instant::now() + Duration::from_millis(500)) {
+                        panic!(
+                            "queue {}: the device put fixed chain {head} on the used ring but \
+                             never signalled the call eventfd",
+                            self.index
+                        );
+                    }
+                    continue;
+                }
+                return None;
+            }
+            self.scan_used(mem);
+        }
+    }
+
+    /// Gives an idle fixed chain's slots back to the queue.
+    pub fn release_fixed(&mut self, chain: FixedChain) {
+        let head = chain.head();
+        assert_eq!(
+            self.fixed[usize::from(head)],
+            FixedState::Idle,
+            "queue {}: fixed chain {head} released while not idle",
+            self.index
+        );
+        self.fixed[usize::from(head)] = FixedState::None;
+        self.free_slots.extend_from_slice(&chain.slots);
+    }
+
+    /// Used-ring element for a fixed chain: records it (no allocation) and returns true; false
+    /// when `id` is not an offered fixed chain.
+    fn complete_fixed(&mut self, id: u32, len: u32) -> bool {
+        let Some(state) = usize::try_from(id).ok().and_then(|i| self.fixed.get_mut(i)) else {
+            return false;
+        };
+        if *state != FixedState::Offered {
+            return false;
+        }
+        *state = FixedState::Done(len);
+        self.stats.completed += 1;
+        true
     }
 }

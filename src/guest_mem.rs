@@ -1,6 +1,10 @@
 //! Scatter-gather lists over guest memory: the readable and writable halves of a descriptor
 //! chain, and the backing pages of guest blobs (rings). Every access is bounds-checked against
 //! the list and against guest memory; nothing here trusts a guest-supplied address or length.
+//!
+//! Shared by the virtio-gpu layer (requests, responses, resource backing) and the cross-domain
+//! layer (command streams, rings, bytes held for slow host peers), so that neither depends on
+//! the other for it. It knows nothing of virtqueues or of either protocol.
 
 use vm_memory::{
     Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,

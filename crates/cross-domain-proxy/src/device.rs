@@ -2,7 +2,7 @@
 //!
 //! The proxy needs a dozen operations of one DRM file (one cross-domain context): parameter and
 //! capset queries, CONTEXT_INIT, blob creation and mapping, EXECBUFFER, WAIT, PRIME export and
-//! import, GEM_CLOSE and the file's event queue. [`crate::proxy::kernel::KernelDevice`]
+//! import, GEM_CLOSE and the file's event queue. [`crate::kernel::KernelDevice`]
 //! implements them with the Linux virtgpu ioctls; the tests implement them on top of the
 //! project's test VMM, so the session logic runs without a kernel.
 //!
@@ -54,7 +54,7 @@ pub const BLOB_FLAG_USE_SHAREABLE: u32 = 2;
 pub const EVENT_FENCE_SIGNALED: u32 = 0x9000_0000;
 
 /// The cross-domain capset id.
-pub const CAPSET_CROSS_DOMAIN: u32 = 5;
+pub use cross_domain_protocol::CAPSET_CROSS_DOMAIN;
 
 /// A failed device operation: which one, and the OS error.
 #[derive(Debug, thiserror::Error)]

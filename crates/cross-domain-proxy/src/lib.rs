@@ -8,15 +8,25 @@
 //! Module map:
 //! - [`device`]: the [`VirtGpuDevice`] trait — the dozen DRM operations the proxy needs — and
 //!   its argument types. The session logic only talks to this trait.
-//! - [`kernel`]: [`KernelDevice`], the trait on a real virtio-gpu render node (virtgpu ioctls,
-//!   `mmap`), plus `SCM_RIGHTS` reception. All of the proxy's `unsafe` code is here.
+//! - [`kernel`]: [`KernelDevice`], the trait on a real virtio-gpu render node: the ioctl
+//!   wrappers, with the kernel's structs and numbers ([`kernel::uapi`]), blob mappings
+//!   ([`kernel::mapping`]), DRM event parsing ([`kernel::events`]) and `SCM_RIGHTS` reception
+//!   ([`kernel::recv`]), and finding the render node at start-up ([`kernel::node`]). The
+//!   proxy's `unsafe` code is here, apart from adopting a socket-activated descriptor.
+//! - [`activation`]: the listening socket systemd passes (socket activation).
 //! - [`wire`]: the cross-domain commands the guest writes and the ring messages it reads.
 //! - [`session`]: one client: context setup (feature and capset checks, CONTEXT_INIT, rings,
-//!   INIT) and the forwarding loop.
+//!   INIT) and the forwarding loop, with each direction, the relayed pipes and the blobs in
+//!   files of their own.
 //!
 //! [`serve`] accepts clients and runs each session on its own thread, so one client's failure
 //! (or its slowness) never affects another.
+//!
+//! This crate shares only the wire formats with the daemon (the `cross-domain-protocol`
+//! crate): it must never depend on the daemon's package, so that none of its configuration,
+//! sandbox or vhost-user code ends up in the guest binary.
 
+pub mod activation;
 pub mod device;
 pub mod kernel;
 pub mod session;

@@ -2,16 +2,16 @@
 //! SEND, WRITE, GET_IMAGE_REQUIREMENTS) and the channel-ring messages it reads (RECEIVE,
 //! READ).
 //!
-//! Layouts are the daemon's [`crate::cross_domain::protocol`] structs (28 identifiers per
-//! SEND/RECEIVE, spec §3), so both sides share one pinned definition. Everything read from a
-//! ring is checked against the ring's size before use: the host writes it.
+//! Layouts are the [`cross_domain_protocol::wire`] structs the daemon uses too (28 identifiers
+//! per SEND/RECEIVE, docs/protocol.md §3), so both sides share one pinned definition. Everything
+//! read from a ring is checked against the ring's size before use: the host writes it.
 #![forbid(unsafe_code)]
 
 use std::mem::size_of;
 
 use vm_memory::ByteValued;
 
-use crate::cross_domain::protocol::{
+use cross_domain_protocol::wire::{
     CmdHeader, GetImageRequirements, ImageRequirements, Init, ReadWrite, SendReceive,
     CMD_GET_IMAGE_REQUIREMENTS, CMD_INIT, CMD_POLL, CMD_READ, CMD_RECEIVE, CMD_SEND, CMD_WRITE,
     MAX_IDENTIFIERS, READ_PIPE_ID_BASE,
@@ -60,24 +60,27 @@ pub enum WireError {
     CommandTooLong(usize),
 }
 
-fn header(cmd: u8, size: usize) -> Result<CmdHeader, WireError> {
-    Ok(CmdHeader {
+/// The header of a command of `cmd_size` bytes (the guest never sets `ring_idx`: the ring is
+/// chosen by EXECBUFFER).
+fn fixed_header(cmd: u8, cmd_size: u16) -> CmdHeader {
+    CmdHeader {
         cmd,
         ring_idx: 0,
-        cmd_size: u16::try_from(size).map_err(|_| WireError::CommandTooLong(size))?,
+        cmd_size,
         pad: 0,
-    })
+    }
+}
+
+/// The header of a command of `size` bytes, which must fit the 16-bit size field.
+fn header(cmd: u8, size: usize) -> Result<CmdHeader, WireError> {
+    let cmd_size = u16::try_from(size).map_err(|_| WireError::CommandTooLong(size))?;
+    Ok(fixed_header(cmd, cmd_size))
 }
 
 /// INIT in the 20-byte form: query ring, channel ring, channel type.
 pub fn init(query_ring: u32, channel_ring: u32, channel_type: u32) -> Vec<u8> {
     let cmd = Init {
-        hdr: CmdHeader {
-            cmd: CMD_INIT,
-            ring_idx: 0,
-            cmd_size: size_of::<Init>() as u16,
-            pad: 0,
-        },
+        hdr: fixed_header(CMD_INIT, size_of::<Init>() as u16),
         query_ring_id: query_ring,
         channel_ring_id: channel_ring,
         channel_type,
@@ -87,12 +90,7 @@ pub fn init(query_ring: u32, channel_ring: u32, channel_type: u32) -> Vec<u8> {
 
 /// POLL: the header and a zero u64, 16 bytes as every guest sends it.
 pub fn poll() -> Vec<u8> {
-    let hdr = CmdHeader {
-        cmd: CMD_POLL,
-        ring_idx: 0,
-        cmd_size: 16,
-        pad: 0,
-    };
+    let hdr = fixed_header(CMD_POLL, 16);
     let mut v = hdr.as_slice().to_vec();
     v.extend_from_slice(&0u64.to_le_bytes());
     v
@@ -101,12 +99,10 @@ pub fn poll() -> Vec<u8> {
 /// GET_IMAGE_REQUIREMENTS for a linear `width × height` image of `drm_format`.
 pub fn get_image_requirements(width: u32, height: u32, drm_format: u32) -> Vec<u8> {
     let cmd = GetImageRequirements {
-        hdr: CmdHeader {
-            cmd: CMD_GET_IMAGE_REQUIREMENTS,
-            ring_idx: 0,
-            cmd_size: size_of::<GetImageRequirements>() as u16,
-            pad: 0,
-        },
+        hdr: fixed_header(
+            CMD_GET_IMAGE_REQUIREMENTS,
+            size_of::<GetImageRequirements>() as u16,
+        ),
         width,
         height,
         drm_format,
@@ -187,6 +183,24 @@ fn read_struct<T: ByteValued + Default>(bytes: &[u8]) -> Result<T, WireError> {
     Ok(v)
 }
 
+/// The `size` data bytes after a message's `header`-byte header, copied out of the ring; a size
+/// the host wrote that runs past the ring is an error, never a short read.
+fn payload(
+    ring: &[u8],
+    header: usize,
+    size: u32,
+    what: &'static str,
+) -> Result<Vec<u8>, WireError> {
+    ring.get(header..)
+        .and_then(|rest| rest.get(..size as usize))
+        .map(<[u8]>::to_vec)
+        .ok_or(WireError::DataTooLong {
+            what,
+            size,
+            ring: ring.len(),
+        })
+}
+
 /// Decodes the channel ring (the whole ring, `ring.len()` bytes).
 pub fn decode_channel(ring: &[u8]) -> Result<ChannelMessage, WireError> {
     let hdr: CmdHeader = read_struct(ring)?;
@@ -198,16 +212,7 @@ pub fn decode_channel(ring: &[u8]) -> Result<ChannelMessage, WireError> {
             if n as usize > MAX_IDENTIFIERS {
                 return Err(WireError::TooManyIdentifiers(n));
             }
-            let size = r.opaque_data_size;
-            let data = ring
-                .get(SEND_HEADER..)
-                .and_then(|rest| rest.get(..size as usize))
-                .ok_or(WireError::DataTooLong {
-                    what: "RECEIVE",
-                    size,
-                    ring: ring.len(),
-                })?
-                .to_vec();
+            let data = payload(ring, SEND_HEADER, r.opaque_data_size, "RECEIVE")?;
             let ids = (0..n as usize)
                 .map(|i| Identifier {
                     id: r.identifiers[i],
@@ -219,16 +224,7 @@ pub fn decode_channel(ring: &[u8]) -> Result<ChannelMessage, WireError> {
         }
         CMD_READ => {
             let r: ReadWrite = read_struct(ring)?;
-            let size = r.opaque_data_size;
-            let data = ring
-                .get(RW_HEADER..)
-                .and_then(|rest| rest.get(..size as usize))
-                .ok_or(WireError::DataTooLong {
-                    what: "READ",
-                    size,
-                    ring: ring.len(),
-                })?
-                .to_vec();
+            let data = payload(ring, RW_HEADER, r.opaque_data_size, "READ")?;
             Ok(ChannelMessage::Read {
                 id: r.identifier,
                 hang_up: r.hang_up != 0,
@@ -244,7 +240,7 @@ pub fn decode_image_requirements(ring: &[u8]) -> Result<ImageRequirements, WireE
     read_struct(ring)
 }
 
-/// The guest's copy of the host's read-pipe counter (spec §5.2): ids are predicted, and the
+/// The guest's copy of the host's read-pipe counter (docs/protocol.md §5.2): ids are predicted, and the
 /// host refuses a SEND whose READ_PIPE id is not the next one.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadPipeIds {
@@ -271,7 +267,7 @@ impl ReadPipeIds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cross_domain::protocol::{ID_TYPE_READ_PIPE, ID_TYPE_VIRTGPU_BLOB};
+    use cross_domain_protocol::wire::{ID_TYPE_READ_PIPE, ID_TYPE_VIRTGPU_BLOB};
 
     fn le32(b: &[u8], off: usize) -> u32 {
         u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
