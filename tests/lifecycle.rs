@@ -11,8 +11,6 @@
 //!
 //! Every scenario runs once per VMM.
 
-mod support;
-
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;

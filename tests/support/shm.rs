@@ -752,10 +752,6 @@ impl Shm {
         self.shared.lock().fatal.clone()
     }
 
-    pub(crate) fn mode(&self) -> ShmMode {
-        self.shared.lock().mode
-    }
-
     /// Changes of the mapping table so far.
     pub(crate) fn generation(&self) -> u64 {
         self.shared.lock().generation
