@@ -72,10 +72,6 @@ pub const SHUTDOWN_EVENT: u16 = HOST_EVENT + 1;
 /// Shared memory region id of the host-visible region (`VIRTIO_GPU_SHM_ID_HOST_VISIBLE`).
 pub const SHMID_HOST_VISIBLE: u8 = 1;
 
-/// Most simultaneous mappings in the host-visible region: below the VMM's own limit (crosvm
-/// spends one KVM memory slot per mapping; x86 KVM has 32 764 for user memory).
-pub const MAX_MAPPINGS: usize = 16384;
-
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
@@ -165,7 +161,7 @@ impl Backend {
             started: AtomicBool::new(false),
             lifecycle: Mutex::new(Lifecycle::default()),
             vrings: Mutex::new(Vec::new()),
-            mappings: VmmMappings::new(MAX_MAPPINGS),
+            mappings: VmmMappings::new(limits.max_mappings),
             gate,
             host_epoll,
             shutdown_pending: AtomicBool::new(false),

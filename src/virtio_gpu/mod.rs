@@ -47,6 +47,10 @@ pub struct Limits {
     pub max_total_entries: usize,
     /// Resources attached to one context (contexts x resources would otherwise be the bound).
     pub max_attached_per_context: usize,
+    /// Blobs mapped in the host-visible region at once. Below the VMM's own limit, which it
+    /// would enforce by refusing SHMEM_MAP (crosvm then ends the VM): crosvm spends one KVM
+    /// memory slot per mapping, and x86 KVM has 32 764 of them for user memory.
+    pub max_mappings: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +61,7 @@ impl Default for Limits {
             max_entries_per_resource: 1 << 18,
             max_total_entries: 1 << 22,
             max_attached_per_context: 16384,
+            max_mappings: 16384,
         }
     }
 }
