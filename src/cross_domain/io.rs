@@ -212,7 +212,12 @@ pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if link.starts_with("/dmabuf:") {
-                seekable_size(fd)
+                match seekable_size(fd) {
+                    FdKind::Memory { size } if !super::dmabuf::mappable(fd, size) => {
+                        FdKind::Refused("dma-buf whose exporter does not allow mmap")
+                    }
+                    kind => kind,
+                }
             } else if link == "anon_inode:[eventfd]" {
                 FdKind::Refused("eventfd")
             } else {
