@@ -10,17 +10,15 @@
 //! Files, one concern each: `context.rs` (command dispatch, INIT, SEND, delivery scheduling,
 //! teardown), `channel.rs` (the channel socket, RECEIVE), `peer.rs` (writing to a slow host
 //! peer), `backlog.rs` (its queue), `items.rs` (the item table and id ranges), `pipes.rs`
-//! (READ and WRITE), `blobs.rs` (blob memory, image requirements), `dmabuf.rs` (whether a
-//! received dma-buf can be mapped), `delivery.rs` (the rotation over sources, epoll tokens),
-//! `env.rs` (what the device lends a context), `error.rs`, and the leaf modules [`image`],
-//! [`io`] and [`protocol`].
+//! (READ and WRITE), `blobs.rs` (blob memory, image requirements), `delivery.rs` (the
+//! rotation over sources, epoll tokens), `env.rs` (what the device lends a context),
+//! `error.rs`, and the leaf modules [`image`], [`io`] and [`protocol`].
 
 mod backlog;
 mod blobs;
 mod channel;
 mod context;
 mod delivery;
-mod dmabuf;
 mod env;
 mod error;
 pub mod image;
