@@ -251,6 +251,9 @@ impl Backend {
             // `started` changes under the lifecycle lock only, so that it always agrees with
             // the decision the worker takes in `ensure_running`.
             let mut lc = lock(&self.lifecycle);
+            if lc.running() {
+                info!("device stopped: paused until the next start shows a resume or a reset");
+            }
             lc.stop(mark);
             self.started.store(false, Ordering::Release);
         }
