@@ -138,7 +138,7 @@ impl Backend {
         let num_scanouts = config.num_scanouts;
         let limits = Limits::default();
         let gpu = Gpu::new(
-            Arc::new(config.channels.clone()),
+            config.channels.clone(),
             Arc::new(crate::sandbox::BrokerConnector),
             num_scanouts,
             config.shm_size,

@@ -51,6 +51,10 @@ pub struct Limits {
     /// would enforce by refusing SHMEM_MAP (crosvm then ends the VM): crosvm spends one KVM
     /// memory slot per mapping, and x86 KVM has 32 764 of them for user memory.
     pub max_mappings: usize,
+    /// Whether the VMM maps a file past its end (crosvm) or not (QEMU); what received memory
+    /// that is not whole pages becomes. Not a limit, but a fact about the VMM the device
+    /// needs as early.
+    pub partial_pages: crate::cross_domain::PartialPages,
 }
 
 impl Default for Limits {
@@ -62,6 +66,7 @@ impl Default for Limits {
             max_total_entries: 1 << 22,
             max_attached_per_context: 16384,
             max_mappings: 16384,
+            partial_pages: crate::cross_domain::PartialPages::Refuse,
         }
     }
 }
