@@ -226,7 +226,12 @@ pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if link.starts_with("/dmabuf:") {
-                seekable_size(fd)
+                match seekable_size(fd) {
+                    FdKind::Memory { size } if !dmabuf_mappable(fd, size) => {
+                        FdKind::Refused("dma-buf whose exporter does not allow mmap")
+                    }
+                    kind => kind,
+                }
             } else if link == "anon_inode:[eventfd]" {
                 FdKind::Eventfd
             } else {
@@ -234,6 +239,46 @@ pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
             }
         }
     }
+}
+
+/// Whether the VMM will be able to map `fd`, a dma-buf of `size` bytes, into the host-visible
+/// region: one shared mapping of its first page, readable, and writable too when the blob will
+/// be mapped writable. A dma-buf reaches the guest only as a blob the VMM maps with `mmap` on
+/// SHMEM_MAP, and not every exporter allows that (a driver without an mmap operation for its
+/// buffers refuses); crosvm ends the VM when a SHMEM_MAP is refused, so such a dma-buf is
+/// refused when it arrives instead. Only probes: the mapping is never accessed and is gone
+/// when this returns.
+pub fn dmabuf_mappable(fd: BorrowedFd<'_>, size: u64) -> bool {
+    let page = super::image::host_page_size();
+    if size < page {
+        // dma-bufs are whole pages; a smaller one cannot be mapped as a page.
+        return false;
+    }
+    let mut prot = libc::PROT_READ;
+    if memory_writable(fd) {
+        prot |= libc::PROT_WRITE;
+    }
+    // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED), so no existing memory is
+    // affected; it is never accessed and unmapped right below with the same address and
+    // length. `fd` is open for the duration of the call.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page as usize,
+            prot,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: `p` is the mapping of `page` bytes made above, used by nothing else.
+    unsafe {
+        libc::munmap(p, page as usize);
+    }
+    true
 }
 
 /// The access mode (`O_RDONLY`, `O_WRONLY`, `O_RDWR`) of an fd; `None` for an `O_PATH` fd or
@@ -343,6 +388,18 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
+
+    #[test]
+    fn dmabuf_probe_maps_memory_and_refuses_other_files() {
+        let page = super::super::image::host_page_size();
+        let f = tempfile_in_memory();
+        f.set_len(page).unwrap();
+        assert!(dmabuf_mappable(f.as_fd(), page));
+        assert!(!dmabuf_mappable(f.as_fd(), page - 1), "less than a page");
+        // A character device without an mmap operation refuses, as such exporters do.
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        assert!(!dmabuf_mappable(null.as_fd(), page));
+    }
 
     #[test]
     fn classify_kinds() {
