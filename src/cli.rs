@@ -20,9 +20,10 @@ use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{ArgGroup, Parser};
 
 use crate::config::{
-    parse_channels_file, parse_fd, parse_sandbox, parse_scanouts, parse_seccomp, parse_shm_size,
-    parse_socket_path, parse_wayland_sock, ChannelSources, ChannelSpec, ChannelTable, ConfigError,
-    SandboxMode, SeccompMode, CHANNEL_NAMES, MAX_CHANNELS_FILE,
+    parse_channels_file, parse_fd, parse_max_mappings, parse_partial_pages, parse_sandbox,
+    parse_scanouts, parse_seccomp, parse_shm_size, parse_socket_path, parse_wayland_sock,
+    ChannelSources, ChannelSpec, ChannelTable, ConfigError, SandboxMode, SeccompMode,
+    CHANNEL_NAMES, MAX_CHANNELS_FILE,
 };
 use crate::logging::{parse_log_level, LogLevel};
 
@@ -179,6 +180,41 @@ front.
 Example: --shm-size 4G"
     )]
     pub shm_size: u64,
+
+    /// Most blobs mapped in the host-visible region at once, 1 to 32764 (default 16384).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "16384",
+        value_parser = parse_max_mappings,
+        allow_negative_numbers = true,
+        long_help = "\
+Most blobs the guest may have mapped in the host-visible region at once, 1 to 32764
+(default 16384). A map beyond it gets an out-of-memory error response and one warning
+per context. The bound stays below what the VMM can map: crosvm spends one KVM memory
+slot per mapping (x86 KVM has 32764) and ends the VM when it has to refuse one.
+Example: --max-mappings 4096"
+    )]
+    pub max_mappings: usize,
+
+    /// What received memory that is not whole pages becomes: refuse (default) or map.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "refuse",
+        value_parser = parse_partial_pages,
+        long_help = "\
+What a memory file from a host service that is not a whole number of pages becomes
+when the guest maps it (PipeWire's 2312-byte activation records are such files).
+refuse (the default): grown to whole pages when it may grow, copied when a copy is
+exact (write-sealed, or handed over read-only), otherwise refused with an error
+response: QEMU refuses a mapping that runs past the end of a file, so the pages could
+not be shared. map: the original file is mapped in whole pages, its last page running
+past the end; only for VMMs that accept that (crosvm, libkrun), since a refused
+mapping ends a crosvm VM. See docs/pipewire.md.
+Example: --partial-pages map"
+    )]
+    pub partial_pages: crate::cross_domain::PartialPages,
 
     /// Confine the daemon after start-up: on (default), or none to debug.
     #[arg(

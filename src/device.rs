@@ -136,7 +136,11 @@ impl Backend {
     /// A backend for one VMM session.
     pub fn new(config: &Config) -> io::Result<Self> {
         let num_scanouts = config.num_scanouts;
-        let limits = Limits::default();
+        let limits = Limits {
+            max_mappings: config.max_mappings,
+            partial_pages: config.partial_pages,
+            ..Limits::default()
+        };
         let gpu = Gpu::new(
             config.channels.clone(),
             Arc::new(crate::sandbox::BrokerConnector),

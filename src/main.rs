@@ -115,6 +115,8 @@ fn config_from_args(args: &Args) -> Result<Config, ConfigError> {
         sandbox: args.sandbox,
         seccomp: args.seccomp.unwrap_or_default(),
         socket_group,
+        max_mappings: args.max_mappings,
+        partial_pages: args.partial_pages,
     })
 }
 

@@ -117,6 +117,21 @@ pub enum ConfigError {
     },
 
     /// `--sandbox` neither `on` nor `none`.
+    /// `--max-mappings` is not a number in range.
+    #[error("{flag} '{value}': expected a number from 1 to {max}")]
+    InvalidMaxMappings {
+        flag: &'static str,
+        value: String,
+        max: usize,
+    },
+
+    /// `--partial-pages` is not one of its modes.
+    #[error(
+        "{flag} '{value}': expected 'refuse' (the default, for QEMU) or 'map' (the VMM maps a \
+         file's last page past its end: crosvm, libkrun)"
+    )]
+    InvalidPartialPages { flag: &'static str, value: String },
+
     #[error("{flag} '{value}': expected 'on' (the default) or 'none' (no sandbox, for debugging)")]
     InvalidSandbox { flag: &'static str, value: String },
 
@@ -197,6 +212,8 @@ impl ConfigError {
             | Self::UnusableFd { flag, value, .. }
             | Self::InvalidShmSize { flag, value, .. }
             | Self::InvalidSandbox { flag, value }
+            | Self::InvalidMaxMappings { flag, value, .. }
+            | Self::InvalidPartialPages { flag, value }
             | Self::InvalidSeccomp { flag, value }
             | Self::InvalidLogLevel { flag, value }
             | Self::EmptyFileName { flag, value }

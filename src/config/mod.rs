@@ -41,8 +41,9 @@ pub use channels_file::{ChannelSources, ChannelsFileError, MAX_CHANNELS_FILE};
 pub use error::ConfigError;
 pub use live::{ChannelView, LiveChannels};
 pub use values::{
-    parse_channels_file, parse_fd, parse_sandbox, parse_scanouts, parse_seccomp, parse_shm_size,
-    parse_socket_path, unusable_fd, ShmSizeProblem, DEFAULT_SHM_SIZE, MAX_SHM_SIZE,
+    parse_channels_file, parse_fd, parse_max_mappings, parse_partial_pages, parse_sandbox,
+    parse_scanouts, parse_seccomp, parse_shm_size, parse_socket_path, unusable_fd, ShmSizeProblem,
+    DEFAULT_SHM_SIZE, MAX_MAPPINGS_LIMIT, MAX_SHM_SIZE,
 };
 
 /// Highest `--scanouts` value: the virtio-gpu configuration space describes at most 16 scanouts
@@ -61,6 +62,8 @@ const FD_FLAG: &str = "--fd";
 const SHM_SIZE_FLAG: &str = "--shm-size";
 const SANDBOX_FLAG: &str = "--sandbox";
 const SECCOMP_FLAG: &str = "--seccomp";
+const MAX_MAPPINGS_FLAG: &str = "--max-mappings";
+const PARTIAL_PAGES_FLAG: &str = "--partial-pages";
 /// The flag that names the channels file.
 pub const CHANNELS_FILE_FLAG: &str = "--channels-file";
 /// How socket activation is named in messages (it has no flag; `LISTEN_FDS` is its variable).
@@ -91,6 +94,10 @@ pub struct Config {
     /// The group the `--socket-path` socket is given to (`--socket-group`); only with
     /// [`Listen::Path`].
     pub socket_group: Option<SocketGroup>,
+    /// Most blobs mapped in the host-visible region at once (`--max-mappings`).
+    pub max_mappings: usize,
+    /// Whether the VMM maps a file past its end (`--partial-pages`).
+    pub partial_pages: crate::cross_domain::PartialPages,
 }
 
 /// `--socket-group GROUP`, looked up: the `--socket-path` socket gets this group and mode

@@ -1,5 +1,6 @@
 //! The parsers of the flag values other than channels: `--sandbox`, `--seccomp`, `--scanouts`,
-//! `--socket-path`, `--fd` and `--shm-size`, each into its typed value.
+//! `--socket-path`, `--fd`, `--shm-size`, `--max-mappings` and `--partial-pages`, each into its
+//! typed value.
 //!
 //! Each parser takes the text as given and either returns the value or a [`ConfigError`]
 //! naming the flag and the text; none touches the file system, and none panics on any input.
@@ -9,9 +10,11 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use super::{
-    ConfigError, SandboxMode, SeccompMode, CHANNELS_FILE_FLAG, FD_FLAG, MAX_SCANOUTS, SANDBOX_FLAG,
-    SCANOUTS_FLAG, SECCOMP_FLAG, SHM_SIZE_FLAG, SOCKET_PATH_FLAG,
+    ConfigError, SandboxMode, SeccompMode, CHANNELS_FILE_FLAG, FD_FLAG, MAX_MAPPINGS_FLAG,
+    MAX_SCANOUTS, PARTIAL_PAGES_FLAG, SANDBOX_FLAG, SCANOUTS_FLAG, SECCOMP_FLAG, SHM_SIZE_FLAG,
+    SOCKET_PATH_FLAG,
 };
+use crate::cross_domain::PartialPages;
 use crate::inherited::FdError;
 
 /// Parses `--sandbox MODE`: `on` or `none`.
@@ -50,6 +53,34 @@ pub fn parse_scanouts(s: &str) -> Result<u32, ConfigError> {
             flag: SCANOUTS_FLAG,
             value: s.to_owned(),
         })
+}
+
+/// Highest `--max-mappings`: x86 KVM has 32 764 memory slots for user memory, and crosvm spends
+/// one per mapping (and refusing a mapping ends a crosvm VM), so more can never be served.
+pub const MAX_MAPPINGS_LIMIT: usize = 32764;
+
+/// Parses `--max-mappings N`: 1 to [`MAX_MAPPINGS_LIMIT`].
+pub fn parse_max_mappings(s: &str) -> Result<usize, ConfigError> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_MAPPINGS_LIMIT).contains(n) && s.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| ConfigError::InvalidMaxMappings {
+            flag: MAX_MAPPINGS_FLAG,
+            value: s.to_owned(),
+            max: MAX_MAPPINGS_LIMIT,
+        })
+}
+
+/// Parses `--partial-pages MODE`: `refuse` or `map`.
+pub fn parse_partial_pages(s: &str) -> Result<PartialPages, ConfigError> {
+    match s {
+        "refuse" => Ok(PartialPages::Refuse),
+        "map" => Ok(PartialPages::MapPastEnd),
+        _ => Err(ConfigError::InvalidPartialPages {
+            flag: PARTIAL_PAGES_FLAG,
+            value: s.to_owned(),
+        }),
+    }
 }
 
 /// Checks the `--socket-path PATH` value (present and non-empty; the daemon creates the socket).
