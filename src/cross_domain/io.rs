@@ -1,6 +1,6 @@
 //! Host-side I/O primitives for channels and pipes: `sendmsg`/`recvmsg` with `SCM_RIGHTS`
 //! straight between guest memory and sockets, non-blocking `readv`/`writev`, and the
-//! classification of file descriptors received from host services (spec §5.3).
+//! classification of file descriptors received from host services (docs/protocol.md §5.3).
 //!
 //! Every libc call of `cross_domain` is here (unit tests aside); the other files use libc's
 //! types and constants only. `recvmsg` itself and the host page size come from the
