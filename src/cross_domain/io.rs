@@ -115,26 +115,25 @@ pub fn recv_with_fds(
 
 /// `readv` that retries on EINTR; `Ok(None)` means EAGAIN.
 pub fn readv(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
-    loop {
+    retrying(|| {
         // SAFETY: `iov` describes writable memory valid for this call (caller's guarantee).
-        let r = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-        if r >= 0 {
-            return Ok(Some(r as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(e),
-        }
-    }
+        unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) }
+    })
 }
 
 /// `writev` that retries on EINTR; `Ok(None)` means EAGAIN.
 pub fn writev(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
-    loop {
+    retrying(|| {
         // SAFETY: `iov` describes readable memory valid for this call (caller's guarantee).
-        let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) }
+    })
+}
+
+/// Runs a byte-count system call until it is not interrupted: the count, `None` for EAGAIN,
+/// or the error.
+fn retrying(mut call: impl FnMut() -> libc::ssize_t) -> io::Result<Option<usize>> {
+    loop {
+        let r = call();
         if r >= 0 {
             return Ok(Some(r as usize));
         }
