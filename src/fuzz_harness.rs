@@ -137,7 +137,7 @@ fn cd_fixture() -> CdFixture {
     let _ = nix::unistd::ftruncate(&memfd, 8192);
     CdFixture {
         mem: new_memory(),
-        shared: Shared::new(channels(), Arc::new(DirectConnector))
+        shared: Shared::new(channels(), Arc::new(DirectConnector), Default::default())
             .unwrap_or_else(|e| panic!("fuzz harness: epoll: {e}")),
         view: FuzzView {
             query: sg(&[(QUERY_RING, 4096)]),

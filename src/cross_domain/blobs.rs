@@ -4,12 +4,13 @@
 //!
 //! This module owns the stored image requirements (one [`super::items::Item::Image`] each,
 //! plus the query → id cache) and the rules for turning an item into blob memory: a fresh
-//! memfd for image requirements, the received fd itself (grown or copied to whole pages) for
-//! received memory. It never maps anything; the virtio-gpu layer does.
+//! memfd for image requirements, the received fd itself for received memory (grown, copied or
+//! refused when it is not whole pages and the VMM cannot map past its end, [`PartialPages`]).
+//! It never maps anything; the virtio-gpu layer does.
 
 use std::collections::HashMap;
 use std::io as stdio;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use log::{debug, warn};
 
@@ -27,6 +28,26 @@ use crate::guest_mem::{GuestMem, SgList};
 pub const MAX_IMAGE_REQUIREMENTS: usize = 4096;
 /// Most image requirements all contexts of a VM may hold together (about 50 bytes each).
 pub const MAX_IMAGE_REQUIREMENTS_PER_VM: usize = 65536;
+
+/// What the VMM does with a mapping whose last page runs past the end of its file, which is
+/// what received memory that is not a whole number of pages needs (docs/protocol.md §5.5.1,
+/// docs/pipewire.md). The daemon cannot find out; the operator says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PartialPages {
+    /// The VMM refuses such a mapping (QEMU 11 checks the file size on SHMEM_MAP), or it is
+    /// not known to accept it. Received memory that is not whole pages is grown in place when
+    /// it may grow, copied when a copy is exact (write-sealed) or when the host handed over a
+    /// read-only view, and otherwise refused at RESOURCE_CREATE_BLOB: shared read-write memory
+    /// that cannot grow (a PipeWire activation record) would only be a snapshot. The default,
+    /// because it never sends the VMM a mapping it might refuse (crosvm stops the VM on a
+    /// refused backend request).
+    #[default]
+    Refuse,
+    /// The VMM maps the original fd in whole pages, the last one running past the end of the
+    /// file (crosvm, libkrun): every received memory fd is shared as it is, never grown or
+    /// copied.
+    MapPastEnd,
+}
 
 /// A stored GET_IMAGE_REQUIREMENTS reply: any number of blobs of exactly `size` bytes.
 #[derive(Debug, Clone, Copy)]
@@ -87,13 +108,14 @@ impl ImageQueries {
 
 /// The host memory for RESOURCE_CREATE_BLOB(HOST3D, `blob_id`, `size`) in context `ctx_id`:
 /// a new memfd for stored image requirements (which stay valid), or the received memory fd
-/// named by `blob_id` (consumed). Returns the fd, its `map_info` cache type and whether it may
-/// be mapped writable.
+/// named by `blob_id` (consumed, unless it is refused). Returns the fd, its `map_info` cache
+/// type and whether it may be mapped writable.
 pub(super) fn take_blob(
     ctx_id: u32,
     items: &mut ItemTable,
     blob_id: u32,
     size: u64,
+    pages: PartialPages,
 ) -> Result<(OwnedFd, u32, bool), CtxError> {
     match items.get(blob_id) {
         Some(&Item::Image(StoredImage {
@@ -120,52 +142,77 @@ pub(super) fn take_blob(
                     got: size,
                 });
             }
-            let Some(Item::Memory { fd, .. }) = items.remove(blob_id) else {
+            let Some(Item::Memory { fd, .. }) = items.get(blob_id) else {
                 return Err(CtxError::UnknownBlob(blob_id));
             };
             let writable = cdio::memory_writable(fd.as_fd());
-            let (fd, writable) = whole_pages(ctx_id, fd, have, limit, writable)?;
-            Ok((fd, image::MAP_CACHE_CACHED, writable))
+            let backing = if have == limit || pages == PartialPages::MapPastEnd {
+                Backing::Original { writable }
+            } else {
+                whole_pages(ctx_id, fd.as_fd(), blob_id, have, limit, writable)?
+            };
+            // Consumed only now: a refusal leaves the item as it was.
+            let Some(Item::Memory { fd, .. }) = items.remove(blob_id) else {
+                return Err(CtxError::UnknownBlob(blob_id));
+            };
+            Ok(match backing {
+                Backing::Original { writable } => (fd, image::MAP_CACHE_CACHED, writable),
+                Backing::Copy(copy) => (copy, image::MAP_CACHE_CACHED, false),
+            })
         }
         _ => Err(CtxError::UnknownBlob(blob_id)),
     }
 }
 
-/// Make received memory of `size` bytes hold whole host pages (`rounded` bytes): VMMs map blobs
-/// in whole pages and QEMU refuses a mapping that runs past the end of its file (a Wayland
-/// keymap is rarely a page multiple; docs/protocol.md §5.5.1).
+/// What a blob made from received memory maps.
+enum Backing {
+    /// The received fd itself (shared), writable or not.
+    Original { writable: bool },
+    /// A copy of its contents in a new memfd of whole pages, mapped read-only.
+    Copy(OwnedFd),
+}
+
+/// Make received memory `id` of `size` bytes, not whole host pages, hold `rounded` bytes for
+/// a VMM that refuses mappings past the end of a file ([`PartialPages::Refuse`]; a Wayland
+/// keymap is rarely a page multiple, docs/protocol.md §5.5.1):
 ///
-/// - Writable and not sealed against growing: grown in place with zeros, still shared.
-/// - Otherwise copied once into a new memfd: exact for write-sealed memory (it cannot change),
-///   a snapshot for a read-only view of memory someone else may still write (logged).
+/// - writable and not sealed against growing: grown in place with zeros, still shared;
+/// - writable otherwise (a PipeWire activation record, sealed with `F_SEAL_GROW`): refused,
+///   as a copy would be a snapshot where both sides expect to share state;
+/// - read-only: copied once into a new memfd mapped read-only. Exact for write-sealed memory
+///   (it cannot change); for a read-only view the host handed over (wlroots sends keymaps as
+///   `O_RDONLY` shm files) later host writes would not reach the guest, which is logged.
 fn whole_pages(
     ctx_id: u32,
-    fd: OwnedFd,
+    fd: BorrowedFd<'_>,
+    id: u32,
     size: u64,
     rounded: u64,
     writable: bool,
-) -> Result<(OwnedFd, bool), CtxError> {
-    if size == rounded {
-        return Ok((fd, writable));
-    }
-    let seals = cdio::seals(fd.as_fd());
-    if writable && seals & libc::F_SEAL_GROW == 0 {
-        let len = i64::try_from(rounded)
-            .map_err(|_| CtxError::HostIo(stdio::ErrorKind::InvalidInput.into()))?;
-        match nix::unistd::ftruncate(&fd, len) {
-            Ok(()) => return Ok((fd, true)),
-            Err(e) => debug!("ctx {ctx_id}: cannot grow received memory to {rounded} bytes: {e}"),
+) -> Result<Backing, CtxError> {
+    let seals = cdio::seals(fd);
+    if writable {
+        if seals & libc::F_SEAL_GROW == 0 {
+            let len = i64::try_from(rounded)
+                .map_err(|_| CtxError::HostIo(stdio::ErrorKind::InvalidInput.into()))?;
+            match nix::unistd::ftruncate(fd, len) {
+                Ok(()) => return Ok(Backing::Original { writable: true }),
+                Err(e) => {
+                    debug!("ctx {ctx_id}: cannot grow received memory to {rounded} bytes: {e}")
+                }
+            }
         }
+        return Err(CtxError::UnshareableMemory { id, size });
     }
     if seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) == 0 {
         warn!(
-            "ctx {ctx_id}: received memory of {size} bytes is not a page multiple and cannot \
-             grow; the guest gets a copy, later host writes will not reach it"
+            "ctx {ctx_id}: received read-only memory of {size} bytes is not a page multiple; \
+             the guest gets a copy, later host writes will not reach it"
         );
     }
     let copy = new_memfd(rounded).map_err(CtxError::HostIo)?;
-    cdio::copy_contents(fd.as_fd(), copy.as_fd(), size).map_err(CtxError::HostIo)?;
-    Ok((copy, false))
+    cdio::copy_contents(fd, copy.as_fd(), size).map_err(CtxError::HostIo)?;
+    Ok(Backing::Copy(copy))
 }
 
 /// A sealable memfd of `size` bytes for a blob created from image requirements.
@@ -236,18 +283,19 @@ mod tests {
         // Image requirements make any number of fresh blobs of exactly their size.
         let size = first.size;
         for _ in 0..2 {
-            let (fd, map_info, writable) = take_blob(1, &mut items, 2, size).unwrap();
+            let (fd, map_info, writable) =
+                take_blob(1, &mut items, 2, size, PartialPages::Refuse).unwrap();
             assert_eq!(
                 (size_of(&fd), map_info, writable),
                 (size, first.map_info, true)
             );
         }
         assert!(matches!(
-            take_blob(1, &mut items, 2, size + 1),
+            take_blob(1, &mut items, 2, size + 1, PartialPages::Refuse),
             Err(CtxError::BlobSize { .. })
         ));
         assert!(matches!(
-            take_blob(1, &mut items, 99, size),
+            take_blob(1, &mut items, 99, size, PartialPages::Refuse),
             Err(CtxError::UnknownBlob(99))
         ));
     }
@@ -261,17 +309,18 @@ mod tests {
             .add_received(|_| Item::Memory { fd, size: 100 })
             .unwrap();
         assert!(matches!(
-            take_blob(1, &mut items, id, page + 1),
+            take_blob(1, &mut items, id, page + 1, PartialPages::Refuse),
             Err(CtxError::BlobSize { .. })
         ));
-        let (fd, map_info, writable) = take_blob(1, &mut items, id, page).unwrap();
+        let (fd, map_info, writable) =
+            take_blob(1, &mut items, id, page, PartialPages::Refuse).unwrap();
         assert_eq!(
             (size_of(&fd), map_info, writable),
             (page, image::MAP_CACHE_CACHED, true)
         );
         assert!(items.get(id).is_none(), "consumed");
         assert!(matches!(
-            take_blob(1, &mut items, id, page),
+            take_blob(1, &mut items, id, page, PartialPages::Refuse),
             Err(CtxError::UnknownBlob(_))
         ));
     }
@@ -293,10 +342,90 @@ mod tests {
             )
         };
         assert_eq!(r, 0);
-        let (copy, writable) = whole_pages(1, fd, 10, page, false).unwrap();
-        assert_eq!((size_of(&copy), writable), (page, false));
+        let Backing::Copy(copy) = whole_pages(1, fd.as_fd(), 2, 10, page, false).unwrap() else {
+            panic!("write-sealed memory is copied");
+        };
+        assert_eq!(size_of(&copy), page);
         let mut head = [0u8; 11];
         nix::sys::uio::pread(&copy, &mut head, 0).unwrap();
         assert_eq!(head, [9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 0]);
+    }
+
+    /// A PipeWire activation record: 2312 bytes, read-write, sealed against growing and
+    /// shrinking (docs/pipewire.md).
+    fn activation_record() -> OwnedFd {
+        use nix::sys::memfd::MFdFlags;
+        let fd = memfd(
+            &[5u8; 2312],
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        );
+        let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+        // SAFETY: plain fcntl on an fd we own.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+        assert_eq!(r, 0);
+        fd
+    }
+
+    #[test]
+    fn shared_memory_that_cannot_grow_is_refused_never_copied() {
+        let page = image::host_page_size();
+        let mut items = ItemTable::default();
+        let fd = activation_record();
+        let id = items
+            .add_received(|_| Item::Memory { fd, size: 2312 })
+            .unwrap();
+        let r = take_blob(1, &mut items, id, page, PartialPages::Refuse);
+        assert!(
+            matches!(r, Err(CtxError::UnshareableMemory { id: i, size: 2312 }) if i == id),
+            "{r:?}"
+        );
+        assert!(
+            matches!(items.get(id), Some(Item::Memory { .. })),
+            "a refusal leaves the item"
+        );
+    }
+
+    #[test]
+    fn a_vmm_that_maps_past_the_end_gets_the_original_memory() {
+        let page = image::host_page_size();
+        let mut items = ItemTable::default();
+        let fd = activation_record();
+        let ino = nix::sys::stat::fstat(&fd).unwrap().st_ino;
+        let id = items
+            .add_received(|_| Item::Memory { fd, size: 2312 })
+            .unwrap();
+        let (got, map_info, writable) =
+            take_blob(1, &mut items, id, page, PartialPages::MapPastEnd).unwrap();
+        let st = nix::sys::stat::fstat(&got).unwrap();
+        assert_eq!(
+            (st.st_ino, st.st_size),
+            (ino, 2312),
+            "the original, not grown"
+        );
+        assert_eq!((map_info, writable), (image::MAP_CACHE_CACHED, true));
+        assert!(items.get(id).is_none(), "consumed");
+        // Unsealed memory is not grown either: the host's object is left as it came.
+        let fd = memfd(&[1u8; 100], nix::sys::memfd::MFdFlags::MFD_CLOEXEC);
+        let id = items
+            .add_received(|_| Item::Memory { fd, size: 100 })
+            .unwrap();
+        let (got, _, writable) =
+            take_blob(1, &mut items, id, page, PartialPages::MapPastEnd).unwrap();
+        assert_eq!((size_of(&got), writable), (100, true));
+    }
+
+    #[test]
+    fn a_read_only_view_is_copied_and_the_original_left_alone() {
+        let page = image::host_page_size();
+        let mut items = ItemTable::default();
+        let rw = memfd(&[3u8; 100], nix::sys::memfd::MFdFlags::MFD_CLOEXEC);
+        let ro: OwnedFd = std::fs::File::open(format!("/proc/self/fd/{}", rw.as_raw_fd()))
+            .unwrap()
+            .into();
+        let id = items
+            .add_received(|_| Item::Memory { fd: ro, size: 100 })
+            .unwrap();
+        let (got, _, writable) = take_blob(1, &mut items, id, page, PartialPages::Refuse).unwrap();
+        assert_eq!((size_of(&got), writable, size_of(&rw)), (page, false, 100));
     }
 }

@@ -1,11 +1,13 @@
 //! One cross-domain context: the dispatch of its command stream (INIT and SEND here; the
-//! other commands in the files that own what they touch), the scheduling of host→guest
+//! other commands in the files that own what they touch: `blobs.rs`, `pipes.rs`,
+//! `eventfds.rs`; what it cannot serve in `unserved.rs`), the scheduling of host→guest
 //! messages over its sources (one per POLL fence), the routing of host events, and teardown.
 //!
 //! What a context holds lives elsewhere, a file each: the channel socket (`channel.rs`), the
 //! host peers its bytes go to (`peer.rs`), its items and their ids (`items.rs`), pipes
-//! (`pipes.rs`), blob memory and image requirements (`blobs.rs`), the rotation over sources
-//! (`delivery.rs`). This file never reads or writes a host fd itself.
+//! (`pipes.rs`), eventfds (`eventfds.rs`), blob memory and image requirements (`blobs.rs`),
+//! the rotation over sources (`delivery.rs`). This file never reads or writes a host fd
+//! itself.
 
 use std::os::fd::OwnedFd;
 
@@ -14,15 +16,17 @@ use nix::sys::epoll::{Epoll, EpollFlags};
 use vm_memory::ByteValued;
 
 use super::backlog::HoldToken;
-use super::blobs::{self, ImageQueries};
+use super::blobs::{self, ImageQueries, PartialPages};
 use super::channel::{Channel, Who};
 use super::delivery::{Rotation, Source, Turn, CHANNEL_TOKEN};
 use super::env::{Env, Lookup, ResourceView, Submission};
 use super::error::CtxError;
+use super::eventfds;
 use super::items::{next_read_pipe_id, Item, ItemTable, MAX_ITEMS};
 use super::peer::PeerError;
 use super::pipes::ReadPipe;
 use super::protocol::*;
+use super::unserved::{Told, Unserved};
 use crate::config::ChannelTable;
 use crate::guest_mem::SgList;
 
@@ -47,7 +51,7 @@ pub(super) struct Cmd<'a> {
 
 impl Cmd<'_> {
     /// The command's fixed-size struct `T` (its header included).
-    fn read<T: ByteValued + Default>(&self, env: &Env<'_>) -> Result<T, CtxError> {
+    pub fn read<T: ByteValued + Default>(&self, env: &Env<'_>) -> Result<T, CtxError> {
         if self.size < std::mem::size_of::<T>() {
             return Err(self.bad_size());
         }
@@ -91,6 +95,11 @@ pub struct Context {
     poll_fence: Option<u64>,
     /// The sources that take turns writing into the channel ring.
     delivery: Rotation<Source>,
+    /// What becomes of received memory that is not whole pages (the device's setting, taken
+    /// at INIT).
+    pages: PartialPages,
+    /// The unserved features already logged for this context.
+    told: Told,
 }
 
 impl Context {
@@ -104,6 +113,8 @@ impl Context {
             images: ImageQueries::default(),
             poll_fence: None,
             delivery: Rotation::default(),
+            pages: PartialPages::default(),
+            told: Told::default(),
         }
     }
 
@@ -171,6 +182,20 @@ impl Context {
                 CMD_POLL => {} // the accompanying ring-1 fence does the work
                 CMD_SEND => self.send(env, sub, res, &cmd)?,
                 CMD_WRITE => self.write(env, sub, &cmd)?,
+                CMD_READ_EVENTFD_NEW => {
+                    eventfds::watch(env, &cmd, self.id, &mut self.items, &mut self.delivery)?
+                }
+                CMD_READ_EVENTFD_DESTROY if size == IMPORT_VIRTIOFS_HANDLE_SIZE => {
+                    return Err(self.unserved(Unserved::VirtioFsImport))
+                }
+                CMD_READ_EVENTFD_DESTROY => {
+                    let id = eventfds::destroy(env, &cmd, &self.items)?;
+                    self.remove_item(env.epoll, id, env.released);
+                }
+                CMD_FUTEX_NEW | CMD_FUTEX_SIGNAL | CMD_FUTEX_DESTROY => {
+                    return Err(self.unserved(Unserved::Futex))
+                }
+                CMD_ASSIGN_SOCKET_UUID => return Err(self.unserved(Unserved::SocketUuid)),
                 other => return Err(CtxError::UnknownCommand(other)),
             }
             off += size;
@@ -187,6 +212,14 @@ impl Context {
         if self.conn.is_some() {
             return Err(CtxError::AlreadyInitialized);
         }
+        // The eventfd identifier type is the one real per-family choice (docs/protocol.md
+        // §8.2): libkrun-style guests (muvm) send the 24-byte INIT and read 6; magma's family
+        // uses 5. No known guest checks it.
+        let eventfd_type = if cmd.size == INIT_SIZE_PROTOCOL_VERSION {
+            ID_TYPE_EVENTFD_LIBKRUN
+        } else {
+            ID_TYPE_EVENT_MAGMA
+        };
         let (query_id, channel_id, channel_type) = match cmd.size {
             INIT_SIZE_LEGACY => {
                 let i: InitLegacy = cmd.read(env)?;
@@ -220,7 +253,14 @@ impl Context {
             .channels
             .get(channel_type)
             .ok_or(CtxError::ChannelNotConfigured(channel_type))?;
-        let channel = Channel::connect(env.connector, env.epoll, self.id, channel_type, path)?;
+        let channel = Channel::connect(
+            env.connector,
+            env.epoll,
+            self.id,
+            channel_type,
+            path,
+            eventfd_type,
+        )?;
         info!(
             "ctx {} ({}): INIT channel {:#x} -> {}",
             self.id,
@@ -233,6 +273,7 @@ impl Context {
             channel_ring,
             channel: Some(channel),
         });
+        self.pages = env.partial_pages;
         self.delivery.add(Source::Channel);
         Ok(())
     }
@@ -333,6 +374,17 @@ impl Context {
                         fds.push(fd.try_clone_to_owned().map_err(CtxError::HostIo)?)
                     }
                 },
+                ID_TYPE_VIRTGPU_SYNC => {
+                    return Err(self.told.refuse(Unserved::SyncObject, who.ctx_id, who.name))
+                }
+                ID_TYPE_SHM_LIBKRUN => {
+                    return Err(self.told.refuse(Unserved::FutexFile, who.ctx_id, who.name))
+                }
+                ID_TYPE_VIRTIO_FS_BLOB => {
+                    return Err(self
+                        .told
+                        .refuse(Unserved::VirtioFsFile, who.ctx_id, who.name))
+                }
                 other => return Err(CtxError::UnsupportedIdentifierType(other)),
             }
         }
@@ -364,10 +416,19 @@ impl Context {
         let data_len = rw.opaque_data_size as usize;
         let data_off = cmd.payload(std::mem::size_of::<ReadWrite>(), data_len)?;
         let id = rw.identifier;
-        let Some(Item::WritePipe(pipe)) = self.items.get_mut(id) else {
-            return Err(CtxError::UnknownItem(id));
+        let hang_up = rw.hang_up != 0;
+        let pipe = match self.items.get_mut(id) {
+            Some(Item::WritePipe(pipe)) => pipe,
+            Some(Item::Eventfd(efd)) => {
+                efd.add(env, id, cmd.stream, data_off, data_len)?;
+                if hang_up {
+                    self.remove_item(env.epoll, id, env.released);
+                }
+                return Ok(());
+            }
+            _ => return Err(CtxError::UnknownItem(id)),
         };
-        match pipe.write(env, sub, cmd.stream, data_off, data_len, rw.hang_up != 0) {
+        match pipe.write(env, sub, cmd.stream, data_off, data_len, hang_up) {
             Ok(false) => Ok(()),
             Ok(true) => {
                 self.remove_item(env.epoll, id, env.released);
@@ -387,15 +448,22 @@ impl Context {
     /// `blob_id` (consumed). Returns the fd, its `map_info` cache type and whether it may be
     /// mapped writable.
     pub fn take_blob(&mut self, blob_id: u32, size: u64) -> Result<(OwnedFd, u32, bool), CtxError> {
-        blobs::take_blob(self.id, &mut self.items, blob_id, size)
+        blobs::take_blob(self.id, &mut self.items, blob_id, size, self.pages)
     }
 
-    /// Remove item `id`, stop watching it and close it.
+    /// Remove item `id`, take it out of the rotation, stop watching it and close it.
     fn remove_item(&mut self, epoll: &Epoll, id: u32, released: &mut Vec<HoldToken>) {
         if let Some(item) = self.items.remove(id) {
+            if let Some(src) = item.source(id) {
+                self.delivery.remove(src);
+            }
             close_item(item, epoll, released);
         }
-        self.delivery.remove(Source::ReadPipe(id));
+    }
+
+    /// The error refusing `what`, logged with what is missing once per context.
+    fn unserved(&mut self, what: Unserved) -> CtxError {
+        self.told.refuse(what, self.id, &self.name)
     }
 
     /// A POLL fence on the channel ring: the next message completes it. A newer fence replaces
@@ -433,6 +501,12 @@ impl Context {
                 false
             }
             Some(Item::WritePipe(pipe)) if writable => pipe.on_writable(env, ctx_id, src),
+            Some(Item::Eventfd(efd)) => {
+                if readable {
+                    efd.on_readable();
+                }
+                false
+            }
             _ => false,
         };
         if close {
@@ -464,6 +538,10 @@ impl Context {
                     }
                     turn
                 }
+                _ => Turn::Idle,
+            },
+            Source::Eventfd(id) => match items.get_mut(id) {
+                Some(Item::Eventfd(efd)) => efd.deliver(env, &conn.channel_ring, who.ctx_id, id),
                 _ => Turn::Idle,
             },
         });
@@ -501,6 +579,7 @@ fn close_item(mut item: Item, epoll: &Epoll, released: &mut Vec<HoldToken>) {
     match &mut item {
         Item::WritePipe(pipe) => pipe.close(epoll, released),
         Item::ReadPipe(pipe) => pipe.close(epoll),
+        Item::Eventfd(efd) => efd.close(epoll),
         Item::Memory { .. } | Item::Image(_) => {}
     }
 }

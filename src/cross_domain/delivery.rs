@@ -2,8 +2,8 @@
 //! that shares the guest's channel ring among them.
 //!
 //! A context writes one message per POLL fence into its channel ring (docs/protocol.md §4.3).
-//! Several sources may have data at once (the channel socket, every read pipe, and eventfds
-//! next); [`Rotation`] offers each one the ring in turn, and the one served goes to the back,
+//! Several sources may have data at once (the channel socket, every read pipe, every watched
+//! eventfd); [`Rotation`] offers each one the ring in turn, and the one served goes to the back,
 //! so a busy source cannot starve the others. This module owns that order and the token
 //! layout; it never reads a source or writes the ring (the context does).
 
@@ -18,14 +18,16 @@ pub(super) enum Source {
     Channel,
     /// The read pipe with this item id (READ).
     ReadPipe(u32),
+    /// The watched eventfd with this item id (READ of its counter).
+    Eventfd(u32),
 }
 
 /// The low half of the epoll token of the channel socket. Every other watched fd (read and
-/// write pipes) uses its item id, and 0 is never an item id (see `items::HOST_IDS`), so
+/// write pipes, eventfds) uses its item id, and 0 is never an item id (see `items::HOST_IDS`), so
 /// the two cannot collide (docs/protocol.md §4.3).
 pub(super) const CHANNEL_TOKEN: u32 = 0;
 
-/// The events a source (the channel socket, a read pipe) is watched for: edge-triggered, so
+/// The events a source (the channel socket, a read pipe, an eventfd) is watched for: edge-triggered, so
 /// a source reports readiness once and is then read until `EAGAIN` on its turns.
 pub(super) const SOURCE_EVENTS: EpollFlags = EpollFlags::EPOLLIN
     .union(EpollFlags::EPOLLRDHUP)
@@ -183,6 +185,30 @@ mod tests {
         }
         let pipe = Source::ReadPipe(0x8000_0001);
         assert_eq!(got, [Source::Channel, pipe, Source::Channel, pipe]);
+    }
+
+    #[test]
+    fn the_channel_a_pipe_and_eventfds_share_the_ring_fairly() {
+        // Every kind of source in one rotation: while all have data, each is served once per
+        // round, in the order they joined.
+        let pipe = Source::ReadPipe(0x8000_0001);
+        let (e1, e2) = (Source::Eventfd(2), Source::Eventfd(3));
+        let mut r = Rotation::default();
+        for s in [Source::Channel, e1, pipe, e2] {
+            r.add(s);
+        }
+        let got: Vec<_> = (0..8).map(|_| r.serve(|_| Turn::Served).unwrap()).collect();
+        assert_eq!(
+            got,
+            [Source::Channel, e1, pipe, e2, Source::Channel, e1, pipe, e2]
+        );
+        // An eventfd with nothing to say passes its turn; the pipe's hang-up takes it out.
+        let got = r.serve(|s| match s {
+            Source::Eventfd(_) | Source::Channel => Turn::Idle,
+            Source::ReadPipe(_) => Turn::ServedLast,
+        });
+        assert_eq!(got, Some(pipe));
+        assert_eq!(r.order, [Source::Channel, e1, e2]);
     }
 
     #[test]

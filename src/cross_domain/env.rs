@@ -15,6 +15,7 @@ use std::sync::Arc;
 use nix::sys::epoll::{Epoll, EpollCreateFlags};
 
 use super::backlog::{Backlog, Flush, HoldToken};
+use super::blobs::PartialPages;
 use super::io::CmsgBuf;
 use crate::config::ChannelTable;
 use crate::guest_mem::{GuestMem, SgList};
@@ -73,6 +74,8 @@ pub struct Env<'a> {
     pub(super) limiter: &'a mut GuestLog,
     /// Tokens of held requests whose last queued bytes went out or were dropped.
     pub(super) released: &'a mut Vec<HoldToken>,
+    /// What the VMM does with mappings past the end of a file.
+    pub(super) partial_pages: PartialPages,
 }
 
 /// What one SUBMIT_3D request lends a context beyond the [`Env`]. Only the execution of a
@@ -92,22 +95,29 @@ pub struct Submission {
 }
 
 /// What every context of a device shares, owned by the device and lent to one context at a
-/// time as an [`Env`]: the epoll set of host fds, the channel table, the [`Connector`] and the
-/// scratch buffers.
+/// time as an [`Env`]: the epoll set of host fds, the channel table, the [`Connector`], the
+/// VMM's [`PartialPages`] behaviour and the scratch buffers.
 pub struct Shared {
     epoll: Epoll,
     channels: Arc<ChannelTable>,
     connector: Arc<dyn Connector>,
+    partial_pages: PartialPages,
     scratch: Scratch,
 }
 
 impl Shared {
-    /// The shared pieces of a device serving `channels`, connected through `connector`.
-    pub fn new(channels: Arc<ChannelTable>, connector: Arc<dyn Connector>) -> stdio::Result<Self> {
+    /// The shared pieces of a device serving `channels`, connected through `connector`, for a
+    /// VMM that treats mappings past the end of a file as `partial_pages` says.
+    pub fn new(
+        channels: Arc<ChannelTable>,
+        connector: Arc<dyn Connector>,
+        partial_pages: PartialPages,
+    ) -> stdio::Result<Self> {
         Ok(Shared {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             channels,
             connector,
+            partial_pages,
             scratch: Scratch::default(),
         })
     }
@@ -138,6 +148,7 @@ impl Shared {
             scratch: &mut self.scratch,
             limiter,
             released,
+            partial_pages: self.partial_pages,
         }
     }
 }
@@ -194,7 +205,7 @@ impl TestEnv {
         use vm_memory::{GuestAddress, GuestMemoryMmap};
         TestEnv {
             mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1_0000), 0x1_0000)]).unwrap(),
-            shared: Shared::new(Arc::new(channels), connector).unwrap(),
+            shared: Shared::new(Arc::new(channels), connector, PartialPages::default()).unwrap(),
             limiter: GuestLog::new(1),
             released: Vec::new(),
         }

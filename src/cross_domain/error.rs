@@ -12,6 +12,7 @@ use super::image::ImageError;
 use super::items::MAX_ITEMS;
 use super::peer::MAX_BACKLOG_BYTES;
 use super::protocol::MAX_IDENTIFIERS;
+use super::unserved::Unserved;
 use crate::guest_mem::SgError;
 use crate::limitlog::LimitKind;
 
@@ -65,6 +66,20 @@ pub enum CtxError {
     NotSendable(u32),
     #[error("unknown or wrong-type item {0:#x}")]
     UnknownItem(u32),
+    #[error("{0}: not served by this device")]
+    Unserved(Unserved),
+    #[error("WRITE of {len} bytes to eventfd {id:#x}: exactly 8 are added to its counter")]
+    EventfdWriteSize { id: u32, len: usize },
+    #[error(
+        "eventfd {0:#x}: its counter would overflow (the host does not read it); nothing written"
+    )]
+    EventfdFull(u32),
+    #[error(
+        "received memory {id:#x} of {size} bytes is not a page multiple, cannot grow and is not \
+         write-sealed: a copy would not be shared, and the VMM is not known to map past the end \
+         of a file; refused"
+    )]
+    UnshareableMemory { id: u32, size: u64 },
     #[error("image requirements: {0}")]
     Image(#[from] ImageError),
     #[error("blob id {0:#x} names no image requirements or received memory")]

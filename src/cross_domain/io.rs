@@ -147,6 +147,13 @@ pub fn writev(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<Option<usiz
     }
 }
 
+/// End both directions of a connected socket: the peer reads end of file and its writes fail,
+/// although the fd stays open (until its owner drops it).
+pub fn shutdown(sock: BorrowedFd<'_>) -> io::Result<()> {
+    nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both)?;
+    Ok(())
+}
+
 /// Put an fd in non-blocking mode.
 ///
 /// One `ioctl(FIONBIO)`, which sets `O_NONBLOCK` alone on the open file description and leaves
@@ -167,15 +174,22 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// What a file descriptor received from a host service is, for the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FdKind {
-    /// Seekable memory (memfd, dma-buf, regular file) of this many bytes.
+    /// Memory the VMM can map (memfd, dma-buf, regular file readable through this fd) of this
+    /// many bytes.
     Memory { size: u64 },
     /// The write end of a pipe or FIFO.
     WritePipe,
-    /// Anything the device refuses to forward, with a short description for the log.
+    /// An eventfd.
+    Eventfd,
+    /// Anything the guest cannot be given, with a short description for the log.
     Refused(&'static str),
 }
 
-/// Classify a received descriptor (spec §5.3, with eventfds and sockets refused for now).
+/// Classify a received descriptor (docs/protocol.md §5.3): `fstat` for the file type, the
+/// access mode for pipes and files, and the `/proc/self/fd/N` link for anonymous inodes
+/// (dma-bufs, eventfds), which `fstat` shows without a file type. The link is the only test
+/// that names an eventfd; reading it is allowed under the daemon's sandbox (seccomp allows
+/// `readlink`, and Landlock does not govern it). Without `/proc` an eventfd is refused.
 pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
     let st = match nix::sys::stat::fstat(fd) {
         Ok(st) => st,
@@ -186,38 +200,85 @@ pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
         libc::S_IFSOCK => FdKind::Refused("socket"),
         libc::S_IFDIR => FdKind::Refused("directory"),
         libc::S_IFCHR | libc::S_IFBLK => FdKind::Refused("device node"),
+        libc::S_IFLNK => FdKind::Refused("symbolic link"),
         libc::S_IFIFO => {
-            // Only a pipe needs its access mode here (memory's is read by `memory_writable`
-            // when it is mapped): one F_GETFL, and none for the other kinds.
-            let accmode = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
-                .map(|f| f & libc::O_ACCMODE)
-                .unwrap_or(-1);
-            if accmode == libc::O_WRONLY {
+            if access_mode(fd) == Some(libc::O_WRONLY) {
                 FdKind::WritePipe
             } else {
                 FdKind::Refused("pipe read end")
             }
         }
-        // Regular files and memfds: fstat already has the size.
-        libc::S_IFREG => match u32::try_from(st.st_size) {
-            Ok(size) => FdKind::Memory {
-                size: u64::from(size),
+        // Regular files and memfds: fstat already has the size. The VMM maps them, which
+        // needs read access through this very fd: a write-only or `O_PATH` descriptor is
+        // not memory anyone can map.
+        libc::S_IFREG => match access_mode(fd) {
+            Some(libc::O_RDONLY | libc::O_RDWR) => match u32::try_from(st.st_size) {
+                Ok(size) => FdKind::Memory {
+                    size: u64::from(size),
+                },
+                Err(_) => FdKind::Refused("memory object larger than 4 GiB or of negative size"),
             },
-            Err(_) => FdKind::Refused("memory object larger than 4 GiB or of negative size"),
+            Some(libc::O_WRONLY) => FdKind::Refused("write-only file"),
+            _ => FdKind::Refused("file that cannot be read (O_PATH)"),
         },
         _ => {
-            // Anonymous inodes: dma-bufs are memory; eventfds and everything else are not
-            // handled yet.
             let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if link.starts_with("/dmabuf:") {
                 seekable_size(fd)
             } else if link == "anon_inode:[eventfd]" {
-                FdKind::Refused("eventfd")
+                FdKind::Eventfd
             } else {
                 FdKind::Refused("unsupported fd type")
             }
+        }
+    }
+}
+
+/// The access mode (`O_RDONLY`, `O_WRONLY`, `O_RDWR`) of an fd; `None` for an `O_PATH` fd or
+/// when `F_GETFL` fails.
+fn access_mode(fd: BorrowedFd<'_>) -> Option<libc::c_int> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).ok()?;
+    if flags & libc::O_PATH != 0 {
+        return None;
+    }
+    Some(flags & libc::O_ACCMODE)
+}
+
+/// Read an eventfd's 8-byte counter (resetting it, or taking 1 from it in semaphore mode).
+/// `Ok(None)` when it is zero (`EAGAIN`; the fd is non-blocking).
+pub fn read_eventfd(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    let mut buf = [0u8; 8];
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(8) => return Ok(Some(u64::from_ne_bytes(buf))),
+            Ok(n) => {
+                return Err(io::Error::other(format!(
+                    "eventfd read returned {n} bytes instead of 8"
+                )))
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Add `value` to an eventfd's counter. `Err(WouldBlock)` when the counter would pass its
+/// maximum (`EAGAIN`; the fd is non-blocking), `Err(InvalidInput)` for `u64::MAX`, which an
+/// eventfd refuses.
+pub fn write_eventfd(fd: BorrowedFd<'_>, value: u64) -> io::Result<()> {
+    loop {
+        match nix::unistd::write(fd, &value.to_ne_bytes()) {
+            Ok(8) => return Ok(()),
+            Ok(n) => {
+                return Err(io::Error::other(format!(
+                    "eventfd write took {n} bytes instead of 8"
+                )))
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -303,7 +364,48 @@ mod tests {
         let dir = std::fs::File::open("/").unwrap();
         assert_eq!(classify(dir.as_fd()), FdKind::Refused("directory"));
         let efd = nix::sys::eventfd::EventFd::new().unwrap();
-        assert_eq!(classify(efd.as_fd()), FdKind::Refused("eventfd"));
+        assert_eq!(classify(efd.as_fd()), FdKind::Eventfd);
+    }
+
+    /// Regular files are memory only through an fd that can read them: what the VMM maps.
+    #[test]
+    fn files_that_cannot_be_mapped_are_not_memory() {
+        let mut mem = tempfile_in_memory();
+        mem.write_all(&[1u8; 10]).unwrap();
+        let path = format!("/proc/self/fd/{}", mem.as_raw_fd());
+        let wo = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        assert_eq!(classify(wo.as_fd()), FdKind::Refused("write-only file"));
+        let o_path = nix::fcntl::open(
+            path.as_str(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            classify(o_path.as_fd()),
+            FdKind::Refused("file that cannot be read (O_PATH)")
+        );
+    }
+
+    #[test]
+    fn eventfd_counters_are_read_and_added_to() {
+        let efd = nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )
+        .unwrap();
+        assert_eq!(read_eventfd(efd.as_fd()).unwrap(), None, "zero: EAGAIN");
+        write_eventfd(efd.as_fd(), 5).unwrap();
+        write_eventfd(efd.as_fd(), 0x1_0000_0000).unwrap();
+        assert_eq!(read_eventfd(efd.as_fd()).unwrap(), Some(0x1_0000_0005));
+        assert_eq!(read_eventfd(efd.as_fd()).unwrap(), None, "read resets it");
+        // The counter holds at most u64::MAX - 1; one more would block.
+        write_eventfd(efd.as_fd(), u64::MAX - 1).unwrap();
+        let e = write_eventfd(efd.as_fd(), 1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        let e = write_eventfd(efd.as_fd(), u64::MAX).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(read_eventfd(efd.as_fd()).unwrap(), Some(u64::MAX - 1));
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! Files, one concern each: `context.rs` (command dispatch, INIT, SEND, delivery scheduling,
 //! teardown), `channel.rs` (the channel socket, RECEIVE), `peer.rs` (writing to a slow host
 //! peer), `backlog.rs` (its queue), `items.rs` (the item table and id ranges), `pipes.rs`
-//! (READ and WRITE), `blobs.rs` (blob memory, image requirements), `delivery.rs` (the
-//! rotation over sources, epoll tokens), `env.rs` (what the device lends a context),
-//! `error.rs`, and the leaf modules [`image`], [`io`] and [`protocol`].
+//! (READ and WRITE), `eventfds.rs` (eventfds: commands 11 and 12, their READ and WRITE),
+//! `blobs.rs` (blob memory, image requirements), `delivery.rs` (the rotation over sources,
+//! epoll tokens), `env.rs` (what the device lends a context), `unserved.rs` (what the daemon
+//! cannot serve, logged once per context), `error.rs`, and the leaf modules [`image`], [`io`]
+//! and [`protocol`].
 
 mod backlog;
 mod blobs;
@@ -21,18 +23,21 @@ mod context;
 mod delivery;
 mod env;
 mod error;
+mod eventfds;
 pub mod image;
 pub mod io;
 mod items;
 mod peer;
 mod pipes;
 pub mod protocol;
+mod unserved;
 
 pub use backlog::HoldToken;
-pub use blobs::{MAX_IMAGE_REQUIREMENTS, MAX_IMAGE_REQUIREMENTS_PER_VM};
+pub use blobs::{PartialPages, MAX_IMAGE_REQUIREMENTS, MAX_IMAGE_REQUIREMENTS_PER_VM};
 pub use context::{capabilities, Context};
 pub use delivery::token_parts;
 pub use env::{Connector, Env, Lookup, ResourceView, Shared, Submission};
 pub use error::CtxError;
 pub use items::MAX_ITEMS;
 pub use peer::{MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER};
+pub use unserved::Unserved;

@@ -85,7 +85,9 @@ fn cross_domain_response(e: &CtxError) -> u32 {
         CtxError::Connect { .. }
         | CtxError::HostIo(_)
         | CtxError::ChannelClosed
-        | CtxError::Unsupported(_) => RESP_ERR_UNSPEC,
+        | CtxError::Unsupported(_)
+        | CtxError::EventfdFull(_)
+        | CtxError::UnshareableMemory { .. } => RESP_ERR_UNSPEC,
         _ => RESP_ERR_INVALID_PARAMETER,
     }
 }
@@ -135,6 +137,19 @@ mod tests {
             (CtxError::HostIo(io()), RESP_ERR_UNSPEC),
             (CtxError::ChannelClosed, RESP_ERR_UNSPEC),
             (CtxError::Unsupported("x"), RESP_ERR_UNSPEC),
+            (CtxError::EventfdFull(2), RESP_ERR_UNSPEC),
+            (
+                CtxError::UnshareableMemory { id: 2, size: 2312 },
+                RESP_ERR_UNSPEC,
+            ),
+            (
+                CtxError::Unserved(crate::cross_domain::Unserved::VirtioFsImport),
+                RESP_ERR_INVALID_PARAMETER,
+            ),
+            (
+                CtxError::EventfdWriteSize { id: 2, len: 4 },
+                RESP_ERR_INVALID_PARAMETER,
+            ),
             (
                 CtxError::BadCmdSize {
                     offset: 0,

@@ -69,7 +69,7 @@ impl Gpu {
             contexts: Contexts::new(limits),
             scanouts: Scanouts::new(num_scanouts),
             fences: Fences::default(),
-            cd: Shared::new(channels, connector)?,
+            cd: Shared::new(channels, connector, limits.partial_pages)?,
             events: vec![EpollEvent::empty(); EVENTS_PER_POLL],
             limiter: GuestLog::new(limits.max_contexts),
             req: SgList::new(),

@@ -12,6 +12,20 @@ pub const CMD_SEND: u8 = 4;
 pub const CMD_RECEIVE: u8 = 5;
 pub const CMD_READ: u8 = 6;
 pub const CMD_WRITE: u8 = 7;
+// Extensions of libkrun and magma (`docs/protocol.md` §3.2): futexes / atomic memory sentinels,
+// eventfds, and magma's virtio-fs files and internal sockets.
+pub const CMD_FUTEX_NEW: u8 = 8;
+pub const CMD_FUTEX_SIGNAL: u8 = 9;
+pub const CMD_FUTEX_DESTROY: u8 = 10;
+/// READ_EVENTFD_NEW (libkrun) / READ_CREATE_EVENT (magma): watch an eventfd item.
+pub const CMD_READ_EVENTFD_NEW: u8 = 11;
+/// Two meanings told apart by `cmd_size`: [`IMPORT_VIRTIOFS_HANDLE_SIZE`] bytes is magma's
+/// IMPORT_VIRTIOFS_HANDLE, any other size libkrun's READ_EVENTFD_DESTROY (`docs/protocol.md`
+/// §8.2).
+pub const CMD_READ_EVENTFD_DESTROY: u8 = 12;
+pub const CMD_ASSIGN_SOCKET_UUID: u8 = 13;
+/// The `cmd_size` of magma's IMPORT_VIRTIOFS_HANDLE (command 12).
+pub const IMPORT_VIRTIOFS_HANDLE_SIZE: usize = 32;
 
 /// Ring indices (fence timelines) of a cross-domain context.
 pub const QUERY_RING: u8 = 0;
@@ -25,6 +39,14 @@ pub const ID_TYPE_VIRTGPU_BLOB: u32 = 1;
 pub const ID_TYPE_VIRTGPU_SYNC: u32 = 2;
 pub const ID_TYPE_READ_PIPE: u32 = 3;
 pub const ID_TYPE_WRITE_PIPE: u32 = 4;
+/// Type 5: in RECEIVE magma's EVENT (an eventfd); in SEND libkrun's SHM (a futex's file).
+pub const ID_TYPE_EVENT_MAGMA: u32 = 5;
+pub const ID_TYPE_SHM_LIBKRUN: u32 = 5;
+/// Type 6: in RECEIVE libkrun's EVENTFD; in SEND magma's VIRTIO_FS_BLOB (an imported file).
+pub const ID_TYPE_EVENTFD_LIBKRUN: u32 = 6;
+pub const ID_TYPE_VIRTIO_FS_BLOB: u32 = 6;
+/// Type 7: magma's SOCKET (RECEIVE only).
+pub const ID_TYPE_SOCKET: u32 = 7;
 
 /// Read-pipe ids live above this value (`docs/protocol.md` §5.2).
 pub const READ_PIPE_ID_BASE: u32 = 0x8000_0000;
@@ -128,6 +150,16 @@ pub struct ReadWrite {
     pub pad: u32,
 }
 
+/// READ_EVENTFD_NEW (command 11), and libkrun's READ_EVENTFD_DESTROY (command 12) shaped like
+/// it: the eventfd item to watch or drop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadEventfd {
+    pub hdr: CmdHeader,
+    pub id: u32,
+    pub pad: u32,
+}
+
 /// The capability set returned by GET_CAPSET(5).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -156,6 +188,8 @@ unsafe impl ByteValued for ImageRequirements {}
 unsafe impl ByteValued for SendReceive {}
 // SAFETY: see above.
 unsafe impl ByteValued for ReadWrite {}
+// SAFETY: see above.
+unsafe impl ByteValued for ReadEventfd {}
 // SAFETY: see above.
 unsafe impl ByteValued for Capabilities {}
 
@@ -190,6 +224,8 @@ mod tests {
         assert_eq!(offset_of!(ReadWrite, hang_up), 12);
         assert_eq!(offset_of!(ReadWrite, opaque_data_size), 16);
         assert_eq!(MAX_RECEIVE_DATA, 3744);
+        assert_eq!(size_of::<ReadEventfd>(), 16);
+        assert_eq!(offset_of!(ReadEventfd, id), 8);
     }
 
     #[test]

@@ -1,0 +1,223 @@
+//! A host service that behaves like PipeWire towards a `pw-cat` client (docs/pipewire.md):
+//! `Core.AddMem` with a 2312-byte memfd sealed against growing and shrinking (the node
+//! activation record), `ClientNode.SetActivation` with one eventfd and `ClientNode.Transport`
+//! with two, then wake-ups both ways. Through the test frontend, which maps like QEMU 11 (no
+//! mapping past the end of a file), with the daemon's default `PartialPages::Refuse`.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+const PAGE: u64 = 4096;
+/// `sizeof(struct pw_node_activation)` as PipeWire 1.4 sends it.
+const ACTIVATION_SIZE: usize = 2312;
+/// muvm's eventfd identifier type (after its 24-byte INIT).
+const EVENTFD: u32 = 6;
+
+struct Fx {
+    daemon: Daemon,
+    vm: TestVm,
+    ctx: CrossDomainContext,
+    host: UnixStream,
+    _listener: UnixListener,
+}
+
+/// A daemon with a PipeWire channel (0x10) and a context opened as muvm's bridge does.
+fn setup() -> Fx {
+    let dir = temp_dir();
+    let (path, listener) = channel_listener(dir.path());
+    let daemon = Daemon::builder()
+        .dir(dir)
+        .rust_log("debug")
+        .channel(0x10, &path)
+        .spawn();
+    let mut vm = TestVm::connect(daemon.socket_path());
+    let ctx = CrossDomainContext::create(&mut vm, 1);
+    let init = cd_init_v24(ctx.query_ring.res_id, ctx.channel_ring.res_id, 0x10, 1);
+    assert_ok(&ctx.submit(&mut vm, &init), "INIT");
+    let host = accept_timeout(&listener, T).expect("channel");
+    host.set_nonblocking(false).unwrap();
+    Fx {
+        daemon,
+        vm,
+        ctx,
+        host,
+        _listener: listener,
+    }
+}
+
+/// The node activation record: a memfd of exactly 2312 bytes, sealed as PipeWire's
+/// `pw_mempool_alloc` seals it.
+fn activation_record() -> std::fs::File {
+    let fd = nix::sys::memfd::memfd_create(
+        c"pipewire-memfd",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .unwrap();
+    let f = std::fs::File::from(fd);
+    f.set_len(ACTIVATION_SIZE as u64).unwrap();
+    f.write_all_at(&pattern(ACTIVATION_SIZE, 3), 0).unwrap();
+    let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: plain fcntl on an fd we own.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    assert_eq!(r, 0);
+    f
+}
+
+fn eventfd() -> OwnedFd {
+    EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+        .unwrap()
+        .into()
+}
+
+/// One PipeWire message with `fds`; the identifiers the guest gets.
+fn message(fx: &mut Fx, what: &[u8], fds: &[i32]) -> Vec<(u32, u32, u32)> {
+    send_with_fds(&fx.host, what, fds);
+    match fx.ctx.recv(&mut fx.vm, T) {
+        ChannelMsg::Receive { ids, data } => {
+            assert_eq!(data, what);
+            ids
+        }
+        other => panic!("expected RECEIVE, got {other:?}"),
+    }
+}
+
+fn watch(fx: &mut Fx, id: u32) {
+    let mut cmd = cd_header(11, 16).to_vec();
+    cmd.extend_from_slice(&id.to_le_bytes());
+    cmd.extend_from_slice(&[0; 4]);
+    assert_ok(&fx.ctx.submit(&mut fx.vm, &cmd), "READ_EVENTFD_NEW");
+}
+
+fn counter(efd: &OwnedFd) -> Option<u64> {
+    let mut b = [0u8; 8];
+    match nix::unistd::read(efd, &mut b) {
+        Ok(8) => Some(u64::from_ne_bytes(b)),
+        Err(nix::errno::Errno::EAGAIN) => None,
+        other => panic!("eventfd read: {other:?}"),
+    }
+}
+
+#[test]
+fn every_fd_pipewire_sends_arrives_in_place_and_wakeups_cross_both_ways() {
+    let mut fx = setup();
+    let record = activation_record();
+    let add_mem = message(&mut fx, b"Core.AddMem", &[record.as_raw_fd()]);
+    assert_eq!(
+        add_mem,
+        [(2, CD_ID_TYPE_VIRTGPU_BLOB, ACTIVATION_SIZE as u32)]
+    );
+    let peer = eventfd();
+    let set_activation = message(&mut fx, b"ClientNode.SetActivation", &[peer.as_raw_fd()]);
+    assert_eq!(set_activation, [(3, EVENTFD, 0)]);
+    let (readfd, writefd) = (eventfd(), eventfd());
+    let transport = message(
+        &mut fx,
+        b"ClientNode.Transport",
+        &[readfd.as_raw_fd(), writefd.as_raw_fd()],
+    );
+    assert_eq!(transport, [(4, EVENTFD, 0), (5, EVENTFD, 0)]);
+    // As muvm's bridge: watch the server→client eventfd, write the others.
+    let (read_id, write_id, peer_id) = (4, 5, 3);
+    watch(&mut fx, read_id);
+    for round in 1..=1000u64 {
+        // The server wakes the client ...
+        nix::unistd::write(&readfd, &round.to_ne_bytes()).unwrap();
+        match fx.ctx.recv(&mut fx.vm, T) {
+            ChannelMsg::Read { id, hang_up, data } => {
+                assert_eq!((id, hang_up), (read_id, false));
+                assert_eq!(u64::from_le_bytes(data.try_into().unwrap()), round);
+            }
+            other => panic!("round {round}: expected READ, got {other:?}"),
+        }
+        // ... and the client wakes the server and its peer.
+        fx.ctx
+            .write(&mut fx.vm, write_id, &round.to_le_bytes(), false);
+        fx.ctx
+            .write(&mut fx.vm, peer_id, &1u64.to_le_bytes(), false);
+        assert_eq!(counter(&writefd), Some(round), "round {round}");
+    }
+    assert_eq!(counter(&peer), Some(1000));
+}
+
+/// The activation record cannot be shared through a VMM that refuses mappings past the end of
+/// a file, and a copy would be a snapshot of state both sides write: refused, with a clear
+/// error, and nothing mapped.
+#[test]
+fn the_activation_record_is_refused_never_copied() {
+    let mut fx = setup();
+    let record = activation_record();
+    let ids = message(&mut fx, b"Core.AddMem", &[record.as_raw_fd()]);
+    let id = ids[0].0;
+    for _ in 0..2 {
+        let res = fx.vm.next_resource_id();
+        let r = fx.vm.create_host_blob(
+            fx.ctx.ctx_id,
+            res,
+            id.into(),
+            PAGE,
+            BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
+        );
+        // Refused each time (the item is not consumed by a refusal).
+        assert_resp(
+            &r,
+            RESP_ERR_UNSPEC,
+            "CREATE_BLOB from the activation record",
+        );
+    }
+    assert!(fx.daemon.wait_for_log(
+        "of 2312 bytes is not a page multiple, cannot grow and is not write-sealed",
+        T
+    ));
+    assert_eq!(fx.vm.shm_stats().maps, 0, "nothing mapped");
+    assert_eq!(record.metadata().unwrap().len(), ACTIVATION_SIZE as u64);
+    assert!(
+        !fx.daemon.log().contains("the guest gets a copy"),
+        "no snapshot handed out"
+    );
+    // The channel goes on.
+    send_with_fds(&fx.host, b"next", &[]);
+    assert!(matches!(
+        fx.ctx.recv(&mut fx.vm, T),
+        ChannelMsg::Receive { data, .. } if data == b"next"
+    ));
+}
+
+/// What stays as it was: memory the daemon can make whole pages is shared (grown in place) or,
+/// as a read-only view the host handed over (wlroots sends keymaps so), copied with a warning.
+#[test]
+fn growable_memory_is_shared_and_read_only_views_are_copied() {
+    let mut fx = setup();
+    let flags = BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE;
+    // Unsealed and read-write: grown to a page and shared.
+    let buffer = memfd_with(&pattern(ACTIVATION_SIZE, 5));
+    let id = message(&mut fx, b"AddMem", &[buffer.as_raw_fd()])[0].0;
+    let res = fx.vm.next_resource_id();
+    assert_ok(
+        &fx.vm
+            .create_host_blob(fx.ctx.ctx_id, res, id.into(), PAGE, flags),
+        "CREATE_BLOB from growable memory",
+    );
+    let r = fx.vm.resource_map_blob(res, 0);
+    assert_resp(&r, RESP_OK_MAP_INFO, "MAP_BLOB");
+    buffer.write_at(b"live", 10).unwrap();
+    assert_eq!(fx.vm.shm_read(10, 4), b"live");
+    assert_eq!(buffer.metadata().unwrap().len(), PAGE);
+    // A read-only view of unsealed memory: copied, the host's object untouched.
+    let keymap = memfd_with(&pattern(5000, 6));
+    let ro = std::fs::File::open(format!("/proc/self/fd/{}", keymap.as_raw_fd())).unwrap();
+    let id = message(&mut fx, b"keymap", &[ro.as_raw_fd()])[0].0;
+    let res = fx.vm.next_resource_id();
+    assert_ok(
+        &fx.vm
+            .create_host_blob(fx.ctx.ctx_id, res, id.into(), 2 * PAGE, flags),
+        "CREATE_BLOB from a read-only view",
+    );
+    assert!(fx.daemon.wait_for_log("the guest gets a copy", T));
+    assert_eq!(keymap.metadata().unwrap().len(), 5000);
+}
