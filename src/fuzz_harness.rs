@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -79,18 +79,119 @@ fn channels() -> Arc<ChannelTable> {
                 3,
                 std::env::temp_dir().join("vucd-fuzz-nobody-listens.sock"),
             );
+            // Never connected by path: `DirectConnector` makes a socket pair for it.
+            let _ = t.insert(
+                PAIR_CHANNEL,
+                std::env::temp_dir().join("vucd-fuzz-socket-pair.sock"),
+            );
             Arc::new(t)
         })
         .clone()
 }
 
+/// The channel type whose connections are socket pairs made by the harness: the host end is
+/// kept in [`PAIR_HOST`], so that the fuzzer can play a host service that sends fds.
+const PAIR_CHANNEL: u32 = 4;
+
+/// The host end of the newest [`PAIR_CHANNEL`] connection.
+static PAIR_HOST: Mutex<Option<UnixStream>> = Mutex::new(None);
+
+fn pair_host() -> std::sync::MutexGuard<'static, Option<UnixStream>> {
+    PAIR_HOST.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Connects channel sockets directly, as the daemon does without a sandbox (the harness never
-/// starts a broker).
+/// starts a broker), except [`PAIR_CHANNEL`], which gets a socket pair.
 struct DirectConnector;
 
 impl Connector for DirectConnector {
-    fn connect(&self, _channel_type: u32, path: &Path) -> io::Result<OwnedFd> {
+    fn connect(&self, channel_type: u32, path: &Path) -> io::Result<OwnedFd> {
+        if channel_type == PAIR_CHANNEL {
+            let (ours, host) = UnixStream::pair()?;
+            ours.set_nonblocking(true)?;
+            host.set_nonblocking(true)?;
+            *pair_host() = Some(host);
+            return Ok(ours.into());
+        }
         crate::sandbox::broker::connect_unix(path)
+    }
+}
+
+/// Most host copies of eventfds the harness keeps to signal and read.
+const HOST_EVENTFDS: usize = 8;
+
+/// As a host service on the [`PAIR_CHANNEL`] connection: send `bytes[2..]` (at least one byte)
+/// with `bytes[0] % 6` fds whose kinds come from `bytes[1]`, three bits each (eventfds, memfds
+/// of odd sizes, sealed like PipeWire's or not, pipe ends, a socket, a directory). The host
+/// keeps a copy of each eventfd (up to [`HOST_EVENTFDS`]).
+fn host_sends(bytes: &[u8], host_efds: &mut Vec<OwnedFd>) {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let guard = pair_host();
+    let Some(host) = guard.as_ref() else {
+        return;
+    };
+    let n = usize::from(bytes.first().copied().unwrap_or(0) % 6);
+    let kinds = u32::from(bytes.get(1).copied().unwrap_or(0)) * 0x0101_0101;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for i in 0..n {
+        let fd: io::Result<OwnedFd> = match (kinds >> (3 * i)) & 7 {
+            0 | 1 => nix::sys::eventfd::EventFd::from_value_and_flags(
+                i as u32,
+                nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+            )
+            .map(OwnedFd::from)
+            .map_err(io::Error::from),
+            k @ (2 | 3) => memfd_create(c"vucd-fuzz-host", MFdFlags::MFD_ALLOW_SEALING)
+                .map_err(io::Error::from)
+                .and_then(|fd| {
+                    nix::unistd::ftruncate(&fd, 2312 + i as i64 * 1000)?;
+                    if k == 3 {
+                        let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+                        nix::fcntl::fcntl(
+                            &fd,
+                            nix::fcntl::FcntlArg::F_ADD_SEALS(
+                                nix::fcntl::SealFlag::from_bits_truncate(seals),
+                            ),
+                        )?;
+                    }
+                    Ok(fd)
+                }),
+            4 => nix::unistd::pipe().map(|(_, w)| w).map_err(io::Error::from),
+            5 => nix::unistd::pipe().map(|(r, _)| r).map_err(io::Error::from),
+            6 => UnixStream::pair().map(|(a, _)| a.into()),
+            _ => std::fs::File::open("/").map(OwnedFd::from),
+        };
+        let Ok(fd) = fd else { continue };
+        if (kinds >> (3 * i)) & 7 < 2 && host_efds.len() < HOST_EVENTFDS {
+            if let Ok(copy) = fd.try_clone() {
+                host_efds.push(copy);
+            }
+        }
+        fds.push(fd);
+    }
+    let data = bytes.get(2..).filter(|d| !d.is_empty()).unwrap_or(b"x");
+    let iov = [libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    }];
+    let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cmsg = crate::cross_domain::io::CmsgBuf::default();
+    // A full socket refuses the message (non-blocking); the fds close here either way.
+    let _ = crate::cross_domain::io::send_with_fds(host.as_fd(), &iov, &raw, &mut cmsg);
+}
+
+/// As a host service, on its copy of eventfd `bytes[0]`: add `bytes[2..10]` to its counter
+/// when `bytes[1]` is odd (it may be full, or refuse u64::MAX), read (reset) it otherwise.
+fn host_eventfd(bytes: &[u8], host_efds: &[OwnedFd]) {
+    if host_efds.is_empty() {
+        return;
+    }
+    let efd = &host_efds[usize::from(bytes.first().copied().unwrap_or(0)) % host_efds.len()];
+    if bytes.get(1).copied().unwrap_or(0) & 1 == 1 {
+        let v = u64_of(bytes.get(2..).unwrap_or(&[]));
+        let _ = nix::unistd::write(efd, &v.to_ne_bytes());
+    } else {
+        let _ = nix::unistd::read(efd, &mut [0u8; 8]);
     }
 }
 
@@ -178,7 +279,10 @@ fn u64_of(b: &[u8]) -> u64 {
 /// One cross-domain context driven by a sequence of operations, each `[op u8][len u16][bytes]`:
 /// 0 = SUBMIT_3D command stream (`bytes`, laid out in two guest-memory pieces), 1 = a POLL fence
 /// and a delivery attempt, 2 = an epoll event (`bytes` = source u32, events u32), 3 = a HOST3D
-/// blob request (`bytes` = blob id u32, size u64). The context is torn down at the end.
+/// blob request (`bytes` = blob id u32, size u64), 4 = the host service of channel 4 sends a
+/// message with fds ([`host_sends`]; eventfds among them, for commands 11, 12 and WRITE),
+/// 5 = it signals or reads one of its eventfds ([`host_eventfd`]); the last two also hand the
+/// context its ready epoll events and try a delivery. The context is torn down at the end.
 pub fn cross_domain_commands(data: &[u8]) {
     thread_local! {
         static FX: RefCell<Option<CdFixture>> = const { RefCell::new(None) };
@@ -194,13 +298,37 @@ pub fn cross_domain_commands(data: &[u8]) {
         let mut held: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
         let mut released = Vec::new();
         let mut next_head = 0u16;
+        let mut host_efds = Vec::new();
         while rest.len() >= 3 {
             let op = rest[0];
             let len = usize::from(u16_of(&rest[1..3]));
             rest = &rest[3..];
             let bytes = take(&mut rest, len);
+            // The host service acts, then its events reach the context (ops 4 and 5).
+            let mut ready = [(0u32, EpollFlags::empty()); 8];
+            let mut nready = 0;
+            if op % 6 >= 4 {
+                if op % 6 == 4 {
+                    host_sends(bytes, &mut host_efds);
+                } else {
+                    host_eventfd(bytes, &host_efds);
+                }
+                let mut events = [nix::sys::epoll::EpollEvent::empty(); 8];
+                let n = fx
+                    .shared
+                    .epoll()
+                    .wait(&mut events, nix::sys::epoll::EpollTimeout::ZERO)
+                    .unwrap_or(0);
+                for ev in &events[..n] {
+                    let (ctx_id, src) = crate::cross_domain::token_parts(ev.data());
+                    if ctx_id == 7 {
+                        ready[nready] = (src, ev.events());
+                        nready += 1;
+                    }
+                }
+            }
             let mut env = fx.shared.env(&fx.mem, &mut fx.limiter, &mut released);
-            match op % 4 {
+            match op % 6 {
                 0 => {
                     let half = bytes.len() / 2;
                     let _ = fx.mem.write_slice(&bytes[..half], GuestAddress(STREAM_A));
@@ -238,16 +366,25 @@ pub fn cross_domain_commands(data: &[u8]) {
                     ctx.on_event(&mut env, src, events);
                     let _ = ctx.try_deliver(&mut env);
                 }
-                _ => {
+                3 => {
                     let id = u32_of(bytes);
                     let size = u64_of(&bytes[bytes.len().min(4)..]) % (1 << 24);
                     let _ = ctx.take_blob(id, size);
+                }
+                _ => {
+                    for &(src, events) in &ready[..nready] {
+                        ctx.on_event(&mut env, src, events);
+                    }
+                    let _ = ctx.try_deliver(&mut env);
                 }
             }
             settle(&mut held, &mut released);
         }
         ctx.teardown(fx.shared.epoll(), &mut released);
         settle(&mut held, &mut released);
+        // The host service goes with the context: nothing outlives one input.
+        drop(host_efds);
+        *pair_host() = None;
         assert!(
             held.is_empty(),
             "requests still held after teardown: {held:?}"

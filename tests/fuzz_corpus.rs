@@ -136,7 +136,47 @@ fn cd_seeds() -> Vec<Vec<u8>> {
             op(2, &event(0, 4)),
         ]
         .concat(),
+        // Channel 4 is the harness's own host service: eventfds (ids 2, 3, 4), READ_EVENTFD_NEW,
+        // signals, READs, WRITEs of good and bad sizes, both forms of command 12.
+        [
+            op(0, &cd_init_v24(1, 2, 4, 1)),
+            op(4, &[3, 0, b'e']),
+            op(1, &[]),
+            op(0, &cmd_eventfd(11, 2, 16)),
+            op(5, &[0, 1, 7, 0, 0, 0, 0, 0, 0, 0]),
+            op(1, &[]),
+            op(0, &cd_write(3, &5u64.to_le_bytes(), false)),
+            op(0, &cd_write(3, b"four", false)),
+            op(5, &[1, 0]),
+            op(0, &cmd_eventfd(12, 2, 16)),
+            op(0, &cmd_eventfd(12, 4, 32)),
+            op(0, &cd_write(4, &1u64.to_le_bytes(), true)),
+            op(1, &[]),
+        ]
+        .concat(),
+        // Every kind of host fd, a sealed odd-sized memfd among them, then a blob from it.
+        [
+            op(0, &cd_init(1, 2, 4)),
+            op(4, &[2, 0b0001_1011, b'm']),
+            op(1, &[]),
+            op(4, &[5, 0b1010_1100, b'x']),
+            op(1, &[]),
+            op(3, &{
+                let mut v = 2u32.to_le_bytes().to_vec();
+                v.extend(4096u64.to_le_bytes());
+                v
+            }),
+        ]
+        .concat(),
     ]
+}
+
+/// Command 11 or 12 of `size` bytes naming item `id`.
+fn cmd_eventfd(cmd: u8, id: u32, size: u16) -> Vec<u8> {
+    let mut v = cd_header(cmd, size).to_vec();
+    v.resize(usize::from(size), 0);
+    v[8..12].copy_from_slice(&id.to_le_bytes());
+    v
 }
 
 /// A control-queue input: a memory image with `reqs` at 2 KiB steps and one two-descriptor
