@@ -186,16 +186,16 @@ impl Context {
                     eventfds::watch(env, &cmd, self.id, &mut self.items, &mut self.delivery)?
                 }
                 CMD_READ_EVENTFD_DESTROY if size == IMPORT_VIRTIOFS_HANDLE_SIZE => {
-                    return Err(self.unserved(Unserved::VirtioFsImport))
+                    return Err(self.unserved(Unserved::VirtioFsImport, env))
                 }
                 CMD_READ_EVENTFD_DESTROY => {
                     let id = eventfds::destroy(env, &cmd, &self.items)?;
                     self.remove_item(env.epoll, id, env.released);
                 }
                 CMD_FUTEX_NEW | CMD_FUTEX_SIGNAL | CMD_FUTEX_DESTROY => {
-                    return Err(self.unserved(Unserved::Futex))
+                    return Err(self.unserved(Unserved::Futex, env))
                 }
-                CMD_ASSIGN_SOCKET_UUID => return Err(self.unserved(Unserved::SocketUuid)),
+                CMD_ASSIGN_SOCKET_UUID => return Err(self.unserved(Unserved::SocketUuid, env)),
                 other => return Err(CtxError::UnknownCommand(other)),
             }
             off += size;
@@ -374,18 +374,12 @@ impl Context {
                         fds.push(fd.try_clone_to_owned().map_err(CtxError::HostIo)?)
                     }
                 },
-                ID_TYPE_VIRTGPU_SYNC => {
-                    return Err(self.told.refuse(Unserved::SyncObject, who.ctx_id, who.name))
+                other => {
+                    return Err(match Unserved::in_send(other) {
+                        Some(what) => self.told.refuse(what, who.ctx_id, who.name, env.limiter),
+                        None => CtxError::UnsupportedIdentifierType(other),
+                    })
                 }
-                ID_TYPE_SHM_LIBKRUN => {
-                    return Err(self.told.refuse(Unserved::FutexFile, who.ctx_id, who.name))
-                }
-                ID_TYPE_VIRTIO_FS_BLOB => {
-                    return Err(self
-                        .told
-                        .refuse(Unserved::VirtioFsFile, who.ctx_id, who.name))
-                }
-                other => return Err(CtxError::UnsupportedIdentifierType(other)),
             }
         }
         // Read-pipe ids are consumed once the SEND is well-formed, as the guest's counter is.
@@ -462,8 +456,8 @@ impl Context {
     }
 
     /// The error refusing `what`, logged with what is missing once per context.
-    fn unserved(&mut self, what: Unserved) -> CtxError {
-        self.told.refuse(what, self.id, &self.name)
+    fn unserved(&mut self, what: Unserved, env: &mut Env<'_>) -> CtxError {
+        self.told.refuse(what, self.id, &self.name, env.limiter)
     }
 
     /// A POLL fence on the channel ring: the next message completes it. A newer fence replaces

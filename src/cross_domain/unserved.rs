@@ -11,9 +11,10 @@
 
 use std::fmt;
 
-use log::warn;
-
 use super::error::CtxError;
+use super::protocol::{ID_TYPE_SHM_LIBKRUN, ID_TYPE_VIRTGPU_SYNC, ID_TYPE_VIRTIO_FS_BLOB};
+use crate::guest_warn;
+use crate::ratelimit::GuestLog;
 
 /// A feature the guest asked for that the daemon cannot serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,16 @@ pub enum Unserved {
 }
 
 impl Unserved {
+    /// The unserved feature a SEND identifier of type `ty` asks for, if it is one.
+    pub fn in_send(ty: u32) -> Option<Unserved> {
+        match ty {
+            ID_TYPE_VIRTGPU_SYNC => Some(Unserved::SyncObject),
+            ID_TYPE_SHM_LIBKRUN => Some(Unserved::FutexFile),
+            ID_TYPE_VIRTIO_FS_BLOB => Some(Unserved::VirtioFsFile),
+            _ => None,
+        }
+    }
+
     /// What was asked for, as the error names it.
     fn name(self) -> &'static str {
         match self {
@@ -83,11 +94,19 @@ pub(super) struct Told(u8);
 
 impl Told {
     /// The error refusing `what` in context `ctx_id` (named `name` by the guest), logged with
-    /// what is missing the first time this context asks for it.
-    pub fn refuse(&mut self, what: Unserved, ctx_id: u32, name: &str) -> CtxError {
+    /// what is missing the first time this context asks for it (through the guest log's rate
+    /// limiter: a guest that makes context after context still cannot flood the log).
+    pub fn refuse(
+        &mut self,
+        what: Unserved,
+        ctx_id: u32,
+        name: &str,
+        log: &mut GuestLog,
+    ) -> CtxError {
         if self.0 & what.bit() == 0 {
             self.0 |= what.bit();
-            warn!(
+            guest_warn!(
+                log,
                 "ctx {ctx_id} ({name}): the guest uses {what}, which this daemon cannot serve: \
                  {}; refused (logged once per context)",
                 what.missing()
@@ -116,10 +135,15 @@ mod tests {
             assert_eq!(seen & u.bit(), 0, "{u} shares a bit");
             seen |= u.bit();
         }
-        let mut told = Told::default();
+        let (mut told, mut log) = (Told::default(), GuestLog::new(1));
         for u in all {
-            assert!(matches!(told.refuse(u, 1, "t"), CtxError::Unserved(x) if x == u));
+            let e = told.refuse(u, 1, "t", &mut log);
+            assert!(matches!(e, CtxError::Unserved(x) if x == u));
         }
         assert_eq!(told.0, seen);
+        assert_eq!(Unserved::in_send(2), Some(Unserved::SyncObject));
+        assert_eq!(Unserved::in_send(5), Some(Unserved::FutexFile));
+        assert_eq!(Unserved::in_send(6), Some(Unserved::VirtioFsFile));
+        assert_eq!(Unserved::in_send(7), None);
     }
 }

@@ -350,7 +350,7 @@ pub fn daemon_syscalls() -> Vec<Syscall> {
         allow(
             "shutdown",
             libc::SYS_shutdown,
-            "the --fd relay ends both directions of a session",
+            "the --fd relay ends both directions of a session; a channel the daemon hangs up",
         ),
         allow_if(
             "getsockopt",
