@@ -3,14 +3,19 @@
 //!
 //! The protocol can only *move* counter values: READ_EVENTFD_NEW makes the host take its
 //! counter whenever it becomes readable and send the value as a READ, and a WRITE adds a value
-//! to the host's counter. Nobody can look at a counter without taking it, so the proxy cannot
-//! tell a value the client added to the local counter from one it added itself, nor a value the
-//! host service wrote for the guest from one the daemon's watch took before the service could
-//! read it. Hence the rule (docs/guest-proxy.md, "Eventfds"): an eventfd carries wake-ups one
-//! way, and the first wake-up decides which, for good:
+//! to the host's counter. The protocol cannot look at a counter without taking it, and `poll`
+//! only says non-zero, so the proxy cannot tell a value the client added to the local counter
+//! from one it added itself, nor a value the host service wrote for the guest from one the
+//! daemon's watch took before the service could read it. Hence the rule (docs/guest-proxy.md,
+//! "Eventfds"): an eventfd carries wake-ups one way, and the first wake-up decides which:
 //!
 //! - **to the client**, when a READ comes first: each value is added to the local counter,
-//!   which only the client reads (the proxy no longer looks at it);
+//!   which only the client reads (the proxy no longer polls it). Linux does show a counter
+//!   without taking it (`eventfd-count` in `/proc/self/fdinfo`): if, at a later READ, the local
+//!   counter holds more than the proxy put there and the client has not taken, the client
+//!   signals this eventfd as well, and the READs were host wake-ups meant for the host side
+//!   (a host node that both guest and host clients signal): the eventfd is turned around to
+//!   the host, the whole local counter and the READ with it;
 //! - **to the host**, when the client signals first (the local counter turns readable before
 //!   any READ): the proxy takes the local counter and sends it as one WRITE. A READ for such an
 //!   eventfd carries a value the daemon's watch took before the host service read it; it goes
@@ -26,7 +31,7 @@
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -75,8 +80,25 @@ pub(super) struct LocalEventfd {
     retry_in: Duration,
     /// When the held value goes back.
     retry_at: Option<Instant>,
+    /// To the client: what the local counter holds at most if the client only reads it (the
+    /// proxy's additions it has not taken).
+    unread: u64,
     /// The client's counter was once too full to take a value (it does not read it).
     warned_full: bool,
+}
+
+/// The counter of the eventfd `fd` without taking it: `eventfd-count` (hexadecimal) in
+/// `/proc/self/fdinfo`, shown since Linux 3.8. `None` without `/proc`.
+fn peek_counter(fd: BorrowedFd<'_>) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    parse_eventfd_count(&info)
+}
+
+fn parse_eventfd_count(fdinfo: &str) -> Option<u64> {
+    let v = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("eventfd-count:"))?;
+    u64::from_str_radix(v.trim(), 16).ok()
 }
 
 impl LocalEventfd {
@@ -88,8 +110,23 @@ impl LocalEventfd {
             immediate: IMMEDIATE_RETURNS,
             retry_in: FIRST_RETRY,
             retry_at: None,
+            unread: 0,
             warned_full: false,
         }
+    }
+
+    /// A host value is about to be added for the client: whether the local counter shows that
+    /// the client adds to it too (more than the proxy's additions it has not taken). A client
+    /// that only reads leaves either nothing or all of them, as a read takes the whole counter.
+    fn client_adds_too(&mut self) -> bool {
+        let Some(count) = peek_counter(self.fd.as_fd()) else {
+            return false;
+        };
+        if count > self.unread {
+            return true;
+        }
+        self.unread = count;
+        false
     }
 
     /// The descriptor to poll for the client's signals, unless the eventfd carries wake-ups
@@ -204,6 +241,20 @@ impl<D: VirtGpuDevice> Session<D> {
         if value == 0 {
             return Ok(());
         }
+        if e.direction != Direction::ToHost && e.client_adds_too() {
+            // The client signals this eventfd (before the proxy saw it, or besides the host):
+            // what the local counter holds and this READ belong to the host side.
+            debug!("client {client_id}: eventfd {id:#x} turns out to carry wake-ups to the host");
+            // Empty (EAGAIN) only if the client took its counter in the meantime.
+            let local: u64 = e.fd.read().unwrap_or_default();
+            let v = e
+                .client_signal(local)
+                .saturating_add(value)
+                .min(EVENTFD_COUNTER_MAX);
+            self.stats.wakeups_to_host += 1;
+            send_value(&mut self.dev, id, v)?;
+            return Ok(());
+        }
         match e.direction {
             Direction::Undecided | Direction::ToClient => {
                 if e.direction == Direction::Undecided {
@@ -212,7 +263,7 @@ impl<D: VirtGpuDevice> Session<D> {
                 }
                 self.stats.wakeups_to_client += 1;
                 match e.fd.write(value) {
-                    Ok(_) => {}
+                    Ok(_) => e.unread = e.unread.saturating_add(value),
                     Err(Errno::EAGAIN) => {
                         // Only a client that never reads fills a counter; nothing is queued.
                         if !e.warned_full {
@@ -382,6 +433,35 @@ mod tests {
             (0, None, IMMEDIATE_RETURNS)
         );
         assert_eq!(e.retry_in, FIRST_RETRY);
+    }
+
+    #[test]
+    fn a_client_that_only_reads_is_never_taken_for_one_that_signals() {
+        let mut e = local();
+        assert_eq!(
+            parse_eventfd_count("pos:\t0\neventfd-count:               2a\n"),
+            Some(42)
+        );
+        assert_eq!(parse_eventfd_count("pos:\t0\n"), None);
+        if peek_counter(e.fd.as_fd()).is_none() {
+            eprintln!("no eventfd-count in /proc/self/fdinfo: nothing to check");
+            return;
+        }
+        // The proxy adds, the client reads (all of it), in any interleaving.
+        assert!(!e.client_adds_too());
+        e.fd.write(3).unwrap();
+        e.unread += 3;
+        assert!(!e.client_adds_too(), "not read yet");
+        e.fd.write(4).unwrap();
+        e.unread += 4;
+        assert_eq!(e.fd.read().unwrap(), 7, "the client takes the counter");
+        assert!(!e.client_adds_too());
+        assert_eq!(e.unread, 0);
+        // The client adds 1 besides the proxy's 5.
+        e.fd.write(5).unwrap();
+        e.unread += 5;
+        e.fd.write(1).unwrap();
+        assert!(e.client_adds_too());
     }
 
     #[test]
