@@ -160,6 +160,13 @@ pub struct ReadEventfd {
     pub pad: u32,
 }
 
+/// The data of a READ from a watched eventfd and of a WRITE to an eventfd item: one counter
+/// value, a little-endian u64 (`docs/protocol.md` §3.7, §3.9).
+pub const EVENTFD_VALUE_SIZE: usize = 8;
+/// The largest value a Linux eventfd counter holds (`eventfd(2)`): a WRITE of more, or one that
+/// would take the counter past it, is refused.
+pub const EVENTFD_COUNTER_MAX: u64 = u64::MAX - 1;
+
 /// The capability set returned by GET_CAPSET(5).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -226,6 +233,10 @@ mod tests {
         assert_eq!(MAX_RECEIVE_DATA, 3744);
         assert_eq!(size_of::<ReadEventfd>(), 16);
         assert_eq!(offset_of!(ReadEventfd, id), 8);
+        assert_eq!(offset_of!(ReadEventfd, pad), 12);
+        // A READ or WRITE carrying one eventfd counter value is 32 bytes.
+        assert_eq!(size_of::<ReadWrite>() + EVENTFD_VALUE_SIZE, 32);
+        assert_eq!(EVENTFD_VALUE_SIZE, size_of::<u64>());
     }
 
     #[test]
