@@ -108,7 +108,8 @@ fn reload_adds_a_channel_that_a_new_context_uses() {
     assert_not_configured(&mut vm, 2, 3);
 
     write_channels(&file, &[line(2, &p2), line(3, &p3)]);
-    reload(&mut d, "reloaded ");
+    // The daemon's summary line comes last (the broker's "table reloaded" comes first).
+    reload(&mut d, "contexts opened from now on use this table");
     let log = d.log();
     assert!(
         log.contains(&format!("reload: channel 3: added: {}", p3.display())),
