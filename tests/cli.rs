@@ -492,3 +492,17 @@ fn channels_file_errors_name_the_file_and_the_line() {
         out.stderr
     );
 }
+
+#[test]
+fn bad_max_mappings_and_partial_pages() {
+    let err = assert_rejected(&["--max-mappings", "0"], "--max-mappings", "0");
+    assert!(
+        err.contains("--max-mappings '0': expected a number from 1 to 32764"),
+        "{err}"
+    );
+    let err = assert_rejected(&["--partial-pages", "yes"], "--partial-pages", "yes");
+    assert!(
+        err.contains("--partial-pages 'yes': expected 'refuse'"),
+        "{err}"
+    );
+}

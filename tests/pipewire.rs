@@ -1,13 +1,15 @@
 //! A host service that behaves like PipeWire towards a `pw-cat` client (docs/pipewire.md):
 //! `Core.AddMem` with a 2312-byte memfd sealed against growing and shrinking (the node
 //! activation record), `ClientNode.SetActivation` with one eventfd and `ClientNode.Transport`
-//! with two, then wake-ups both ways. Through the test frontend, which maps like QEMU 11 (no
-//! mapping past the end of a file), with the daemon's default `PartialPages::Refuse`.
+//! with two, then wake-ups both ways. Mostly through the test frontend mapping like QEMU 11 (no
+//! mapping past the end of a file), with the daemon's default `PartialPages::Refuse`; and
+//! through the frontend mapping like crosvm (the last page may run past the end of a file)
+//! with `--partial-pages map`, where the activation record is shared for real.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use support::*;
@@ -29,14 +31,20 @@ struct Fx {
 
 /// A daemon with a PipeWire channel (0x10) and a context opened as muvm's bridge does.
 fn setup() -> Fx {
+    setup_with(VmmKind::Qemu, &[])
+}
+
+/// As [`setup`], with the frontend imitating `vmm` and extra daemon arguments.
+fn setup_with(vmm: VmmKind, args: &[&str]) -> Fx {
     let dir = temp_dir();
     let (path, listener) = channel_listener(dir.path());
     let daemon = Daemon::builder()
         .dir(dir)
         .rust_log("debug")
         .channel(0x10, &path)
+        .args(args)
         .spawn();
-    let mut vm = TestVm::connect(daemon.socket_path());
+    let mut vm = TestVm::builder().vmm(vmm).connect(daemon.socket_path());
     let ctx = CrossDomainContext::create(&mut vm, 1);
     let init = cd_init_v24(ctx.query_ring.res_id, ctx.channel_ring.res_id, 0x10, 1);
     assert_ok(&ctx.submit(&mut vm, &init), "INIT");
@@ -220,4 +228,170 @@ fn growable_memory_is_shared_and_read_only_views_are_copied() {
     );
     assert!(fx.daemon.wait_for_log("the guest gets a copy", T));
     assert_eq!(keymap.metadata().unwrap().len(), 5000);
+}
+
+/// Where the host and the guest exchange values in the activation record (inside its 2312
+/// bytes, not page aligned, away from both ends).
+const SLOT: u64 = 1000;
+/// Rounds of the coherence test.
+const ROUNDS: u64 = 5000;
+
+/// With `--partial-pages map` and a VMM that maps the last page past the end of the file
+/// (crosvm), the sealed 2312-byte activation record is the guest's memory itself: for
+/// thousands of rounds the host changes it and wakes the guest, the guest reads the value
+/// through its mapping, changes it and wakes the host, which reads the guest's value from its
+/// own memfd. Never grown, never copied.
+#[test]
+fn the_activation_record_is_shared_both_ways_under_crosvm_with_partial_pages_map() {
+    let mut fx = setup_with(VmmKind::Crosvm, &["--partial-pages", "map"]);
+    let record = activation_record();
+    let add_mem = message(&mut fx, b"Core.AddMem", &[record.as_raw_fd()]);
+    assert_eq!(
+        add_mem,
+        [(2, CD_ID_TYPE_VIRTGPU_BLOB, ACTIVATION_SIZE as u32)]
+    );
+    let peer = eventfd();
+    let set_activation = message(&mut fx, b"ClientNode.SetActivation", &[peer.as_raw_fd()]);
+    assert_eq!(set_activation, [(3, EVENTFD, 0)]);
+    let (readfd, writefd) = (eventfd(), eventfd());
+    let transport = message(
+        &mut fx,
+        b"ClientNode.Transport",
+        &[readfd.as_raw_fd(), writefd.as_raw_fd()],
+    );
+    assert_eq!(transport, [(4, EVENTFD, 0), (5, EVENTFD, 0)]);
+    let (mem_id, read_id, write_id) = (2u32, 4u32, 5u32);
+    // As muvm's bridge: a mappable HOST3D blob of whole pages from the record, mapped.
+    let res = fx.vm.next_resource_id();
+    assert_ok(
+        &fx.vm.create_host_blob(
+            fx.ctx.ctx_id,
+            res,
+            mem_id.into(),
+            PAGE,
+            BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
+        ),
+        "CREATE_BLOB from the activation record",
+    );
+    let base = 3 * PAGE;
+    assert_resp(
+        &fx.vm.resource_map_blob(res, base),
+        RESP_OK_MAP_INFO,
+        "MAP_BLOB of the activation record",
+    );
+    let m = fx.vm.shm_mapping_at(base).expect("mapped");
+    assert_eq!((m.len, m.writable), (PAGE, true));
+    // The guest sees the record as the host wrote it, and zeros after its end.
+    assert_eq!(
+        fx.vm.shm_read(base, ACTIVATION_SIZE),
+        pattern(ACTIVATION_SIZE, 3)
+    );
+    let tail = (PAGE as usize) - ACTIVATION_SIZE;
+    assert_eq!(
+        fx.vm.shm_read(base + ACTIVATION_SIZE as u64, tail),
+        vec![0; tail]
+    );
+    watch(&mut fx, read_id);
+    let start = Instant::now();
+    for round in 1..=ROUNDS {
+        // The server changes the record and wakes the client ...
+        let value = round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        record.write_all_at(&value.to_le_bytes(), SLOT).unwrap();
+        nix::unistd::write(&readfd, &1u64.to_ne_bytes()).unwrap();
+        match fx.ctx.recv(&mut fx.vm, T) {
+            ChannelMsg::Read { id, hang_up, data } => {
+                assert_eq!((id, hang_up), (read_id, false), "round {round}");
+                assert_eq!(data, 1u64.to_le_bytes(), "round {round}");
+            }
+            other => panic!("round {round}: expected READ, got {other:?}"),
+        }
+        // ... which reads the server's value in place, answers in place and wakes the server ...
+        let seen = u64::from_le_bytes(fx.vm.shm_read(base + SLOT, 8).try_into().unwrap());
+        assert_eq!(
+            seen, value,
+            "round {round}: the guest sees the host's write"
+        );
+        let answer = value.wrapping_add(1);
+        fx.vm.shm_write(base + SLOT, &answer.to_le_bytes());
+        fx.ctx
+            .write(&mut fx.vm, write_id, &1u64.to_le_bytes(), false);
+        // ... which reads the client's answer from its own memfd.
+        assert_eq!(counter(&writefd), Some(1), "round {round}");
+        let mut got = [0u8; 8];
+        record.read_exact_at(&mut got, SLOT).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(got),
+            answer,
+            "round {round}: the host sees the guest's write"
+        );
+    }
+    let took = start.elapsed();
+    eprintln!("{ROUNDS} coherent rounds in {took:?}");
+    // The rest of the record is as the host made it: only the slot changed.
+    let mut all = vec![0u8; ACTIVATION_SIZE];
+    record.read_exact_at(&mut all, 0).unwrap();
+    let mut expected = pattern(ACTIVATION_SIZE, 3);
+    expected[SLOT as usize..SLOT as usize + 8].copy_from_slice(
+        &ROUNDS
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(1)
+            .to_le_bytes(),
+    );
+    assert_eq!(all, expected);
+    assert_eq!(fx.vm.shm_read(base, ACTIVATION_SIZE), expected);
+    assert_eq!(
+        record.metadata().unwrap().len(),
+        ACTIVATION_SIZE as u64,
+        "never grown"
+    );
+    assert!(
+        !fx.daemon.log().contains("the guest gets a copy"),
+        "no snapshot handed out"
+    );
+    assert_eq!(fx.vm.shm_fatal(), None);
+    let st = fx.vm.shm_stats();
+    assert_eq!((st.maps, st.refused, st.violations), (1, 0, 0));
+    assert_ok(&fx.vm.resource_unmap_blob(res), "UNMAP_BLOB");
+    assert_ok(&fx.vm.resource_unref(res), "UNREF");
+}
+
+/// `--partial-pages map` is for VMMs that map a file's last page past its end; QEMU 11 refuses
+/// such a mapping (its backing store size check), so under QEMU the blob is created but its
+/// mapping fails with an error, nothing is mapped, and the record is still neither grown nor
+/// copied.
+#[test]
+fn partial_pages_map_under_qemu_fails_the_mapping_not_the_device() {
+    let mut fx = setup_with(VmmKind::Qemu, &["--partial-pages", "map"]);
+    let record = activation_record();
+    let id = message(&mut fx, b"Core.AddMem", &[record.as_raw_fd()])[0].0;
+    let res = fx.vm.next_resource_id();
+    assert_ok(
+        &fx.vm.create_host_blob(
+            fx.ctx.ctx_id,
+            res,
+            id.into(),
+            PAGE,
+            BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
+        ),
+        "CREATE_BLOB from the activation record",
+    );
+    let r = fx.vm.resource_map_blob(res, 0);
+    assert_ne!(resp_type(&r), RESP_OK_MAP_INFO, "QEMU refuses the mapping");
+    let st = fx.vm.shm_stats();
+    assert_eq!((st.maps, st.refused), (0, 1));
+    assert!(
+        fx.vm
+            .shm_last_refusal()
+            .is_some_and(|m| m.contains("QEMU refuses")),
+        "{:?}",
+        fx.vm.shm_last_refusal()
+    );
+    assert_eq!(record.metadata().unwrap().len(), ACTIVATION_SIZE as u64);
+    assert!(!fx.daemon.log().contains("the guest gets a copy"));
+    // The channel goes on.
+    send_with_fds(&fx.host, b"next", &[]);
+    assert!(matches!(
+        fx.ctx.recv(&mut fx.vm, T),
+        ChannelMsg::Receive { data, .. } if data == b"next"
+    ));
 }

@@ -14,6 +14,9 @@
 //!   (non-zero reply when the backend asked for one);
 //! - QEMU 11.1.3: an unmap must name exactly one live mapping; crosvm: an unmap names a
 //!   mapping by its offset only;
+//! - QEMU 11.1.3: the file must hold the whole mapping; crosvm: the last page of a mapping may
+//!   run past the end of the file (a page wholly past it is refused in both modes, as touching
+//!   it would raise SIGBUS);
 //! - a map or unmap served while the device is not started (before the queues are started, or
 //!   once a stop began) is a *protocol violation* — QEMU 11.1.3 crashes there, crosvm does not
 //!   read the channel until the next activation. It is counted in [`ShmStats::violations`]
@@ -94,6 +97,10 @@ pub struct ShmMode {
     /// Most live mappings (crosvm: one KVM memory slot each; x86 KVM has about 32 764 for
     /// user memory). `usize::MAX`: no limit (QEMU maps into its own address space).
     pub max_mappings: usize,
+    /// A mapping may run past the end of the file within its last page (crosvm maps the fd
+    /// as asked); otherwise the file must hold the whole mapping (QEMU 11.1.3 checks the
+    /// backing store's size).
+    pub map_past_eof: bool,
 }
 
 /// KVM user memory slots on x86 (`KVM_USER_MEM_SLOTS` = 32 764 in Linux), the bound crosvm's
@@ -107,6 +114,7 @@ impl ShmMode {
             unmap_by_offset: false,
             fatal_refusals: false,
             max_mappings: usize::MAX,
+            map_past_eof: false,
         }
     }
 
@@ -116,6 +124,7 @@ impl ShmMode {
             unmap_by_offset: true,
             fatal_refusals: true,
             max_mappings: KVM_X86_USER_MEM_SLOTS,
+            map_past_eof: true,
         }
     }
 }
@@ -416,15 +425,29 @@ impl State {
                 .map_err(|e| (libc::EBADF, format!("dup of the mapped fd: {e}")))?,
         );
         // Like QEMU 11.1.3 ("backing store size ... is too small for 'size' option"): the file
-        // must hold the whole mapping, not only reach into its last page. (Touching a page
-        // wholly past the end of a regular file would also raise SIGBUS.)
+        // must hold the whole mapping, not only reach into its last page. crosvm maps what it
+        // is asked to; the bytes of the last page past the end of the file read as zeros and
+        // are never part of the file. A page wholly past the end is refused in both modes: the
+        // first access to it would raise SIGBUS in the VMM (here: the test process), so the
+        // test gets a clear failure instead.
         if let Ok(meta) = file.metadata() {
-            if meta.is_file() && fd_offset.saturating_add(len) > meta.len() {
+            let end = fd_offset.saturating_add(len);
+            let limit = if self.mode.map_past_eof {
+                meta.len().div_ceil(page).saturating_mul(page)
+            } else {
+                meta.len()
+            };
+            if meta.is_file() && end > limit {
+                let who = if self.mode.map_past_eof {
+                    "a page wholly past it would raise SIGBUS on access"
+                } else {
+                    "which QEMU refuses"
+                };
                 return Err((
                     libc::EINVAL,
                     format!(
                         "fd_offset {fd_offset:#x} + len {len:#x} is past the end of the file \
-                         ({:#x} bytes), which QEMU refuses",
+                         ({:#x} bytes), {who}",
                         meta.len()
                     ),
                 ));
