@@ -116,7 +116,6 @@ pub enum ConfigError {
         reason: ShmSizeProblem,
     },
 
-    /// `--sandbox` neither `on` nor `none`.
     /// `--max-mappings` is not a number in range.
     #[error("{flag} '{value}': expected a number from 1 to {max}")]
     InvalidMaxMappings {
@@ -132,6 +131,7 @@ pub enum ConfigError {
     )]
     InvalidPartialPages { flag: &'static str, value: String },
 
+    /// `--sandbox` neither `on` nor `none`.
     #[error("{flag} '{value}': expected 'on' (the default) or 'none' (no sandbox, for debugging)")]
     InvalidSandbox { flag: &'static str, value: String },
 
