@@ -43,11 +43,13 @@ pub enum LimitKind {
     ImageRequirementsPerVm,
     /// `MAX_BACKLOG_BYTES`: bytes queued towards one slow host peer (channel socket or pipe).
     QueuedBytes,
+    /// `MAX_PARKED_SOCKETS`: sockets parked by ASSIGN_SOCKET_UUID in one VM.
+    ParkedSocketsPerVm,
 }
 
 impl LimitKind {
     /// Every limit, in declaration order.
-    pub const ALL: [LimitKind; 9] = [
+    pub const ALL: [LimitKind; 10] = [
         LimitKind::ContextsPerVm,
         LimitKind::ResourcesPerVm,
         LimitKind::EntriesPerResource,
@@ -57,6 +59,7 @@ impl LimitKind {
         LimitKind::ImageRequirementsPerContext,
         LimitKind::ImageRequirementsPerVm,
         LimitKind::QueuedBytes,
+        LimitKind::ParkedSocketsPerVm,
     ];
 
     /// The limit's name, as in the table of docs/security.md.
@@ -71,6 +74,7 @@ impl LimitKind {
             LimitKind::ImageRequirementsPerContext => "image requirements per context",
             LimitKind::ImageRequirementsPerVm => "image requirements per VM",
             LimitKind::QueuedBytes => "bytes queued towards a host peer",
+            LimitKind::ParkedSocketsPerVm => "parked sockets per VM",
         }
     }
 
