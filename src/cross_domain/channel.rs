@@ -107,10 +107,22 @@ impl fmt::Display for Undeliverable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Undeliverable::Fd(what) => write!(f, "a {what}, which the guest cannot be given"),
-            Undeliverable::NotCarried(class, policy) => write!(
-                f,
-                "a {class} fd, which this channel does not carry (its fds are: {policy})"
-            ),
+            // Worded as for a kind no channel carries (the guest of this channel cannot be
+            // given it either); the policy follows in the log line (`refuse`).
+            Undeliverable::NotCarried(class, _) => {
+                let what = match class {
+                    FdClass::Memory => "memory fd",
+                    FdClass::Pipe => "pipe write end",
+                    FdClass::Eventfd => "eventfd",
+                    FdClass::Socket => "socket",
+                };
+                let a = if *class == FdClass::Eventfd {
+                    "an"
+                } else {
+                    "a"
+                };
+                write!(f, "{a} {what}, which the guest cannot be given")
+            }
             Undeliverable::TooManyFds => {
                 write!(f, "more than {MAX_IDENTIFIERS} fds in one message")
             }
@@ -210,6 +222,12 @@ impl Channel {
     /// The kinds of fd the channel carries.
     pub fn policy(&self) -> FdPolicy {
         self.policy
+    }
+
+    /// Replace the policy (unit tests of other files: the command line cannot set one yet).
+    #[cfg(test)]
+    pub fn set_policy(&mut self, policy: FdPolicy) {
+        self.policy = policy;
     }
 
     /// The configured channel type its socket came from.
@@ -356,9 +374,15 @@ impl Channel {
     /// it. The guest gets the empty RECEIVE of end of stream from the caller.
     fn refuse(&mut self, env: &mut Env<'_>, who: Who<'_>, why: Undeliverable) {
         let ctx_id = who.ctx_id;
+        let carried = match why {
+            Undeliverable::NotCarried(class, policy) => {
+                format!(" (this channel does not carry {class} fds: its fds are {policy})")
+            }
+            _ => String::new(),
+        };
         let what = format_args!(
             "ctx {ctx_id} ({}): channel {:#x} ({}) sent {why}; hung up the channel rather than \
-             deliver the message without it",
+             deliver the message without it{carried}",
             who.name, self.channel_type, self.host
         );
         if why == Undeliverable::ItemTableFull {
