@@ -11,8 +11,13 @@
 //! Progress goes to standard error. It serves one connection per socket and exits when both
 //! sessions are over.
 //!
+//! With `--qmp SOCKET` (QEMU's monitor) it also pauses the VM in the middle of channel 2's first
+//! transfer: `stop`, two seconds, `cont`, over QMP, while it keeps echoing into the paused VM.
+//! Check (j) is that QEMU paused and ran again; check (a) that the transfer came through intact
+//! all the same.
+//!
 //! ```text
-//! e2e_host_service --c2 /tmp/c2.sock --c12 /tmp/c12.sock
+//! e2e_host_service --c2 /tmp/c2.sock --c12 /tmp/c12.sock [--qmp /tmp/qmp.sock]
 //! ```
 
 use std::fs::File;
@@ -21,7 +26,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 #[path = "../tests/e2e/protocol.rs"]
@@ -38,7 +43,15 @@ const OVERLAP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where "the middle of the first transfer" is.
 const MIDDLE: usize = 64 << 10;
 
-static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+static START: OnceLock<Instant> = OnceLock::new();
+/// QEMU's QMP socket, if the VM is to be paused during channel 2's first transfer.
+static QMP: OnceLock<String> = OnceLock::new();
+/// The thread that pauses and resumes the VM, joined before channel 2's session goes on.
+static PAUSER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+/// How long the VM stays paused.
+const PAUSE: Duration = Duration::from_secs(2);
+/// Where in channel 2's first transfer the VM is paused: well past the overlap check's middle.
+const PAUSE_AT: usize = C2_BYTES / 2;
 
 macro_rules! log {
     ($($arg:tt)*) => {{
@@ -100,11 +113,89 @@ impl Overlap {
 const SIDE_C2: usize = 0;
 const SIDE_C12: usize = 1;
 
+/// One QMP command and its `return` (events before it are skipped); the reply line.
+fn qmp_command(conn: &mut std::io::BufReader<UnixStream>, cmd: &str) -> Result<String> {
+    use std::io::BufRead;
+    conn.get_mut()
+        .write_all(format!("{{\"execute\": \"{cmd}\"}}\n").as_bytes())?;
+    loop {
+        let mut line = String::new();
+        if conn.read_line(&mut line)? == 0 {
+            return Err(format!("QMP closed the connection after {cmd}").into());
+        }
+        if line.contains("\"return\"") {
+            return Ok(line);
+        }
+        if line.contains("\"error\"") {
+            return Err(format!("QMP {cmd}: {}", line.trim()).into());
+        }
+    }
+}
+
+/// Whether a `query-status` reply says `"running": want`.
+fn running(reply: &str, want: bool) -> bool {
+    let compact: String = reply.chars().filter(|c| !c.is_whitespace()).collect();
+    compact.contains(&format!("\"running\":{want}"))
+}
+
+/// Check (j): `stop`, [`PAUSE`], `cont` through QEMU's monitor, confirming each state with
+/// `query-status`.
+fn pause_vm(qmp: &str) -> Result<String> {
+    use std::io::BufRead;
+    let sock = UnixStream::connect(qmp)?;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut conn = std::io::BufReader::new(sock);
+    let mut greeting = String::new();
+    conn.read_line(&mut greeting)?;
+    if !greeting.contains("QMP") {
+        return Err(format!("not a QMP greeting: {}", greeting.trim()).into());
+    }
+    qmp_command(&mut conn, "qmp_capabilities")?;
+    qmp_command(&mut conn, "stop")?;
+    let t0 = Instant::now();
+    if !running(&qmp_command(&mut conn, "query-status")?, false) {
+        return Err("query-status after stop: the VM still runs".into());
+    }
+    log!("channel 2: VM paused (QMP stop)");
+    std::thread::sleep(PAUSE);
+    qmp_command(&mut conn, "cont")?;
+    if !running(&qmp_command(&mut conn, "query-status")?, true) {
+        return Err("query-status after cont: the VM does not run".into());
+    }
+    log!("channel 2: VM running again (QMP cont)");
+    Ok(format!(
+        "QEMU paused (stop) and resumed (cont) through QMP in the middle of channel 2's \
+         transfer, {:.1} s apart",
+        t0.elapsed().as_secs_f64()
+    ))
+}
+
+/// Starts the pause of check (j) on its own thread, so that echoing goes on meanwhile.
+fn start_pause() {
+    let Some(qmp) = QMP.get().cloned() else {
+        return;
+    };
+    let t = std::thread::spawn(move || match pause_vm(&qmp) {
+        Ok(text) => verdict("j", true, &text),
+        Err(e) => verdict("j", false, &format!("QEMU stop/cont: {e}")),
+    });
+    *PAUSER.lock().unwrap() = Some(t);
+}
+
+/// Waits for the pause of check (j), if one was started.
+fn join_pause() {
+    if let Some(t) = PAUSER.lock().unwrap().take() {
+        let _ = t.join();
+    }
+}
+
 /// Reads `len` bytes and echoes each chunk as it arrives; `overlap.middle` once past `MIDDLE`.
+/// Channel 2 pauses the VM once past `PAUSE_AT` (when `--qmp` is given).
 fn echo(conn: &mut FdStream, len: usize, side: usize, overlap: &Overlap) -> Result<Vec<u8>> {
     let mut got = vec![0; len];
     let mut off = 0;
     let mut noted = false;
+    let mut paused = false;
     while off < len {
         let end = (off + (32 << 10)).min(len);
         conn.read_exact(&mut got[off..end])?;
@@ -113,6 +204,10 @@ fn echo(conn: &mut FdStream, len: usize, side: usize, overlap: &Overlap) -> Resu
         if !noted && off >= MIDDLE {
             noted = true;
             overlap.middle(side);
+        }
+        if side == SIDE_C2 && !paused && off >= PAUSE_AT {
+            paused = true;
+            start_pause();
         }
     }
     overlap.past(side);
@@ -214,7 +309,9 @@ fn memfd_check(
 
 fn session_c2(conn: &mut FdStream, overlap: &Overlap, step: &mut &'static str) -> Result<()> {
     *step = "a";
-    match round_trip(conn, "channel 2", SEED_C2, C2_BYTES, SIDE_C2, overlap)? {
+    let r = round_trip(conn, "channel 2", SEED_C2, C2_BYTES, SIDE_C2, overlap);
+    join_pause();
+    match r? {
         None => verdict(
             "a",
             true,
@@ -399,9 +496,12 @@ fn main() {
             .cloned()
     };
     let (Some(c2), Some(c12)) = (arg("--c2"), arg("--c12")) else {
-        eprintln!("usage: e2e_host_service --c2 SOCKET --c12 SOCKET");
+        eprintln!("usage: e2e_host_service --c2 SOCKET --c12 SOCKET [--qmp SOCKET]");
         std::process::exit(2);
     };
+    if let Some(qmp) = arg("--qmp") {
+        let _ = QMP.set(qmp);
+    }
     let bind = |path: &str| {
         let _ = std::fs::remove_file(path);
         UnixListener::bind(path).unwrap_or_else(|e| {

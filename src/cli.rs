@@ -20,9 +20,10 @@ use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{ArgGroup, Parser};
 
 use crate::config::{
-    parse_fd, parse_sandbox, parse_scanouts, parse_seccomp, parse_shm_size, parse_socket_path,
-    parse_wayland_sock, ChannelSpec, ChannelTable, ConfigError, SandboxMode, SeccompMode,
-    CHANNEL_NAMES,
+    parse_channels_file, parse_fd, parse_max_mappings, parse_partial_pages, parse_sandbox,
+    parse_scanouts, parse_seccomp, parse_shm_size, parse_socket_path, parse_wayland_sock,
+    ChannelSources, ChannelSpec, ChannelTable, ConfigError, SandboxMode, SeccompMode,
+    CHANNEL_NAMES, MAX_CHANNELS_FILE,
 };
 use crate::logging::{parse_log_level, LogLevel};
 
@@ -63,7 +64,13 @@ pub struct Args {
 Unix socket path on which to wait for the VMM's vhost-user connection. The daemon
 creates the socket and the VMM connects to it as a client; when the VMM goes away,
 the daemon waits for the next connection. Exactly one of --socket-path, --fd and
-socket activation gives the socket.
+socket activation gives the socket. The directory must exist. The daemon first locks
+PATH.lock, next to the socket, so a second daemon given the same path stops with
+status 2 (\"already in use by another process\"). A stale socket at PATH (one nothing
+accepts connections on, as a killed daemon leaves behind) is replaced; a socket that
+a program accepts connections on, and anything that is not a socket, is left alone
+and the daemon stops with status 2. The socket and its lock file are removed at
+shutdown.
 Example: --socket-path /run/vm1/gpu.sock"
     )]
     pub socket_path: Option<PathBuf>,
@@ -93,7 +100,8 @@ Example: --socket-group kvm"
         long_help = "\
 Serve the vhost-user connection already open on file descriptor N (a Unix stream
 socket connected to the VMM, as libvirt passes it), for one session: the daemon exits
-with status 0 when the VMM disconnects.
+with status 0 when the VMM disconnects. A descriptor that is not open, not a Unix
+stream socket, or a listening socket is rejected with status 2.
 Example: --fd 3"
     )]
     pub fd: Option<RawFd>,
@@ -132,6 +140,15 @@ Example: --wayland-sock $XDG_RUNTIME_DIR/wayland-0"
     )]
     pub wayland_sock: Option<PathBuf>,
 
+    /// Read channels from FILE too, one TYPE:PATH a line; re-read on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        value_parser = OsStringValueParser::new().try_map(|s| parse_channels_file(Path::new(&s))),
+        long_help = channels_file_long_help()
+    )]
+    pub channels_file: Option<PathBuf>,
+
     /// Number of scanouts (display outputs) the device reports, 0 to 16.
     #[arg(
         long,
@@ -163,6 +180,41 @@ front.
 Example: --shm-size 4G"
     )]
     pub shm_size: u64,
+
+    /// Most blobs mapped in the host-visible region at once, 1 to 32764 (default 16384).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "16384",
+        value_parser = parse_max_mappings,
+        allow_negative_numbers = true,
+        long_help = "\
+Most blobs the guest may have mapped in the host-visible region at once, 1 to 32764
+(default 16384). A map beyond it gets an out-of-memory error response and one warning
+per context. The bound stays below what the VMM can map: crosvm spends one KVM memory
+slot per mapping (x86 KVM has 32764) and ends the VM when it has to refuse one.
+Example: --max-mappings 4096"
+    )]
+    pub max_mappings: usize,
+
+    /// What received memory that is not whole pages becomes: refuse (default) or map.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "refuse",
+        value_parser = parse_partial_pages,
+        long_help = "\
+What a memory file from a host service that is not a whole number of pages becomes
+when the guest maps it (PipeWire's 2312-byte activation records are such files).
+refuse (the default): grown to whole pages when it may grow, copied when a copy is
+exact (write-sealed, or handed over read-only), otherwise refused with an error
+response: QEMU refuses a mapping that runs past the end of a file, so the pages could
+not be shared. map: the original file is mapped in whole pages, its last page running
+past the end; only for VMMs that accept that (crosvm, libkrun), since a refused
+mapping ends a crosvm VM. See docs/pipewire.md.
+Example: --partial-pages map"
+    )]
+    pub partial_pages: crate::cross_domain::PartialPages,
 
     /// Confine the daemon after start-up: on (default), or none to debug.
     #[arg(
@@ -226,6 +278,22 @@ impl Args {
         }
         Ok(channels)
     }
+
+    /// Where the channel table comes from: [`Args::channel_table`], each channel named by the
+    /// flag that gave it, and `--channels-file`.
+    pub fn channel_sources(&self) -> Result<ChannelSources, ConfigError> {
+        let mut sources = ChannelSources::new(self.channel_table()?);
+        for spec in &self.channels {
+            sources.set_flag_arg(spec.channel_type, format!("--channel '{}'", spec.arg));
+        }
+        if let Some(path) = &self.wayland_sock {
+            sources.set_flag_arg(1, format!("--wayland-sock '{}'", path.display()));
+        }
+        Ok(match &self.channels_file {
+            Some(file) => sources.with_file(file.clone()),
+            None => sources,
+        })
+    }
 }
 
 /// Our error inside a clap error, if one of our value parsers rejected a value: `main` prints
@@ -263,10 +331,34 @@ may be given once. TYPE is a decimal number, a 0x-prefixed hexadecimal number, o
 one of these names:
   {}.
 0 and 0xffffffff are reserved. Types from 32 up work, but the capset's 32-bit channel
-mask cannot advertise them, so the guest program must know the number.
+mask cannot advertise them, so the guest program must know the number (the daemon
+warns at start-up). A relative PATH, or one whose directory does not exist, also gets
+a warning at start-up.
 Example: --channel 2:/run/portal.sock (a guest program that asks for channel 2
 reaches the service listening on /run/portal.sock)",
         names.join(",\n  ")
+    )
+}
+
+fn channels_file_long_help() -> String {
+    format!(
+        "\
+Read channels from FILE as well as from --channel and --wayland-sock: one TYPE:PATH
+a line, TYPE and PATH as in --channel. Blank lines and lines starting with # are
+ignored, and blanks around a line are dropped. In the file a ',' ends the path
+(TYPE:PATH,OPTION is reserved for per-channel options, none of which is defined yet),
+so a path that contains ',' must be given with --channel. Each type may be given
+once: in the file twice, or in the file and by a flag, is an error naming the line.
+At most {MAX_CHANNELS_FILE} bytes.
+On SIGHUP (systemctl reload) the daemon reads FILE again: contexts opened from then
+on use the new table, contexts already open keep their connections. A file with an
+error leaves the table as it was, and the error is logged with its line. A guest
+reads the capset's channel mask when its driver starts, so a type added by a reload
+is reached by guest programs that know its number, or after the guest restarts.
+With the sandbox on, a reload may only name sockets beneath the directories of the
+channel sockets configured at start-up (where the broker may connect); other paths
+are refused with the rest of the reload, until the daemon restarts.
+Example: --channels-file /etc/vhost-user-cross-domain/vm1.channels"
     )
 }
 
@@ -299,6 +391,9 @@ instead of a timestamp. LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES pass a
 socket-activated socket; NOTIFY_SOCKET receives READY=1 once the daemon accepts
 connections and STOPPING=1 on shutdown.
 Signals: SIGTERM or SIGINT completes pending fences, closes the channels and exits 0.
+SIGHUP re-reads --channels-file (without one it only logs that there is nothing to
+reload). SIGUSR1 logs one line of counters per channel type (contexts, messages,
+bytes and fds each way, hang-ups, errors).
 Sandbox: on by default (seccomp, Landlock, no capabilities, a connection broker);
 --sandbox none turns it off, --seccomp log logs calls outside the allow-list instead
 of killing the daemon. See docs/security.md.

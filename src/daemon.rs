@@ -13,6 +13,8 @@
 //!   status lines, through [`crate::systemd`];
 //! - the order of start-up: the socket first, then the sandbox ([`crate::sandbox`]), then
 //!   threads (see [`run`]);
+//! - reload: SIGHUP, read by the same thread, re-reads `--channels-file` ([`crate::reload`]);
+//!   SIGUSR1 logs the per-channel counters ([`crate::counters`]);
 //! - shutdown: SIGTERM and SIGINT are blocked in every thread and read from a signalfd by a
 //!   dedicated thread, which sends `STOPPING=1`, stops accepting (removes the `--socket-path`
 //!   socket and its lock file, see [`crate::socket_path`]), asks the current session's backend to complete every pending fence and close its
@@ -39,8 +41,9 @@ use vmm_sys_util::epoll::EventSet;
 use crate::config::{Config, Listen};
 use crate::device::{Backend, HOST_EVENT, SHUTDOWN_EVENT};
 use crate::relay::{self, Relay, RelayError};
+use crate::reload::Reloader;
 use crate::socket_path::{self, SocketClaim, SocketPathError};
-use crate::{sandbox, systemd};
+use crate::{counters, sandbox, systemd};
 
 /// How long shutdown waits for the current session to complete its pending fences and close
 /// its channels before the process exits anyway.
@@ -183,7 +186,8 @@ pub fn run(config: &Config) -> Result<(), Error> {
     sandbox::enter(&sandbox::Plan {
         mode: config.sandbox,
         seccomp: config.seccomp,
-        channels: &config.channels,
+        channels: &config.channels.load(),
+        sources: &config.channel_sources,
         socket_path: socket.as_ref().map(SocketClaim::path),
     })
     .map_err(Error::Sandbox)?;
@@ -193,7 +197,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         current: Mutex::new(None),
         socket,
     });
-    start_signal_thread(shutdown.clone(), signals)?;
+    start_signal_thread(shutdown.clone(), Reloader::new(config), signals)?;
     let outcome = match endpoint {
         Endpoint::Listener {
             listener, place, ..
@@ -230,12 +234,15 @@ fn serve_listener(
             .start(&mut listener)
             .map_err(Error::VhostUser)?;
         info!("session {number}: VMM connected");
-        systemd::notify_status(&format!("serving a VMM on {place} (session {number})"));
+        counters::set_status(
+            &format!("serving a VMM on {place} (session {number})"),
+            true,
+        );
         // Whatever the outcome, the daemon goes on with the next VMM.
         let _ = session.serve(shutdown);
         session.finish();
         info!("session {number}: device state cleared; waiting for the next VMM");
-        systemd::notify_status(&format!("waiting for a VMM on {place}"));
+        counters::set_status(&format!("waiting for a VMM on {place}"), false);
     }
 }
 
@@ -262,7 +269,9 @@ fn serve_connected(
         source,
     })?;
     info!("serving the VMM on the socket from {origin}; the daemon exits when it disconnects");
-    systemd::notify_ready(&format!("serving the VMM on the socket from {origin}"));
+    let status = format!("serving the VMM on the socket from {origin}");
+    systemd::notify_ready(&status);
+    counters::set_status(&status, true);
     let outcome = session.serve(shutdown);
     let relayed = relay.join();
     session.finish();
@@ -414,28 +423,35 @@ fn raise_fd_limit() {
     }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread (and so in every thread started after it)
-/// and returns the signalfd that receives them.
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 in the calling thread (and so in every thread
+/// started after it) and returns the signalfd that receives them.
 fn block_signals() -> Result<SignalFd, Error> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGHUP);
+    mask.add(Signal::SIGUSR1);
     mask.thread_block().map_err(Error::Signals)?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(Error::Signals)
 }
 
-/// Starts the thread that reads SIGTERM and SIGINT from `signals` and shuts down.
-fn start_signal_thread(shutdown: Arc<Shutdown>, signals: SignalFd) -> Result<(), Error> {
+/// Starts the thread that reads the signals from `signals`: SIGTERM and SIGINT shut down,
+/// SIGHUP reloads the channel table through `reloader`, SIGUSR1 logs the channel counters.
+fn start_signal_thread(
+    shutdown: Arc<Shutdown>,
+    reloader: Reloader,
+    signals: SignalFd,
+) -> Result<(), Error> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             match signals.read_signal() {
-                Ok(Some(info)) => {
-                    let name = Signal::try_from(info.ssi_signo as i32)
-                        .map(|s| s.as_str())
-                        .unwrap_or("signal");
-                    shutdown.exit(name);
-                }
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGHUP) => reloader.reload(),
+                    Ok(Signal::SIGUSR1) => counters::log_all(),
+                    Ok(signal) => shutdown.exit(signal.as_str()),
+                    Err(_) => shutdown.exit("signal"),
+                },
                 Ok(None) | Err(Errno::EINTR) => {}
                 Err(e) => {
                     // Not expected; avoid spinning if it persists.

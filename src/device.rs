@@ -6,25 +6,38 @@
 //! a frontend acks without asking, no SHMEM requests while the device is stopped), never in the
 //! protocol code.
 //!
+//! A stop of the rings (GET_VRING_BASE) is a pause: all device state stays, host events wait
+//! and nothing is written to guest memory until the next start. That start decides
+//! (`device/lifecycle.rs`): the rings continue where they stopped (a VM pause ended) or the
+//! guest reset the device, and only then is guest-visible state dropped. What the VMM still has
+//! mapped in the host-visible region survives a reset (`device/mapper.rs`) so that no later map
+//! overlaps it.
+//!
 //! Threads: `vhost-user-backend` runs one worker thread that receives queue kicks, the readiness
-//! of the device's own epoll set (channel sockets, pipes) and control events (reset, shutdown);
-//! all device work happens there, under the `state` mutex. The vhost-user request thread also
-//! calls into the backend (memory table updates, queue stops, resets, the backend channel); those
-//! callbacks never take `state`. That matters: the worker holds `state` while it waits for the
-//! VMM to acknowledge a SHMEM_MAP, and the VMM may send SET_MEM_TABLE (and wait for its reply)
-//! before it acknowledges.
+//! of the device's own epoll set (channel sockets, pipes; behind a gate that is closed while the
+//! device is stopped) and control events (shutdown); all device work happens there, under the
+//! `state` mutex. The vhost-user request thread also calls into the backend (memory table
+//! updates, queue stops, resets, the backend channel); those callbacks never take `state`.
+//! That matters: the worker holds `state` while it waits for the VMM to acknowledge a
+//! SHMEM_MAP, and the VMM may send SET_MEM_TABLE (and wait for its reply) before it
+//! acknowledges. Stops are ordered with the worker through the control vring's lock instead:
+//! the library clears the queue's ready flag under it before calling
+//! [`VhostUserBackend::stop_vring`], and the worker checks that flag under the same lock before
+//! it touches guest memory.
+
+mod lifecycle;
+mod mapper;
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use vhost::vhost_user::message::{
-    VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
-};
-use vhost::vhost_user::{Backend as BackendChannel, GpuBackend, VhostUserFrontendReqHandler};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig};
+use vhost::vhost_user::{Backend as BackendChannel, GpuBackend};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -40,7 +53,9 @@ use crate::config::Config;
 use crate::virtio_gpu::protocol::{
     VirtioGpuConfig, F_CONTEXT_INIT, F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL,
 };
-use crate::virtio_gpu::{Gpu, Limits, ShmMapper};
+use crate::virtio_gpu::{Gpu, Limits};
+use lifecycle::{Lifecycle, RingMark, Start};
+use mapper::{VmmMapper, VmmMappings};
 
 /// Control queue index.
 pub const CONTROL_QUEUE: u16 = 0;
@@ -52,7 +67,7 @@ pub const NUM_QUEUES: usize = 2;
 pub const MAX_QUEUE_SIZE: usize = 32768;
 /// Event id of the device's own epoll set (channel sockets, pipes) in the worker's epoll.
 pub const HOST_EVENT: u16 = NUM_QUEUES as u16 + 1;
-/// Event id of control requests to the worker: reset and shutdown (see [`Backend::quiesce`]).
+/// Event id of control requests to the worker: shutdown (see [`Backend::quiesce`]).
 pub const SHUTDOWN_EVENT: u16 = HOST_EVENT + 1;
 /// Shared memory region id of the host-visible region (`VIRTIO_GPU_SHM_ID_HOST_VISIBLE`).
 pub const SHMID_HOST_VISIBLE: u8 = 1;
@@ -85,10 +100,22 @@ pub struct Backend {
     shm_size: u64,
     mem: Mutex<Option<GuestMemAtomic>>,
     event_idx: AtomicBool,
-    /// Between the first queue kick and the control queue's stop: the only window in which the
-    /// VMM accepts SHMEM_MAP/UNMAP (QEMU 11.1.3 crashes otherwise).
+    /// Between a start of the control queue and its stop: the only window in which the
+    /// device writes guest memory and the VMM accepts SHMEM_MAP/UNMAP (QEMU 11.1.3 crashes
+    /// otherwise). Mirrors [`Lifecycle::running`] for lock-free readers.
     started: AtomicBool,
-    reset_pending: AtomicBool,
+    lifecycle: Mutex<Lifecycle>,
+    /// The library's vrings, kept from the first event so that a stop can note where the
+    /// control queue stood ([`RingMark`]).
+    vrings: Mutex<Vec<VringRwLock>>,
+    /// What the VMM has mapped in the host-visible region (survives guest resets).
+    mappings: VmmMappings,
+    /// The epoll fd registered with the worker for host events: it contains the device's own
+    /// epoll set only while the device runs, so a stopped device is not woken by (and does
+    /// not read) channel sockets and pipes.
+    gate: Epoll,
+    /// A duplicate of the device's epoll fd, to open and close the gate without `state`.
+    host_epoll: OwnedFd,
     shutdown_pending: AtomicBool,
     gpu_socket: Mutex<Option<GpuBackend>>,
     channel: Mutex<Option<BackendChannel>>,
@@ -99,55 +126,7 @@ pub struct Backend {
     exit_fds: Mutex<Vec<RawFd>>,
 }
 
-/// Maps blobs into the VMM's host-visible region over the vhost-user backend channel.
-struct VmmMapper<'a> {
-    channel: Option<&'a BackendChannel>,
-    started: &'a AtomicBool,
-}
-
-impl VmmMapper<'_> {
-    fn channel(&self) -> io::Result<&BackendChannel> {
-        if !self.started.load(Ordering::Acquire) {
-            return Err(io::Error::other("the device is stopped"));
-        }
-        self.channel.ok_or_else(|| {
-            io::Error::other("the VMM gave no backend channel (BACKEND_REQ and SHMEM needed)")
-        })
-    }
-
-    fn msg(offset: u64, len: u64, writable: bool) -> VhostUserMMap {
-        VhostUserMMap {
-            shmid: SHMID_HOST_VISIBLE,
-            fd_offset: 0,
-            shm_offset: offset,
-            len,
-            flags: if writable {
-                VhostUserMMapFlags::WRITABLE.bits()
-            } else {
-                0
-            },
-            ..Default::default()
-        }
-    }
-}
-
-impl ShmMapper for VmmMapper<'_> {
-    fn map(&self, fd: BorrowedFd<'_>, offset: u64, len: u64, writable: bool) -> io::Result<()> {
-        self.channel()?
-            .shmem_map(&Self::msg(offset, len, writable), &fd)
-            .map(|_| ())
-            .map_err(|e| io::Error::other(format!("SHMEM_MAP refused: {e}")))
-    }
-
-    fn unmap(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.channel()?
-            .shmem_unmap(&Self::msg(offset, len, false))
-            .map(|_| ())
-            .map_err(|e| io::Error::other(format!("SHMEM_UNMAP refused: {e}")))
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic on another thread would already have ended the session; keep using the data
     // rather than propagating the poison.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -157,13 +136,22 @@ impl Backend {
     /// A backend for one VMM session.
     pub fn new(config: &Config) -> io::Result<Self> {
         let num_scanouts = config.num_scanouts;
+        let limits = Limits {
+            max_mappings: config.max_mappings,
+            partial_pages: config.partial_pages,
+            ..Limits::default()
+        };
         let gpu = Gpu::new(
-            Arc::new(config.channels.clone()),
+            config.channels.clone(),
             Arc::new(crate::sandbox::BrokerConnector),
             num_scanouts,
             config.shm_size,
-            Limits::default(),
+            limits,
         )?;
+        let host_epoll = gpu.epoll().0.try_clone()?;
+        let gate = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+        gate.add(&host_epoll, EpollEvent::new(EpollFlags::EPOLLIN, 0))
+            .map_err(io::Error::from)?;
         Ok(Backend {
             state: Mutex::new(State { gpu }),
             config: VirtioGpuConfig {
@@ -175,7 +163,11 @@ impl Backend {
             mem: Mutex::new(None),
             event_idx: AtomicBool::new(false),
             started: AtomicBool::new(false),
-            reset_pending: AtomicBool::new(false),
+            lifecycle: Mutex::new(Lifecycle::default()),
+            vrings: Mutex::new(Vec::new()),
+            mappings: VmmMappings::new(limits.max_mappings),
+            gate,
+            host_epoll,
             shutdown_pending: AtomicBool::new(false),
             gpu_socket: Mutex::new(None),
             channel: Mutex::new(None),
@@ -222,9 +214,10 @@ impl Backend {
         *done
     }
 
-    /// The raw fd of the device's epoll set, to register with the worker's epoll.
+    /// The fd to register with the worker's epoll under [`HOST_EVENT`]: readable when the
+    /// device runs and a channel socket or pipe has work.
     pub fn host_epoll_fd(&self) -> i32 {
-        lock(&self.state).gpu.epoll().0.as_fd().as_raw_fd()
+        self.gate.0.as_raw_fd()
     }
 
     /// Drop all device state (contexts, resources, host sockets). Called by the serve loop
@@ -232,17 +225,95 @@ impl Backend {
     pub fn reset(&self) {
         self.started.store(false, Ordering::Release);
         lock(&self.state).gpu.reset();
+        self.mappings.clear();
+        lock(&self.vrings).clear();
         *lock(&self.gpu_socket) = None;
         *lock(&self.channel) = None;
     }
 
-    /// Ask the worker to drop all device state (the queues were stopped or the device reset).
-    fn request_reset(&self) {
-        self.started.store(false, Ordering::Release);
-        self.reset_pending.store(true, Ordering::Release);
-        if let Err(e) = self.control.write(1) {
-            warn!("cannot wake the worker for a reset: {e}");
+    /// Host events reach the worker (the device runs).
+    fn open_gate(&self) {
+        let ev = EpollEvent::new(EpollFlags::EPOLLIN, 0);
+        match self.gate.add(&self.host_epoll, ev) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => warn!("cannot resume host events: {e}"),
         }
+    }
+
+    /// Host events wait (the device is stopped); level-triggered, they fire at the reopening.
+    fn close_gate(&self) {
+        match self.gate.delete(&self.host_epoll) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => warn!("cannot hold back host events: {e}"),
+        }
+    }
+
+    /// The device stops: no guest memory access, no SHMEM request, no host event until the
+    /// next start. Runs on the vhost-user thread.
+    fn stop(&self, mark: Option<RingMark>) {
+        {
+            // `started` changes under the lifecycle lock only, so that it always agrees with
+            // the decision the worker takes in `ensure_running`.
+            let mut lc = lock(&self.lifecycle);
+            if lc.running() {
+                info!("device stopped: paused until the next start shows a resume or a reset");
+            }
+            lc.stop(mark);
+            self.started.store(false, Ordering::Release);
+        }
+        self.close_gate();
+    }
+
+    /// If the device is stopped and the control queue was started again, decide whether this
+    /// is a resume or a guest reset and act on it. Returns whether the device runs.
+    fn ensure_running(&self, st: &mut State, vrings: &[VringRwLock]) -> bool {
+        if self.started.load(Ordering::Acquire) {
+            return true;
+        }
+        let Some(ctrl) = vrings.get(CONTROL_QUEUE as usize) else {
+            return false;
+        };
+        let start = {
+            let mut lc = lock(&self.lifecycle);
+            // Read under the lifecycle lock: a stop clears `ready` before it takes that lock,
+            // so a queue seen ready here is not stopped behind the decision's back.
+            let mark = {
+                let vr = ctrl.get_ref();
+                let q = vr.get_queue();
+                if !q.ready() {
+                    return false;
+                }
+                RingMark::of(q)
+            };
+            let Some(start) = lc.start(mark) else {
+                return true;
+            };
+            self.started.store(true, Ordering::Release);
+            start
+        };
+        match start {
+            Start::First => debug!("device started"),
+            Start::Resume => {
+                info!("device restarted where it stopped (VM paused and resumed): state kept")
+            }
+            Start::Reset => {
+                info!(
+                    "device restarted anew (guest reset): dropping {} context(s) and all \
+                     resources",
+                    st.gpu.context_count()
+                );
+                st.gpu.reset();
+            }
+        }
+        self.open_gate();
+        match start {
+            // Inside the started window: the VMM accepts requests now.
+            Start::Reset => self.mappings.reconcile(lock(&self.channel).as_ref()),
+            // Responses completed while stopped (none normally: nothing runs then).
+            Start::Resume => self.publish_completions(st, vrings),
+            Start::First => {}
+        }
+        true
     }
 
     fn process_queue(
@@ -261,6 +332,7 @@ impl Backend {
         let mapper = VmmMapper {
             channel: channel.as_ref(),
             started: &self.started,
+            mappings: &self.mappings,
         };
         let cursor = queue == CURSOR_QUEUE;
         if !cursor {
@@ -301,6 +373,8 @@ impl Backend {
         }
     }
 
+    /// Puts completed deferred responses in the used ring. Not while stopped: they wait
+    /// for the restart (a resume publishes them; a reset forgets them with their ring).
     fn publish_completions(&self, st: &mut State, vrings: &[VringRwLock]) {
         if !st.gpu.has_completions() {
             return;
@@ -310,11 +384,35 @@ impl Backend {
         };
         {
             let mut vr = vring.get_mut();
+            // Checked under the vring lock, which a stop takes to clear `ready`.
+            if !vr.get_queue().ready() || !self.started.load(Ordering::Acquire) {
+                return;
+            }
             for (h, l) in st.gpu.take_completions() {
                 let _ = vr.add_used(h, l);
             }
         }
         Self::signal(vring, self.event_idx.load(Ordering::Relaxed));
+    }
+
+    /// Channel sockets and pipes have work. Runs with the control vring's lock held for
+    /// reading, so that a stop waits for it to finish and no delivery writes guest memory
+    /// after the VMM got GET_VRING_BASE's reply.
+    fn handle_host_events(&self, st: &mut State, vrings: &[VringRwLock], mem: &GuestMemAtomic) {
+        let Some(ctrl) = vrings.get(CONTROL_QUEUE as usize) else {
+            return;
+        };
+        {
+            let vr = ctrl.get_ref();
+            if !vr.get_queue().ready() || !self.started.load(Ordering::Acquire) {
+                drop(vr);
+                // A stop is under way (or the device never ran): wait for the start.
+                self.close_gate();
+                return;
+            }
+            st.gpu.handle_host_events(&mem.memory());
+        }
+        self.publish_completions(st, vrings);
     }
 
     fn signal(vring: &VringRwLock, event_idx: bool) {
@@ -328,12 +426,6 @@ impl Backend {
 
     fn handle_control(&self, st: &mut State, vrings: &[VringRwLock]) {
         let _ = self.control.read();
-        if self.reset_pending.swap(false, Ordering::AcqRel) {
-            if st.gpu.context_count() > 0 {
-                info!("device stopped or reset: dropping all contexts and resources");
-            }
-            st.gpu.reset();
-        }
         if self.shutdown_pending.load(Ordering::Acquire) {
             info!("shutting down: completing pending fences and closing channels");
             st.gpu.complete_all_and_reset();
@@ -363,6 +455,13 @@ impl VhostUserBackend for Backend {
 
     fn acked_features(&self, features: u64) {
         debug!("acked features {features:#x}");
+        let mut lc = lock(&self.lifecycle);
+        if lc.features(features) {
+            info!("features renegotiated while running: the device restarts anew");
+            self.started.store(false, Ordering::Release);
+            drop(lc);
+            self.close_gate();
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -372,11 +471,20 @@ impl VhostUserBackend for Backend {
             | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::SHMEM
+            // Frontends that would otherwise send RESET_OWNER (which the vhost-user library
+            // does not pass on) send RESET_DEVICE instead.
+            | VhostUserProtocolFeatures::RESET_DEVICE
     }
 
     fn reset_device(&self) {
-        info!("device reset by the VMM");
-        self.request_reset();
+        // The library disabled the rings; the next start is a guest reset.
+        info!("device reset by the VMM (RESET_DEVICE)");
+        {
+            let mut lc = lock(&self.lifecycle);
+            lc.reset();
+            self.started.store(false, Ordering::Release);
+        }
+        self.close_gate();
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -407,6 +515,7 @@ impl VhostUserBackend for Backend {
     fn update_memory(&self, mem: GuestMemAtomic) -> io::Result<()> {
         // QEMU sends the table again after every SHMEM_MAP, possibly while the worker waits for
         // that map's acknowledgement: never touch `state` here.
+        self.mappings.memory_table(&mem.memory());
         *lock(&self.mem) = Some(mem);
         Ok(())
     }
@@ -438,9 +547,13 @@ impl VhostUserBackend for Backend {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // A pause or the start of a guest reset: which one shows at the next start. The cursor
+        // queue holds nothing; the control queue's position decides.
         if queue_index == u32::from(CONTROL_QUEUE) {
-            // Mappings are dropped by the VMM itself; no SHMEM request may follow a stop.
-            self.request_reset();
+            let mark = lock(&self.vrings)
+                .get(CONTROL_QUEUE as usize)
+                .map(|v| RingMark::of(v.get_ref().get_queue()));
+            self.stop(mark);
         }
         Ok(())
     }
@@ -453,26 +566,28 @@ impl VhostUserBackend for Backend {
         _thread_id: usize,
     ) -> io::Result<()> {
         let mut st = lock(&self.state);
+        {
+            let mut kept = lock(&self.vrings);
+            if kept.is_empty() {
+                kept.extend(vrings.iter().cloned());
+            }
+        }
         if device_event == SHUTDOWN_EVENT {
             self.handle_control(&mut st, vrings);
             return Ok(());
-        }
-        if self.reset_pending.load(Ordering::Acquire) {
-            self.handle_control(&mut st, vrings);
         }
         let Some(mem) = lock(&self.mem).clone() else {
             return Ok(());
         };
         match device_event {
             CONTROL_QUEUE | CURSOR_QUEUE => {
-                // A kick means the queues run: mapping requests are welcome from here on.
-                self.started.store(true, Ordering::Release);
-                self.process_queue(&mut st, &mem, vrings, device_event);
+                // The first event after a (re)start of the control queue decides what the
+                // start is. The cursor queue holds no state: it is served regardless.
+                if self.ensure_running(&mut st, vrings) || device_event == CURSOR_QUEUE {
+                    self.process_queue(&mut st, &mem, vrings, device_event);
+                }
             }
-            HOST_EVENT => {
-                st.gpu.handle_host_events(&mem.memory());
-                self.publish_completions(&mut st, vrings);
-            }
+            HOST_EVENT => self.handle_host_events(&mut st, vrings, &mem),
             other => warn!("unexpected device event {other}"),
         }
         Ok(())

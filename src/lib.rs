@@ -7,7 +7,9 @@
 //! - [`config`]: the validated configuration, the channel table (`TYPE:PATH`) and how the VMM
 //!   reaches the daemon (`--socket-path`, `--fd`, socket activation).
 //! - [`daemon`]: the serve loops (re-listening after a VMM disconnect, or one session on a
-//!   connected socket), readiness notification, and shutdown on SIGTERM/SIGINT.
+//!   connected socket), readiness notification, reload on SIGHUP, and shutdown on
+//!   SIGTERM/SIGINT.
+//! - [`reload`]: reading `--channels-file`, and putting the table it gives in force on SIGHUP.
 //! - [`socket_path`]: claiming `--socket-path` (lock file, stale sockets) and releasing it.
 //! - [`inherited`]: checks and ownership of the sockets the daemon is started with.
 //! - [`relay`]: the framing-aware message relay behind `--fd`.
@@ -20,6 +22,7 @@
 //! - [`guest_mem`]: bounds-checked scatter-gather access to guest memory, used by both layers.
 //! - [`logging`]: the logger (`--log-level`, `RUST_LOG`, the journal's format), fatal errors,
 //!   the start-up summary.
+//! - [`counters`]: what each channel type carried (SIGUSR1), open contexts in `STATUS=`.
 //! - [`ratelimit`], [`limitlog`]: logging of guest-caused problems (a rate limit for all of
 //!   them; limits hit are warned about once per context).
 //! - [`idmap`]: hash maps keyed by small integer ids (contexts, resources, items).
@@ -31,6 +34,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod cross_domain;
 pub mod daemon;
 pub mod device;
@@ -46,6 +50,7 @@ pub mod limitlog;
 pub mod logging;
 pub mod ratelimit;
 pub mod relay;
+pub mod reload;
 pub mod sandbox;
 pub mod socket_path;
 pub mod systemd;

@@ -45,11 +45,13 @@ pub enum LimitKind {
     QueuedBytes,
     /// `MAX_PARKED_SOCKETS`: sockets parked by ASSIGN_SOCKET_UUID in one VM.
     ParkedSocketsPerVm,
+    /// `Limits::max_mappings`: blobs mapped in the host-visible region at once.
+    MappingsPerVm,
 }
 
 impl LimitKind {
     /// Every limit, in declaration order.
-    pub const ALL: [LimitKind; 10] = [
+    pub const ALL: [LimitKind; 11] = [
         LimitKind::ContextsPerVm,
         LimitKind::ResourcesPerVm,
         LimitKind::EntriesPerResource,
@@ -60,6 +62,7 @@ impl LimitKind {
         LimitKind::ImageRequirementsPerVm,
         LimitKind::QueuedBytes,
         LimitKind::ParkedSocketsPerVm,
+        LimitKind::MappingsPerVm,
     ];
 
     /// The limit's name, as in the table of docs/security.md.
@@ -75,6 +78,7 @@ impl LimitKind {
             LimitKind::ImageRequirementsPerVm => "image requirements per VM",
             LimitKind::QueuedBytes => "bytes queued towards a host peer",
             LimitKind::ParkedSocketsPerVm => "parked sockets per VM",
+            LimitKind::MappingsPerVm => "mappings per VM",
         }
     }
 

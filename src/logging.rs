@@ -154,16 +154,25 @@ fn priority(level: Level) -> u8 {
 /// Logs what this daemon is: its version, `--shm-size`, the scanouts, the sandbox mode, and
 /// the channel table one line per channel (type, name, host socket).
 pub fn log_startup(config: &Config) {
+    let channels = config.channels.load();
     info!(
         "{PROGRAM} {} starting: --shm-size {}, --scanouts {}, --sandbox {}, {} channel{}",
         env!("CARGO_PKG_VERSION"),
         Bytes(config.shm_size),
         config.num_scanouts,
         describe_sandbox(config.sandbox, config.seccomp),
-        config.channels.len(),
-        if config.channels.len() == 1 { "" } else { "s" },
+        channels.len(),
+        if channels.len() == 1 { "" } else { "s" },
     );
-    log_channels(&config.channels);
+    if let Some(file) = config.channel_sources.file() {
+        info!(
+            "channels from the command line ({}) and from {} ({}), which SIGHUP re-reads",
+            config.channel_sources.flags().len(),
+            file.display(),
+            channels.len() - config.channel_sources.flags().len(),
+        );
+    }
+    log_channels(&channels, config.channel_sources.file().is_some());
 }
 
 fn describe_sandbox(sandbox: SandboxMode, seccomp: SeccompMode) -> &'static str {
@@ -176,23 +185,22 @@ fn describe_sandbox(sandbox: SandboxMode, seccomp: SeccompMode) -> &'static str 
     }
 }
 
-fn log_channels(channels: &ChannelTable) {
-    use crate::config::channel_name;
-
+fn log_channels(channels: &ChannelTable, from_file: bool) {
     if channels.is_empty() {
-        log::warn!("no --channel given: guests can only open query-only contexts");
+        if from_file {
+            log::warn!(
+                "no channel configured yet: guests can only open query-only contexts until a \
+                 reload adds one"
+            );
+        } else {
+            log::warn!("no --channel given: guests can only open query-only contexts");
+        }
         return;
     }
     for (t, path) in channels.iter() {
-        // Numbers from 10 up also in hexadecimal, the way they are usually written.
-        let about = match (t, channel_name(t)) {
-            (0..=9, Some(name)) => format!(" ({name})"),
-            (_, Some(name)) => format!(" ({t:#x}, {name})"),
-            (0..=9, None) => String::new(),
-            (_, None) => format!(" ({t:#x})"),
-        };
+        let about = channel_label(t);
         info!("channel {t}{about}: {}", path.display());
-        for problem in path_warnings(path) {
+        for problem in path_warnings(path, true) {
             log::warn!("channel {t}{about}: {}: {problem}", path.display());
         }
     }
@@ -205,9 +213,22 @@ fn log_channels(channels: &ChannelTable) {
     }
 }
 
-/// What may keep a channel's host socket from being reached, said at start-up. Not errors: the
-/// socket is connected only when a guest asks, and its service may create it later.
-fn path_warnings(path: &Path) -> Vec<String> {
+/// How channel type `t` is described after its number in logs: its name, and from 10 up its
+/// number in hexadecimal, the way such numbers are usually written (` (0x10, pipewire)`).
+pub fn channel_label(t: u32) -> String {
+    match (t, crate::config::channel_name(t)) {
+        (0..=9, Some(name)) => format!(" ({name})"),
+        (_, Some(name)) => format!(" ({t:#x}, {name})"),
+        (0..=9, None) => String::new(),
+        (_, None) => format!(" ({t:#x})"),
+    }
+}
+
+/// What may keep a channel's host socket from being reached, said at start-up and on reload.
+/// Not errors: the socket is connected only when a guest asks, and its service may create it
+/// later. `look` says whether the directory may be examined (`stat`); the sandboxed daemon may
+/// not, so after start-up only what the path itself says is checked there.
+pub fn path_warnings(path: &Path, look: bool) -> Vec<String> {
     let mut problems = Vec::new();
     if path.is_relative() {
         let cwd = std::env::current_dir()
@@ -217,6 +238,9 @@ fn path_warnings(path: &Path) -> Vec<String> {
             "a relative path, resolved against the daemon's working directory{cwd} each time a \
              guest opens the channel; give an absolute path"
         ));
+    }
+    if !look {
+        return problems;
     }
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -292,17 +316,20 @@ mod tests {
     #[test]
     fn channel_path_warnings() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(path_warnings(&dir.path().join("x.sock")).is_empty());
-        let missing = path_warnings(&dir.path().join("no/x.sock"));
+        assert!(path_warnings(&dir.path().join("x.sock"), true).is_empty());
+        let missing = path_warnings(&dir.path().join("no/x.sock"), true);
         assert_eq!(missing.len(), 1, "{missing:?}");
         assert!(missing[0].contains("does not exist"), "{missing:?}");
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
-        let not_dir = path_warnings(&file.join("x.sock"));
+        let not_dir = path_warnings(&file.join("x.sock"), true);
         assert!(not_dir[0].contains("is not a directory"), "{not_dir:?}");
-        let relative = path_warnings(Path::new("x.sock"));
+        let relative = path_warnings(Path::new("x.sock"), true);
         assert_eq!(relative.len(), 1, "{relative:?}");
         assert!(relative[0].contains("relative path"), "{relative:?}");
+        // Without looking, only what the path says.
+        assert!(path_warnings(&dir.path().join("no/x.sock"), false).is_empty());
+        assert_eq!(path_warnings(Path::new("x.sock"), false), relative);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Command line of `vhost-user-cross-domain`: parses the flags ([`cli::Args`]) and the
-//! socket-activation environment into a [`Config`], answers `--print-capabilities`, sets up
+//! Command line of `vhost-user-cross-domain`: parses the flags ([`cli::Args`]), the channels
+//! file and the socket-activation environment into a [`Config`], answers `--print-capabilities`, sets up
 //! logging ([`logging`]) and hands over to the library. All device behaviour lives in the
 //! library; this file only maps outcomes to exit codes: 0 clean stop, 1 runtime failure, 2
 //! invalid configuration (clap's own usage errors also exit with 2). Every failure is reported
@@ -15,10 +15,11 @@ use clap::Parser;
 use log::warn;
 use vhost_user_cross_domain::cli::{self, Args};
 use vhost_user_cross_domain::config::{
-    describe_activated, select_listen, unusable_fd, ConfigError, Listen, SandboxMode, SocketGroup,
-    ACTIVATION_SOURCE,
+    describe_activated, select_listen, unusable_fd, ConfigError, Listen, LiveChannels, SandboxMode,
+    SocketGroup, ACTIVATION_SOURCE, CHANNELS_FILE_FLAG,
 };
 use vhost_user_cross_domain::inherited::{self, FdError, SocketKind};
+use vhost_user_cross_domain::reload::read_channels_file;
 use vhost_user_cross_domain::{logging, socket_path, systemd, Config};
 
 /// Exit status for a failure after the configuration was accepted.
@@ -95,15 +96,27 @@ fn config_from_args(args: &Args) -> Result<Config, ConfigError> {
         Some(name) => Some(socket_group(args, name, &listen)?),
         None => None,
     };
-    let channels = args.channel_table()?;
+    let channel_sources = args.channel_sources()?;
+    let channels = match channel_sources.file() {
+        None => channel_sources.flags().clone(),
+        Some(file) => read_channels_file(file)
+            .and_then(|text| channel_sources.table(&text, |_| Ok(())))
+            .map_err(|error| ConfigError::ChannelsFile {
+                flag: CHANNELS_FILE_FLAG,
+                error,
+            })?,
+    };
     Ok(Config {
         listen,
-        channels,
+        channels: LiveChannels::new(channels),
+        channel_sources,
         num_scanouts: args.scanouts,
         shm_size: args.shm_size,
         sandbox: args.sandbox,
         seccomp: args.seccomp.unwrap_or_default(),
         socket_group,
+        max_mappings: args.max_mappings,
+        partial_pages: args.partial_pages,
     })
 }
 

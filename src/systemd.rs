@@ -1,6 +1,6 @@
 //! The service manager's side channels: socket activation (`LISTEN_PID`, `LISTEN_FDS`,
 //! `LISTEN_FDNAMES`) and readiness notification (`NOTIFY_SOCKET`: `READY=1`, `STATUS=…`,
-//! `STOPPING=1`).
+//! `RELOADING=1`, `STOPPING=1`).
 //!
 //! This module owns reading those variables and sending notifications. Socket activation comes
 //! from the `sd-notify` crate. Notifications are sent here, on one datagram socket connected to
@@ -76,6 +76,22 @@ pub fn notify_ready(status: &str) {
 /// A new status line (shown by `systemctl status`).
 pub fn notify_status(status: &str) {
     send(&[NotifyState::Status(status)]);
+}
+
+/// `RELOADING=1` with the current time (`MONOTONIC_USEC`, which systemd 253 and later require
+/// with it): the daemon has begun to reload its channel table; [`notify_reloaded`] ends it.
+pub fn notify_reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        // Without the time systemd would fail the reload, and with it the service.
+        Err(e) => warn!("cannot read the monotonic clock for RELOADING=1: {e}"),
+    }
+}
+
+/// `READY=1`: the reload [`notify_reloading`] announced is over (whatever its outcome, which
+/// the log tells; the status line stays the one about the VMM).
+pub fn notify_reloaded() {
+    send(&[NotifyState::Ready]);
 }
 
 /// `STOPPING=1`: the daemon has begun to shut down.

@@ -321,6 +321,8 @@ fn help() {
         "--sandbox <MODE>",
         "--seccomp <ACTION>",
         "docs/security.md",
+        "--channels-file <FILE>",
+        "SIGHUP",
     ] {
         assert!(
             out.stdout.contains(needle),
@@ -405,4 +407,88 @@ fn shm_size_range() {
     assert!(err.contains("at most 1024G (1 TiB)"), "{err}");
     let err = assert_rejected(&["--shm-size", "8GB"], "--shm-size", "8GB");
     assert!(err.contains("K, M or G"), "{err}");
+}
+
+#[test]
+fn channels_file_errors_name_the_file_and_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vm.channels");
+    let file_arg = file.to_str().unwrap();
+
+    std::fs::write(&file, "# portal\n2:/run/portal.sock\nbogus\n").unwrap();
+    let err = assert_rejected(&["--channels-file", file_arg], "--channels-file", "bogus");
+    assert!(
+        err.starts_with(&format!(
+            "vhost-user-cross-domain: error: --channels-file {file_arg}:3: 'bogus': expected \
+             TYPE:PATH"
+        )),
+        "{err}"
+    );
+
+    // A type in the file and on the command line: the line and the flag are named.
+    std::fs::write(&file, "2:/run/portal.sock\n").unwrap();
+    let err = assert_rejected(
+        &[
+            "--channel",
+            "2:/run/other.sock",
+            "--channels-file",
+            file_arg,
+        ],
+        "--channels-file",
+        "2:/run/portal.sock",
+    );
+    assert!(
+        err.contains(&format!(
+            "{file_arg}:1: '2:/run/portal.sock': channel type 2 is already given by --channel \
+             '2:/run/other.sock'"
+        )),
+        "{err}"
+    );
+    std::fs::write(&file, "1:/a\n").unwrap();
+    let err = assert_rejected(
+        &["--wayland-sock", "/w", "--channels-file", file_arg],
+        "--channels-file",
+        "1:/a",
+    );
+    assert!(
+        err.contains("already given by --wayland-sock '/w'"),
+        "{err}"
+    );
+    // Twice in the file.
+    std::fs::write(&file, "2:/a\n\nwayland:/w\n0x2:/b\n").unwrap();
+    let err = assert_rejected(&["--channels-file", file_arg], "--channels-file", "0x2:/b");
+    assert!(
+        err.contains(":4: '0x2:/b': channel type 2 is already given on line 1"),
+        "{err}"
+    );
+    // Options are reserved.
+    std::fs::write(&file, "2:/a,x\n").unwrap();
+    let err = assert_rejected(&["--channels-file", file_arg], "--channels-file", "2:/a,x");
+    assert!(err.contains("unknown channel option 'x'"), "{err}");
+
+    // A file that cannot be read.
+    let missing = dir.path().join("missing.channels");
+    let out = run(&[
+        "--socket-path",
+        SOCKET,
+        "--channels-file",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!(
+            "vhost-user-cross-domain: error: --channels-file {}: cannot read it: No such file or \
+             directory (os error 2)",
+            missing.display()
+        )
+    );
+    let out = run(&["--socket-path", SOCKET, "--channels-file", ""]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("--channels-file '': the file name is empty"),
+        "{}",
+        out.stderr
+    );
 }

@@ -1003,3 +1003,191 @@ fn shm_channel_closed_by_either_side() {
     // Mappings outlive the channel.
     assert_eq!(vm.shm_read(0, 4), pattern_range(0, 4));
 }
+
+// ---- VMM imitation: crosvm mode and the lifecycle sequences ------------------------------
+
+/// crosvm mode against the mock, whose queues hold at most 1024 entries.
+fn crosvm_vm(path: &Path) -> TestVm {
+    TestVm::builder()
+        .vmm(VmmKind::Crosvm)
+        .queue_size(256)
+        .connect(path)
+}
+
+#[test]
+fn crosvm_mode_negotiates_as_crosvm_does() {
+    let dir = temp_dir();
+    let (path, _mock) = start_mock(dir.path());
+    let mut vm = crosvm_vm(&path);
+    assert_eq!(vm.vmm(), VmmKind::Crosvm);
+    // vhost-user-backend adds REPLY_ACK to what the mock offers.
+    let mock_protocol = (P::CONFIG | P::MQ | P::BACKEND_REQ | P::SHMEM | P::REPLY_ACK).bits();
+    assert_eq!(
+        vm.acked_protocol_features(),
+        mock_protocol & CROSVM_PROTOCOL_MASK
+    );
+    assert_eq!(vm.queue_num(), Some(2));
+    assert!(vm.has_backend_req_channel());
+    assert_eq!(vm.get_config(8, 4), [1, 0, 0, 0]);
+    assert_eq!(vm.ctrl(b"abc", 3), b"cba");
+    // The default queue size is crosvm's.
+    let b = TestVm::builder().vmm(VmmKind::Crosvm);
+    assert!(format!("{b:?}").contains("queue_sizes: [32768, 32768]"));
+}
+
+#[test]
+fn lifecycle_sequences_per_vmm() {
+    for kind in [VmmKind::Qemu, VmmKind::Crosvm] {
+        let dir = temp_dir();
+        let (path, _mock) = start_mock(dir.path());
+        let mut vm = TestVm::builder().vmm(kind).queue_size(256).connect(&path);
+        assert_eq!(vm.ctrl(b"one", 3), b"eno");
+        assert_eq!(vm.pause(), [1, 0]);
+        vm.resume();
+        assert_eq!(vm.ctrl(b"two", 3), b"owt", "{kind:?}: the rings continue");
+        assert_eq!(vm.guest_reset(), [2, 0]);
+        vm.reprobe();
+        assert_eq!(vm.ctrl(b"three", 5), b"eerht", "{kind:?}: fresh rings work");
+        let log = vm.take_lifecycle_log();
+        eprintln!("{kind:?}:\n  {}", log.join("\n  "));
+        let stop = match kind {
+            VmmKind::Crosvm => vec![
+                "-- stop",
+                "SET_VRING_ENABLE(0, 0)",
+                "GET_VRING_BASE(0) = B0",
+                "SET_VRING_ENABLE(1, 0)",
+                "GET_VRING_BASE(1) = 0",
+            ],
+            VmmKind::Qemu => vec![
+                "-- stop",
+                "SET_VRING_ENABLE(0, 0)",
+                "SET_VRING_ENABLE(1, 0)",
+                "GET_VRING_BASE(0) = B0",
+                "GET_VRING_BASE(1) = 0",
+                "SET_VRING_CALL(0)",
+                "SET_VRING_CALL(1)",
+            ],
+        };
+        let start = |b0: &str| -> Vec<String> {
+            let v: Vec<&str> = match kind {
+                VmmKind::Crosvm => vec![
+                    "SET_MEM_TABLE",
+                    "SET_VRING_NUM(0, 256)",
+                    "SET_VRING_ADDR(0)",
+                    "SET_VRING_BASE(0, B0)",
+                    "SET_VRING_CALL(0)",
+                    "SET_VRING_KICK(0)",
+                    "SET_VRING_ENABLE(0, 1)",
+                    "SET_VRING_NUM(1, 256)",
+                    "SET_VRING_ADDR(1)",
+                    "SET_VRING_BASE(1, 0)",
+                    "SET_VRING_CALL(1)",
+                    "SET_VRING_KICK(1)",
+                    "SET_VRING_ENABLE(1, 1)",
+                ],
+                VmmKind::Qemu => vec![
+                    "SET_VRING_CALL(0)",
+                    "SET_VRING_CALL(1)",
+                    "SET_FEATURES(F)",
+                    "SET_MEM_TABLE (RAM + 0 mappings)",
+                    "SET_VRING_NUM(0, 256)",
+                    "SET_VRING_BASE(0, B0)",
+                    "SET_VRING_ADDR(0)",
+                    "SET_VRING_KICK(0)",
+                    "SET_VRING_NUM(1, 256)",
+                    "SET_VRING_BASE(1, 0)",
+                    "SET_VRING_ADDR(1)",
+                    "SET_VRING_KICK(1)",
+                    "SET_VRING_ENABLE(0, 1)",
+                    "SET_VRING_ENABLE(1, 1)",
+                    "SET_VRING_CALL(0)",
+                    "SET_VRING_CALL(1)",
+                ],
+            };
+            v.iter().map(|s| s.replace("B0", b0)).collect()
+        };
+        let features = format!("{:#x}", vm.acked_features());
+        let fill = |v: Vec<&str>, b0: &str| -> Vec<String> {
+            v.iter().map(|s| s.replace("B0", b0)).collect()
+        };
+        let mut want: Vec<String> = fill(stop.clone(), "1");
+        want.push("-- start (same rings)".into());
+        want.extend(start("1"));
+        want.extend(fill(stop, "2"));
+        if kind == VmmKind::Qemu {
+            want.push("(QEMU drops every mapping)".into());
+        }
+        want.push("-- start (rings re-initialised)".into());
+        want.extend(start("0"));
+        let want: Vec<String> = want
+            .iter()
+            .map(|s| s.replace("(F)", &format!("({features})")))
+            .collect();
+        assert_eq!(log, want, "{kind:?}");
+    }
+}
+
+#[test]
+fn mappings_across_pause_and_guest_reset_per_vmm() {
+    for kind in [VmmKind::Qemu, VmmKind::Crosvm] {
+        let dir = temp_dir();
+        let (path, _mock) = start_mock(dir.path());
+        let mut vm = TestVm::builder().vmm(kind).queue_size(256).connect(&path);
+        assert!(map(&mut vm, 0, 0, 0x2000, true));
+        vm.pause();
+        vm.resume();
+        assert_eq!(
+            vm.shm_mappings().len(),
+            1,
+            "{kind:?}: a pause keeps mappings"
+        );
+        vm.guest_reset();
+        let kept = vm.shm_mappings().len();
+        vm.reprobe();
+        match kind {
+            VmmKind::Qemu => assert_eq!((kept, vm.shm_stats().dropped_at_reset), (0, 1)),
+            VmmKind::Crosvm => {
+                assert_eq!((kept, vm.shm_stats().dropped_at_reset), (1, 0));
+                // crosvm unmaps by offset: the length in the request does not matter.
+                assert!(unmap(&mut vm, 0, 0x1000));
+                assert!(vm.shm_mappings().is_empty());
+            }
+        }
+        assert_eq!(vm.shm_stats().violations, 0);
+    }
+}
+
+#[test]
+fn crosvm_mode_memory_slot_limit() {
+    let dir = temp_dir();
+    let (path, _mock) = start_mock(dir.path());
+    let mut vm = TestVm::builder()
+        .vmm(VmmKind::Qemu)
+        .vmm_max_mappings(2)
+        .connect(&path);
+    assert!(map(&mut vm, 0, 0, 0x1000, true));
+    assert!(map(&mut vm, 0, 0x1000, 0x1000, true));
+    assert!(
+        !map(&mut vm, 0, 0x2000, 0x1000, true),
+        "third mapping refused"
+    );
+    assert!(vm
+        .shm_last_refusal()
+        .unwrap()
+        .contains("no free memory slot"));
+    assert_eq!(vm.shm_fatal(), None, "QEMU mode only logs a refusal");
+}
+
+#[test]
+#[should_panic(expected = "crosvm ends the VM")]
+fn crosvm_mode_refusal_ends_the_session() {
+    let dir = temp_dir();
+    let (path, _mock) = start_mock(dir.path());
+    let mut vm = crosvm_vm(&path);
+    assert!(map(&mut vm, 0, 0, 0x2000, true));
+    // Overlaps: KVM refuses the slot (EEXIST) and crosvm ends the VM.
+    assert!(!map(&mut vm, 0, 0x1000, 0x1000, true));
+    assert!(vm.shm_fatal().unwrap().contains("overlaps"));
+    // The next request finds the connection gone.
+    vm.ctrl(b"anyone?", 7);
+}

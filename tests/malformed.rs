@@ -557,6 +557,22 @@ fn broken_descriptor_chains_are_dropped() {
     let used = vm.wait_for_used(CONTROLQ, head, T).unwrap();
     assert_eq!(used.len, 24);
     assert_eq!(resp_type(&used.data), RESP_ERR_INVALID_PARAMETER);
+    // A request shorter than a control header, with room for the answer: ERR_UNSPEC, as
+    // QEMU and crosvm answer it.
+    let head = vm.submit_descs(
+        CONTROLQ,
+        &[
+            RawDesc::readable(req_gpa, 23, Some(1)),
+            RawDesc::writable(resp_gpa, 24, None),
+        ],
+    );
+    let used = vm.wait_for_used(CONTROLQ, head, T).unwrap();
+    assert_eq!(used.len, 24, "a short request gets a header-sized answer");
+    assert_eq!(resp_type(&used.data), RESP_ERR_UNSPEC);
+    // No request bytes at all, same answer.
+    let head = vm.submit_descs(CONTROLQ, &[RawDesc::writable(resp_gpa, 24, None)]);
+    let used = vm.wait_for_used(CONTROLQ, head, T).unwrap();
+    assert_eq!(resp_type(&used.data), RESP_ERR_UNSPEC);
     // No response buffer at all.
     let head = vm.submit_descs(CONTROLQ, &[RawDesc::readable(req_gpa, 32, None)]);
     assert_eq!(vm.wait_for_used(CONTROLQ, head, T).unwrap().len, 0);

@@ -52,6 +52,8 @@ struct KState {
     /// Commands the host refused (the kernel would only log them).
     host_errors: Vec<String>,
     capset_ids: u64,
+    /// SUBMIT_3Ds by their first command's id.
+    commands: HashMap<u8, u64>,
 }
 
 /// One test VMM shared by every fake DRM file, as one guest kernel serves every process.
@@ -71,6 +73,7 @@ impl FakeKernel {
                 fail_context_init: 0,
                 host_errors: Vec::new(),
                 capset_ids: 1 << capset,
+                commands: HashMap::new(),
             }),
         });
         let weak = Arc::downgrade(&k);
@@ -412,6 +415,9 @@ impl VirtGpuDevice for FakeGpu {
             "ctx {ctx}: SUBMIT_3D (command {})",
             cmds.first().unwrap_or(&0)
         );
+        *st.commands
+            .entry(cmds.first().copied().unwrap_or(0))
+            .or_default() += 1;
         match ring {
             None => {
                 let resp = st.vm.submit_3d_wait(ctx, cmds, None);
@@ -856,4 +862,370 @@ fn a_channel_the_host_refuses_is_detected_at_setup() {
     let mut client = client;
     set_timeout(&client);
     assert_eq!(read_to_eof(&mut client), b"");
+}
+
+// ---- eventfds (docs/guest-proxy.md, "Eventfds") ----------------------------------------------
+
+const CMD_WRITE: u8 = 7;
+const CMD_READ_EVENTFD_NEW: u8 = 11;
+const CMD_READ_EVENTFD_DESTROY: u8 = 12;
+
+impl Fx {
+    /// SUBMIT_3Ds of command `cmd` so far, over every client.
+    fn commands(&self, cmd: u8) -> u64 {
+        self.kernel.lock().commands.get(&cmd).copied().unwrap_or(0)
+    }
+
+    fn daemon_pid(&self) -> u32 {
+        self._daemon.pid()
+    }
+}
+
+/// An eventfd as a host service (PipeWire) makes it.
+fn host_eventfd() -> OwnedFd {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+        .expect("eventfd")
+        .into()
+}
+
+fn signal(efd: &OwnedFd, value: u64) {
+    nix::unistd::write(efd, &value.to_ne_bytes()).expect("eventfd write");
+}
+
+/// Reads `efd` (non-blocking) whenever it is readable and adds up what it yields, until the
+/// total reaches `want` or `within` passes. A wake-up that finds the counter empty (another
+/// reader took it first) is not an error.
+fn collect(efd: &OwnedFd, want: u64, within: Duration) -> u64 {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = std::time::Instant::now() + within;
+    let mut total = 0u64;
+    while total < want && std::time::Instant::now() < deadline {
+        let mut fds = [PollFd::new(efd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(100u16));
+        let mut v = [0u8; 8];
+        match nix::unistd::read(efd, &mut v) {
+            Ok(8) => total += u64::from_ne_bytes(v),
+            Ok(n) => panic!("eventfd read of {n} bytes"),
+            Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => panic!("eventfd read: {e}"),
+        }
+    }
+    total
+}
+
+/// What a descriptor is, as `/proc` names it.
+fn fd_link(fd: BorrowedFd<'_>) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// The kernel's id of the eventfd behind `fd` (`eventfd-id` in fdinfo, Linux 5.19 and later).
+fn eventfd_id(fd: i32) -> Option<String> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("eventfd-id:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// How many descriptors of this process refer to the eventfd behind `fd` (itself included):
+/// the proxy runs in this process, so its copies show here.
+fn eventfd_copies(fd: BorrowedFd<'_>) -> Option<usize> {
+    let id = eventfd_id(fd.as_raw_fd())?;
+    let n = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&n| eventfd_id(n).as_deref() == Some(id.as_str()))
+        .count();
+    Some(n)
+}
+
+#[track_caller]
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + T;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn eventfds_carry_wake_ups_both_ways() {
+    let fx = setup(0x10);
+    let (client, host) = fx.connect();
+    // As in PipeWire's ClientNode.Transport: one eventfd the host signals and the client waits
+    // on, one the client signals and the host waits on.
+    let (wake, done) = (host_eventfd(), host_eventfd());
+    send_with_fds(&host, b"transport", &[wake.as_raw_fd(), done.as_raw_fd()]);
+    let (data, fds) = recv_with_fds(&client, 4096, T);
+    assert_eq!(data, b"transport");
+    assert_eq!(fds.len(), 2, "both eventfds reach the client, in place");
+    for fd in &fds {
+        assert_eq!(fd_link(fd.as_fd()), "anon_inode:[eventfd]");
+    }
+    let (c_wake, c_done) = (&fds[0], &fds[1]);
+    // A processing cycle each round: the host wakes the client, the client answers.
+    for round in 0..200u64 {
+        signal(&wake, 1);
+        assert_eq!(
+            collect(c_wake, 1, T),
+            1,
+            "round {round}: the client's wake-up"
+        );
+        signal(c_done, 1);
+        assert_eq!(collect(&done, 1, T), 1, "round {round}: the host's wake-up");
+    }
+    // Values arrive exactly, whole counters at a time.
+    signal(&wake, 1 << 40);
+    signal(&wake, 3);
+    assert_eq!(collect(c_wake, (1 << 40) + 3, T), (1 << 40) + 3);
+    signal(c_done, 0x00ff_0000_0000_0001);
+    assert_eq!(
+        collect(&done, 0x00ff_0000_0000_0001, T),
+        0x00ff_0000_0000_0001
+    );
+    // Neither side got the other's wake-ups back.
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        collect(c_done, 1, Duration::ZERO),
+        0,
+        "no echo to the client"
+    );
+    assert_eq!(collect(&wake, 1, Duration::ZERO), 0, "no echo to the host");
+    // The channel still carries bytes.
+    (&client).write_all(b"after").unwrap();
+    let mut host = host;
+    assert_eq!(read_exact_timeout(&mut host, 5, T), b"after");
+    assert_eq!(
+        fx.commands(CMD_READ_EVENTFD_NEW),
+        2,
+        "each eventfd watched once"
+    );
+    fx.assert_no_host_errors();
+}
+
+#[test]
+fn eventfd_floods_add_up_exactly_both_ways() {
+    let fx = setup(0x10);
+    let (client, host) = fx.connect();
+    let efds: Vec<OwnedFd> = (0..4).map(|_| host_eventfd()).collect();
+    let raw: Vec<i32> = efds.iter().map(|e| e.as_raw_fd()).collect();
+    send_with_fds(&host, b"four", &raw);
+    let (_, fds) = recv_with_fds(&client, 4096, T);
+    assert_eq!(fds.len(), 4);
+    // Eventfds 0 and 1 carry wake-ups to the client, 2 and 3 to the host; each side signals
+    // 5000 times as fast as it can while the other reads.
+    const N: u64 = 5000;
+    let fds = Arc::new(fds);
+    let efds = Arc::new(efds);
+    let writers: Vec<_> = (0..4usize)
+        .map(|i| {
+            let (fds, efds) = (fds.clone(), efds.clone());
+            thread::spawn(move || {
+                let efd = if i < 2 { &efds[i] } else { &fds[i] };
+                for _ in 0..N {
+                    signal(efd, 1);
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..4usize)
+        .map(|i| {
+            let (fds, efds) = (fds.clone(), efds.clone());
+            thread::spawn(move || {
+                let efd = if i < 2 { &fds[i] } else { &efds[i] };
+                collect(efd, N, T)
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let totals: Vec<u64> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(totals, [N; 4], "every signal once, none lost or doubled");
+    thread::sleep(Duration::from_millis(100));
+    for i in 0..4 {
+        let (mine, theirs) = if i < 2 {
+            (&fds[i], &efds[i])
+        } else {
+            (&efds[i], &fds[i])
+        };
+        assert_eq!(
+            collect(mine, 1, Duration::ZERO),
+            0,
+            "eventfd {i}: nothing more"
+        );
+        assert_eq!(
+            collect(theirs, 1, Duration::ZERO),
+            0,
+            "eventfd {i}: no echo"
+        );
+    }
+    fx.assert_no_host_errors();
+}
+
+#[test]
+fn a_host_that_does_not_read_gets_its_wake_up_later_without_a_busy_loop() {
+    let fx = setup(0x10);
+    let (client, host) = fx.connect();
+    let done = host_eventfd();
+    send_with_fds(&host, b"x", &[done.as_raw_fd()]);
+    let (_, fds) = recv_with_fds(&client, 4096, T);
+    assert_eq!(fds.len(), 1);
+    let writes_before = fx.commands(CMD_WRITE);
+    // The client signals; the host does not read for a second. The daemon's watch keeps taking
+    // the value and the proxy keeps giving it back, ever more slowly.
+    signal(&fds[0], 5);
+    thread::sleep(Duration::from_secs(1));
+    let writes = fx.commands(CMD_WRITE) - writes_before;
+    assert!(
+        (1..=40).contains(&writes),
+        "{writes} WRITEs in a second for one wake-up"
+    );
+    // Then the host reads: the value is there, once.
+    assert_eq!(collect(&done, 5, T), 5);
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(collect(&done, 1, Duration::ZERO), 0);
+    fx.assert_no_host_errors();
+}
+
+#[test]
+fn eventfds_are_released_when_the_conversation_ends() {
+    let fx = setup(0x10);
+    let pid = fx.daemon_pid();
+    let (client, host) = fx.connect();
+    let before = fd_count(pid);
+    let efds: Vec<OwnedFd> = (0..10).map(|_| host_eventfd()).collect();
+    // A pipe write end too: the client keeps it open, which keeps the session (and its
+    // context) alive after the host hangs up.
+    let (mut pipe_r, pipe_w) = pipe();
+    let mut raw: Vec<i32> = efds.iter().map(|e| e.as_raw_fd()).collect();
+    raw.push(pipe_w.as_raw_fd());
+    send_with_fds(&host, b"ten and a pipe", &raw);
+    drop(pipe_w);
+    let (_, mut fds) = recv_with_fds(&client, 4096, T);
+    assert_eq!(fds.len(), 11);
+    let pipe_to_host = File::from(fds.pop().unwrap());
+    // One wake-up each way to be sure they work, then the host hangs up.
+    signal(&efds[0], 1);
+    assert_eq!(collect(&fds[0], 1, T), 1);
+    signal(&fds[1], 1);
+    assert_eq!(collect(&efds[1], 1, T), 1);
+    let proxy_copies = eventfd_copies(fds[0].as_fd());
+    if let Some(n) = proxy_copies {
+        assert_eq!(n, 2, "the client's descriptor and the proxy's");
+    }
+    let held = fd_count(pid);
+    assert!(held >= before + 11, "the daemon holds the 11 items");
+    drop(host);
+    // The proxy releases the eventfds (READ_EVENTFD_DESTROY) though the session goes on.
+    wait_until("the daemon drops the eventfds", || {
+        fd_count(pid) <= held - 10
+    });
+    assert_eq!(fx.commands(CMD_READ_EVENTFD_DESTROY), 10);
+    if proxy_copies.is_some() {
+        for fd in &fds {
+            assert_eq!(
+                eventfd_copies(fd.as_fd()),
+                Some(1),
+                "the proxy closed its copy"
+            );
+        }
+    } else {
+        eprintln!("no eventfd-id in fdinfo: the proxy's own copies were not counted");
+    }
+    // The session still relays the pipe, then ends.
+    let mut w = pipe_to_host;
+    w.write_all(b"still relayed").unwrap();
+    drop(w);
+    assert_eq!(read_to_eof(&mut pipe_r), b"still relayed");
+    let mut client = client;
+    set_timeout(&client);
+    assert_eq!(read_to_eof(&mut client), b"", "the client sees the hang-up");
+    // (`before` may or may not count the channel socket: the daemon's broker hands it over
+    // around the time the host service accepts.)
+    wait_until("the pipe and the context go", || fd_count(pid) <= before);
+    // Signals into released eventfds go nowhere, and break nothing.
+    signal(&fds[1], 1);
+    assert_eq!(collect(&efds[1], 1, Duration::from_millis(200)), 0);
+    fx.assert_no_host_errors();
+}
+
+#[test]
+fn a_client_that_leaves_releases_its_eventfds() {
+    let fx = setup(0x10);
+    let pid = fx.daemon_pid();
+    let (client, host) = fx.connect();
+    let before = fd_count(pid);
+    let efds: Vec<OwnedFd> = (0..28).map(|_| host_eventfd()).collect();
+    let raw: Vec<i32> = efds.iter().map(|e| e.as_raw_fd()).collect();
+    send_with_fds(&host, b"28", &raw);
+    let (_, fds) = recv_with_fds(&client, 4096, T);
+    assert_eq!(fds.len(), 28);
+    assert!(fd_count(pid) >= before + 28);
+    drop(client);
+    wait_until("the daemon drops everything", || fd_count(pid) <= before);
+    let mut host = host;
+    set_timeout(&host);
+    assert_eq!(read_to_eof(&mut host), b"");
+    // The client's descriptors outlive the session, disconnected.
+    signal(&fds[0], 1);
+    assert_eq!(collect(&efds[0], 1, Duration::from_millis(200)), 0);
+    fx.assert_no_host_errors();
+}
+
+/// An eventfd's counter without taking it (`eventfd-count` in fdinfo, hexadecimal).
+fn counter_of(fd: &OwnedFd) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    let v = info
+        .lines()
+        .find_map(|l| l.strip_prefix("eventfd-count:"))?;
+    u64::from_str_radix(v.trim(), 16).ok()
+}
+
+#[test]
+fn an_eventfd_the_host_and_the_client_both_signal_is_turned_to_the_host() {
+    // Like PipeWire's driving sink: host nodes signal it, so does the guest client (it got it
+    // with SetActivation), and only the host reads it.
+    let fx = setup(0x10);
+    let (client, host) = fx.connect();
+    let sink = host_eventfd();
+    send_with_fds(&host, b"activation", &[sink.as_raw_fd()]);
+    let (_, fds) = recv_with_fds(&client, 4096, T);
+    assert_eq!(fds.len(), 1);
+    let c_sink = &fds[0];
+    if counter_of(c_sink).is_none() {
+        eprintln!("no eventfd-count in fdinfo: the proxy cannot see this case; skipped");
+        return;
+    }
+    // A host node signals first: the daemon's watch takes the value, and the proxy adds it for
+    // the client.
+    signal(&sink, 1);
+    wait_until("the host's signal reaches the client's counter", || {
+        counter_of(c_sink) == Some(1)
+    });
+    // The client signals (it never reads this eventfd), then a host node again: at that READ
+    // the proxy sees more in the counter than it put there, and turns the eventfd around.
+    signal(c_sink, 1);
+    signal(&sink, 1);
+    wait_until("the proxy takes the client's counter", || {
+        counter_of(c_sink) == Some(0)
+    });
+    assert_eq!(
+        collect(&sink, 3, T),
+        3,
+        "every signal, on the host side, once"
+    );
+    // From now on the client's signals reach the host, and the host's stay there.
+    for round in 0..20 {
+        signal(c_sink, 1);
+        assert_eq!(collect(&sink, 1, T), 1, "round {round}: the client's");
+        signal(&sink, 1);
+        assert_eq!(collect(&sink, 1, T), 1, "round {round}: the host's own");
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(counter_of(c_sink), Some(0), "nothing left for the client");
+    assert_eq!(collect(&sink, 1, Duration::ZERO), 0);
+    fx.assert_no_host_errors();
 }

@@ -37,6 +37,7 @@ use super::protocol::{
     MAX_IDENTIFIERS, MAX_RECEIVE_DATA,
 };
 use super::sockets::{Parked, SocketUuid};
+use crate::counters::{self, ChannelCounters, OpenContext};
 use crate::guest_mem::SgList;
 use crate::guest_warn;
 use crate::limitlog::LimitKind;
@@ -60,6 +61,8 @@ pub(super) struct Channel {
     eof: bool,
     /// The daemon hung the channel up (a message it could not deliver whole): SENDs fail.
     closed_here: bool,
+    /// The channel type's counters, this context counted as open.
+    stats: OpenContext,
 }
 
 /// Who a log line is about: the context's id and the guest's name for it.
@@ -147,13 +150,14 @@ impl Channel {
         eventfd_type: u32,
         policy: FdPolicy,
     ) -> Result<Self, CtxError> {
-        let sock = connector
-            .connect(channel_type, path)
-            .map_err(|source| CtxError::Connect {
+        let sock = connector.connect(channel_type, path).map_err(|source| {
+            counters::for_type(channel_type).error();
+            CtxError::Connect {
                 channel_type,
                 path: path.to_path_buf(),
                 source,
-            })?;
+            }
+        })?;
         let host = path.display().to_string();
         Self::watch(
             epoll,
@@ -216,7 +220,13 @@ impl Channel {
             readable: true,
             eof: false,
             closed_here: false,
+            stats: counters::for_type(channel_type).open(),
         })
+    }
+
+    /// The channel type's counters.
+    pub fn stats(&self) -> &ChannelCounters {
+        &self.stats
     }
 
     /// The kinds of fd the channel carries.
@@ -258,7 +268,7 @@ impl Channel {
             return Err(CtxError::ChannelClosed);
         }
         match self.peer.send(env, sub, stream, off, len, fds) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(()), // counted by the caller, which knows the kinds of the fds
             Err(PeerError::Refused(e)) => Err(e),
             Err(PeerError::Broken(e)) => {
                 // The host service closed the channel or broke; the socket stays until the
@@ -334,6 +344,8 @@ impl Channel {
                 match admitted {
                     Ok(()) => {
                         msg.opaque_data_size = len as u32;
+                        let n = msg.num_identifiers as usize;
+                        self.stats.from_host(len, &msg.identifier_types[..n]);
                         Turn::Served
                     }
                     Err(why) => {
@@ -367,6 +379,7 @@ impl Channel {
         );
         self.eof = true;
         self.readable = false;
+        self.stats.hang_up();
     }
 
     /// Hang the channel up because a message could not be delivered whole: close the host
@@ -374,6 +387,7 @@ impl Channel {
     /// it. The guest gets the empty RECEIVE of end of stream from the caller.
     fn refuse(&mut self, env: &mut Env<'_>, who: Who<'_>, why: Undeliverable) {
         let ctx_id = who.ctx_id;
+        self.stats.refused_fd();
         let carried = match why {
             Undeliverable::NotCarried(class, policy) => {
                 format!(" (this channel does not carry {class} fds: its fds are {policy})")

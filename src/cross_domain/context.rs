@@ -153,6 +153,24 @@ impl Context {
         start: usize,
         len: usize,
     ) -> Result<(), CtxError> {
+        let result = self.run_commands(env, sub, res, stream, start, len);
+        // Counted against the channel, once the context has one.
+        if let (Err(_), Some(chan)) = (&result, self.conn.as_ref().and_then(|c| c.channel.as_ref()))
+        {
+            chan.stats().error();
+        }
+        result
+    }
+
+    fn run_commands(
+        &mut self,
+        env: &mut Env<'_>,
+        sub: &mut Submission,
+        res: &dyn ResourceView,
+        stream: &SgList,
+        start: usize,
+        len: usize,
+    ) -> Result<(), CtxError> {
         let end = start + len;
         let mut off = start;
         while off < end {
@@ -434,6 +452,8 @@ impl Context {
             return Err(CtxError::FdsWithoutData);
         }
         chan.send(env, sub, who, stream, data_off, data_len, fds)?;
+        chan.stats()
+            .to_host(data_len, count - pipes.len(), pipes.len());
         for (id, fd) in pipes.drain(..) {
             let pipe = ReadPipe::watch(env.epoll, self.id, id, fd)?;
             if let Some(old) = self.items.insert(id, Item::ReadPipe(pipe)) {

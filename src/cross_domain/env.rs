@@ -19,7 +19,7 @@ use super::blobs::PartialPages;
 use super::io::CmsgBuf;
 use super::policy::FdPolicy;
 use super::sockets::ParkedSockets;
-use crate::config::ChannelTable;
+use crate::config::{ChannelTable, ChannelView};
 use crate::guest_mem::{GuestMem, SgList};
 use crate::ratelimit::GuestLog;
 
@@ -103,7 +103,7 @@ pub struct Submission {
 /// VMM's [`PartialPages`] behaviour, the VM's [`ParkedSockets`] and the scratch buffers.
 pub struct Shared {
     epoll: Epoll,
-    channels: Arc<ChannelTable>,
+    channels: ChannelView,
     connector: Arc<dyn Connector>,
     partial_pages: PartialPages,
     parked: ParkedSockets,
@@ -114,13 +114,13 @@ impl Shared {
     /// The shared pieces of a device serving `channels`, connected through `connector`, for a
     /// VMM that treats mappings past the end of a file as `partial_pages` says.
     pub fn new(
-        channels: Arc<ChannelTable>,
+        channels: impl Into<ChannelView>,
         connector: Arc<dyn Connector>,
         partial_pages: PartialPages,
     ) -> stdio::Result<Self> {
         Ok(Shared {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-            channels,
+            channels: channels.into(),
             connector,
             partial_pages,
             parked: ParkedSockets::default(),
@@ -144,9 +144,9 @@ impl Shared {
         &self.epoll
     }
 
-    /// The configured channels.
-    pub fn channels(&self) -> &ChannelTable {
-        &self.channels
+    /// The configured channels (the table in force now: a reload may have replaced it).
+    pub fn channels(&mut self) -> &ChannelTable {
+        self.channels.current()
     }
 
     /// The [`Env`] for one operation on guest memory `mem`, logging guest-caused problems to
@@ -160,7 +160,7 @@ impl Shared {
         Env {
             mem,
             epoll: &self.epoll,
-            channels: &self.channels,
+            channels: self.channels.current(),
             connector: &*self.connector,
             scratch: &mut self.scratch,
             parked: &mut self.parked,

@@ -1,5 +1,6 @@
 //! Image requirements for GET_IMAGE_REQUIREMENTS on a host without a GPU: the linear layouts of
-//! the system allocator (spec §7.2). Pure arithmetic, no I/O; every overflow is an error.
+//! the system allocator (docs/protocol.md §7.2). Pure arithmetic, no I/O; every overflow is
+//! an error.
 
 use super::protocol::ImageRequirements;
 
@@ -154,7 +155,8 @@ mod tests {
         assert_eq!(supported_formats().count(), 14);
     }
 
-    // Worked examples of spec §7.2 (before page rounding; with 4 KiB pages all are 4096).
+    // Worked examples of docs/protocol.md §7.2 (before page rounding; with 4 KiB pages all
+    // are 4096).
     #[test]
     fn worked_examples() {
         let r = requirements(10, 10, f(b"R8  "), 4096).unwrap();

@@ -1,6 +1,6 @@
 //! Host-side I/O primitives for channels and pipes: `sendmsg`/`recvmsg` with `SCM_RIGHTS`
 //! straight between guest memory and sockets, non-blocking `readv`/`writev`, and the
-//! classification of file descriptors received from host services (spec §5.3).
+//! classification of file descriptors received from host services (docs/protocol.md §5.3).
 //!
 //! Every libc call of `cross_domain` is here (unit tests aside); the other files use libc's
 //! types and constants only. `recvmsg` itself and the host page size come from the
@@ -115,26 +115,25 @@ pub fn recv_with_fds(
 
 /// `readv` that retries on EINTR; `Ok(None)` means EAGAIN.
 pub fn readv(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
-    loop {
+    retrying(|| {
         // SAFETY: `iov` describes writable memory valid for this call (caller's guarantee).
-        let r = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-        if r >= 0 {
-            return Ok(Some(r as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(e),
-        }
-    }
+        unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) }
+    })
 }
 
 /// `writev` that retries on EINTR; `Ok(None)` means EAGAIN.
 pub fn writev(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
-    loop {
+    retrying(|| {
         // SAFETY: `iov` describes readable memory valid for this call (caller's guarantee).
-        let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) }
+    })
+}
+
+/// Runs a byte-count system call until it is not interrupted: the count, `None` for EAGAIN,
+/// or the error.
+fn retrying(mut call: impl FnMut() -> libc::ssize_t) -> io::Result<Option<usize>> {
+    loop {
+        let r = call();
         if r >= 0 {
             return Ok(Some(r as usize));
         }
@@ -228,7 +227,12 @@ pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if link.starts_with("/dmabuf:") {
-                seekable_size(fd)
+                match seekable_size(fd) {
+                    FdKind::Memory { size } if !dmabuf_mappable(fd, size) => {
+                        FdKind::Refused("dma-buf whose exporter does not allow mmap")
+                    }
+                    kind => kind,
+                }
             } else if link == "anon_inode:[eventfd]" {
                 FdKind::Eventfd
             } else {
@@ -273,6 +277,46 @@ fn sockopt_int(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<libc::c_int> 
         return Err(io::Error::last_os_error());
     }
     Ok(v)
+}
+
+/// Whether the VMM will be able to map `fd`, a dma-buf of `size` bytes, into the host-visible
+/// region: one shared mapping of its first page, readable, and writable too when the blob will
+/// be mapped writable. A dma-buf reaches the guest only as a blob the VMM maps with `mmap` on
+/// SHMEM_MAP, and not every exporter allows that (a driver without an mmap operation for its
+/// buffers refuses); crosvm ends the VM when a SHMEM_MAP is refused, so such a dma-buf is
+/// refused when it arrives instead. Only probes: the mapping is never accessed and is gone
+/// when this returns.
+pub fn dmabuf_mappable(fd: BorrowedFd<'_>, size: u64) -> bool {
+    let page = super::image::host_page_size();
+    if size < page {
+        // dma-bufs are whole pages; a smaller one cannot be mapped as a page.
+        return false;
+    }
+    let mut prot = libc::PROT_READ;
+    if memory_writable(fd) {
+        prot |= libc::PROT_WRITE;
+    }
+    // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED), so no existing memory is
+    // affected; it is never accessed and unmapped right below with the same address and
+    // length. `fd` is open for the duration of the call.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page as usize,
+            prot,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: `p` is the mapping of `page` bytes made above, used by nothing else.
+    unsafe {
+        libc::munmap(p, page as usize);
+    }
+    true
 }
 
 /// The access mode (`O_RDONLY`, `O_WRONLY`, `O_RDWR`) of an fd; `None` for an `O_PATH` fd or
@@ -382,6 +426,18 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
+
+    #[test]
+    fn dmabuf_probe_maps_memory_and_refuses_other_files() {
+        let page = super::super::image::host_page_size();
+        let f = tempfile_in_memory();
+        f.set_len(page).unwrap();
+        assert!(dmabuf_mappable(f.as_fd(), page));
+        assert!(!dmabuf_mappable(f.as_fd(), page - 1), "less than a page");
+        // A character device without an mmap operation refuses, as such exporters do.
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        assert!(!dmabuf_mappable(null.as_fd(), page));
+    }
 
     #[test]
     fn classify_kinds() {

@@ -9,28 +9,40 @@
 //! channel table, connects, and sends back the socket. Whatever the daemon asks, it can only
 //! ever get sockets connected to configured channels.
 //!
-//! Protocol, on a `SOCK_SEQPACKET` socketpair: a request is 8 bytes, `{channel_type: u32,
-//! sequence: u32}` (little endian); the reply is 8 bytes, `{sequence: u32, errno: i32}`, with
-//! the connected socket attached as `SCM_RIGHTS` when `errno` is 0. The daemon makes one
-//! request at a time (under a mutex); the sequence number lets it discard a late reply to a
-//! request it gave up on (after [`REPLY_TIMEOUT`]).
+//! With `--channels-file`, the broker is also the one that re-reads the file on a reload
+//! (SIGHUP): the daemon may not open files, and must not be the one to tell the broker what
+//! it may connect to. So the daemon asks the broker to reload; the broker reads the file,
+//! builds the new table from it and the command line's channels, checks that every path lies
+//! beneath the directories it was allowed to connect to at start-up ([`startup_dirs_rule`]),
+//! and then either puts the table in force for its own connections and sends the file's text
+//! back, from which the daemon builds the same table, or keeps its table and sends back why.
+//!
+//! Protocol, on a `SOCK_SEQPACKET` socketpair (little endian): a request is 12 bytes, `{op:
+//! u32, channel_type: u32, sequence: u32}`, `op` [`OP_CONNECT`] or [`OP_RELOAD`] (whose
+//! `channel_type` is 0). The reply starts with 8 bytes, `{sequence: u32, errno: i32}`: to a
+//! connect, with the connected socket attached as `SCM_RIGHTS` when `errno` is 0; to a reload,
+//! followed by the file's text when `errno` is 0 and by the reason (UTF-8) otherwise. The daemon
+//! makes one request at a time (under a mutex); the sequence number lets it discard a late
+//! reply to a request it gave up on (after [`REPLY_TIMEOUT`]).
 //!
 //! The broker sandboxes itself too (no new privileges, no capabilities, Landlock with nothing
-//! but connecting beneath the channel directories, and a short seccomp allow-list),
-//! and exits when the daemon closes its end, or dies (`PR_SET_PDEATHSIG`).
+//! but connecting beneath the channel directories and reading beneath the directory of the
+//! channels file, and a short seccomp allow-list), and exits when the daemon closes its end, or
+//! dies (`PR_SET_PDEATHSIG`).
 //!
-//! Without a sandbox (`--sandbox none`) there is no broker and [`connect_channel`] connects
-//! directly.
+//! Without a sandbox (`--sandbox none`) there is no broker: [`connect_channel`] connects
+//! directly, and the daemon reads the channels file itself.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use cross_domain_fdpass::{self as fdpass, CmsgBuf};
-use log::{debug, error, warn};
+use log::{debug, error, info, warn};
 use nix::errno::Errno;
+use nix::sys::signal::{SigHandler, Signal};
 use nix::sys::socket::{
     recv, send, sendmsg, setsockopt, socketpair, sockopt, AddressFamily, ControlMessage, MsgFlags,
     SockFlag, SockType,
@@ -39,11 +51,24 @@ use nix::sys::time::TimeVal;
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::{caps, landlock, seccomp};
-use crate::config::{ChannelTable, SeccompMode};
+use crate::config::{ChannelSources, ChannelTable, SeccompMode, MAX_CHANNELS_FILE};
 
 /// How long the daemon waits for the broker's answer. The broker connects without blocking,
-/// so an answer takes microseconds; this only bounds a broker that is stopped or gone.
+/// and reads a small file on a reload, so an answer takes microseconds to milliseconds; this
+/// only bounds a broker that is stopped or gone.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Request: connect the channel type's socket.
+pub const OP_CONNECT: u32 = 1;
+/// Request: re-read the channels file.
+pub const OP_RELOAD: u32 = 2;
+
+/// Length of a request.
+const REQUEST_LEN: usize = 12;
+/// Length of a reply's header.
+const REPLY_HEADER_LEN: usize = 8;
+/// Longest reason the broker sends for a refused reload.
+const MAX_REASON: usize = 4096;
 
 /// How the daemon connects channel sockets.
 enum Connector {
@@ -67,7 +92,14 @@ pub fn connect_channel(channel_type: u32, path: &Path) -> io::Result<OwnedFd> {
                 Connector::Refuse => Err(io::Error::from_raw_os_error(libc::EACCES)),
                 Connector::Broker { sock, sequence } => {
                     *sequence = sequence.wrapping_add(1);
-                    request(sock, channel_type, *sequence)
+                    let mut buf = [0u8; REPLY_HEADER_LEN];
+                    let reply = request(sock, OP_CONNECT, channel_type, *sequence, &mut buf)?;
+                    match (reply.errno, reply.fd) {
+                        _ if reply.len != REPLY_HEADER_LEN => Err(malformed()),
+                        (0, Some(fd)) => Ok(fd),
+                        (0, None) => Err(io::Error::other("the connection broker sent no socket")),
+                        (errno, _) => Err(io::Error::from_raw_os_error(errno)),
+                    }
                 }
             }
         }
@@ -79,6 +111,56 @@ pub fn connect_channel(channel_type: u32, path: &Path) -> io::Result<OwnedFd> {
             e
         }
     })
+}
+
+/// The broker's answer to a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// There is no broker (no sandbox): the daemon reads the channels file itself.
+    NoBroker,
+    /// The broker re-read the file and connects by the table it gives from now on; this is the
+    /// text it read, from which the daemon builds the same table.
+    Reloaded(Vec<u8>),
+    /// The broker kept its table, for this reason (the file and line, and what is wrong).
+    Refused(String),
+}
+
+/// Asks the broker to re-read the channels file (see the module documentation).
+pub fn reload() -> io::Result<Reload> {
+    let Some(connector) = CONNECTOR.get() else {
+        return Ok(Reload::NoBroker);
+    };
+    let mut connector = connector.lock().unwrap_or_else(|p| p.into_inner());
+    let Connector::Broker { sock, sequence } = &mut *connector else {
+        return Err(io::Error::other(
+            "the sandbox started no connection broker, which alone may read the channels file",
+        ));
+    };
+    *sequence = sequence.wrapping_add(1);
+    let mut buf = vec![0u8; REPLY_HEADER_LEN + MAX_CHANNELS_FILE.max(MAX_REASON)];
+    let reply = request(sock, OP_RELOAD, 0, *sequence, &mut buf)?;
+    let payload = &buf[REPLY_HEADER_LEN..reply.len];
+    match reply.errno {
+        0 => Ok(Reload::Reloaded(payload.to_vec())),
+        libc::EINVAL => Ok(Reload::Refused(
+            String::from_utf8_lossy(payload).into_owned(),
+        )),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// A reply from the broker to the request just made.
+struct Reply {
+    /// 0, or the error of the request.
+    errno: i32,
+    /// Length of the reply (header and payload) in the caller's buffer.
+    len: usize,
+    /// The socket attached.
+    fd: Option<OwnedFd>,
+}
+
+fn malformed() -> io::Error {
+    io::Error::other("malformed reply from the connection broker")
 }
 
 /// A non-blocking, close-on-exec Unix stream socket connected to `path`.
@@ -95,21 +177,29 @@ pub fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn request(sock: &OwnedFd, channel_type: u32, sequence: u32) -> io::Result<OwnedFd> {
-    let mut msg = [0u8; 8];
-    msg[..4].copy_from_slice(&channel_type.to_le_bytes());
-    msg[4..].copy_from_slice(&sequence.to_le_bytes());
+/// Sends one request and waits for its reply, which is received into `reply` (header and
+/// payload; a longer one is cut to its length).
+fn request(
+    sock: &OwnedFd,
+    op: u32,
+    channel_type: u32,
+    sequence: u32,
+    reply: &mut [u8],
+) -> io::Result<Reply> {
+    let mut msg = [0u8; REQUEST_LEN];
+    msg[..4].copy_from_slice(&op.to_le_bytes());
+    msg[4..8].copy_from_slice(&channel_type.to_le_bytes());
+    msg[8..].copy_from_slice(&sequence.to_le_bytes());
     send(sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL)
         .map_err(|e| broker_gone(io::Error::from(e)))?;
     // A reply carries at most one socket.
     let mut cmsg = CmsgBuf::new(1);
     loop {
-        let mut reply = [0u8; 8];
         let mut fds = Vec::new();
         // Blocking, up to the socket's receive timeout (REPLY_TIMEOUT), which ends in EAGAIN.
         let msg = match fdpass::recv(
             sock.as_fd(),
-            &mut reply,
+            reply,
             &mut fds,
             &mut cmsg,
             fdpass::Wait::Block,
@@ -128,27 +218,26 @@ fn request(sock: &OwnedFd, channel_type: u32, sequence: u32) -> io::Result<Owned
         if msg.fds_truncated {
             return Err(io::Error::from(Errno::ENOBUFS));
         }
-        let len = msg.len;
+        let len = msg.len.min(reply.len());
         if len == 0 {
             return Err(broker_gone(io::Error::from(io::ErrorKind::UnexpectedEof)));
         }
-        if len != reply.len() {
-            return Err(io::Error::other(
-                "malformed reply from the connection broker",
-            ));
+        if len < REPLY_HEADER_LEN {
+            return Err(malformed());
         }
         let got = u32::from_le_bytes(reply[..4].try_into().unwrap_or_default());
-        let errno = i32::from_le_bytes(reply[4..].try_into().unwrap_or_default());
+        let errno = i32::from_le_bytes(reply[4..8].try_into().unwrap_or_default());
         if got != sequence {
-            // A late answer to a request that timed out; its socket (if any) is dropped.
+            // A late answer to a request that timed out (a longer one is cut to the buffer);
+            // its socket (if any) is dropped.
             debug!("discarding a stale reply from the connection broker");
             continue;
         }
-        return match (errno, fds.pop()) {
-            (0, Some(fd)) => Ok(fd),
-            (0, None) => Err(io::Error::other("the connection broker sent no socket")),
-            (errno, _) => Err(io::Error::from_raw_os_error(errno)),
-        };
+        return Ok(Reply {
+            errno,
+            len,
+            fd: fds.pop(),
+        });
     }
 }
 
@@ -164,8 +253,9 @@ pub enum BrokerError {
     Start(io::Error),
 }
 
-/// Forks the broker for `channels` and routes [`connect_channel`] through it; with no
-/// channels, makes [`connect_channel`] refuse instead. Returns the broker's pid.
+/// Forks the broker for `channels`, the table in force at start-up, which `sources` gave, and
+/// routes [`connect_channel`] and [`reload`] through it; with no channels and no channels file,
+/// makes [`connect_channel`] refuse instead. Returns the broker's pid.
 ///
 /// # Safety
 ///
@@ -173,9 +263,10 @@ pub enum BrokerError {
 /// and would deadlock on any lock another thread held.
 pub unsafe fn start(
     channels: &ChannelTable,
+    sources: &ChannelSources,
     seccomp: SeccompMode,
 ) -> Result<Option<Pid>, BrokerError> {
-    if channels.is_empty() {
+    if channels.is_empty() && sources.file().is_none() {
         let _ = CONNECTOR.set(Mutex::new(Connector::Refuse));
         return Ok(None);
     }
@@ -195,7 +286,12 @@ pub unsafe fn start(
     match unsafe { fork() }.map_err(|e| BrokerError::Start(e.into()))? {
         ForkResult::Child => {
             drop(ours);
-            child_main(theirs, channels, parent, seccomp)
+            let state = State {
+                table: channels.clone(),
+                sources: sources.clone(),
+                dirs: startup_dirs(channels),
+            };
+            child_main(theirs, state, parent, seccomp)
         }
         ForkResult::Parent { child } => {
             drop(theirs);
@@ -208,11 +304,68 @@ pub unsafe fn start(
     }
 }
 
+/// What the broker knows.
+struct State {
+    /// The table it connects by.
+    table: ChannelTable,
+    /// Where a reload takes the table from.
+    sources: ChannelSources,
+    /// The directories it may connect beneath ([`startup_dirs`]).
+    dirs: Vec<PathBuf>,
+}
+
+/// The directories of the channel sockets of `channels`, the table in force at start-up, each
+/// once: those the broker's Landlock ruleset lets it connect beneath.
+pub fn startup_dirs(channels: &ChannelTable) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = channels
+        .iter()
+        .map(|(_, p)| landlock::dir_of(p).to_path_buf())
+        .collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    dirs
+}
+
+/// The rule a reloaded path must pass with the sandbox on: its socket lies beneath one of
+/// `dirs` (the [`startup_dirs`]), named without `..`. Landlock rules are fixed when the broker
+/// starts, and from ABI 9 on they are what lets it connect at all; the rule is applied on every
+/// kernel, so that a channels file that reloads on one host reloads on all.
+pub fn startup_dirs_rule(dirs: &[PathBuf]) -> impl Fn(&Path) -> Result<(), String> + '_ {
+    move |path| {
+        let dir = landlock::dir_of(path);
+        let climbs = path.components().any(|c| c == Component::ParentDir);
+        if !climbs && dirs.iter().any(|allowed| dir.starts_with(allowed)) {
+            return Ok(());
+        }
+        if climbs {
+            return Err(
+                "the path contains '..': with the sandbox on, a reload must name the socket \
+                 without it, beneath a directory of the channels configured at start-up"
+                    .to_owned(),
+            );
+        }
+        let allowed = if dirs.is_empty() {
+            "none: no channel was configured at start-up".to_owned()
+        } else {
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(format!(
+            "{} is not beneath a directory of the channels configured at start-up ({allowed}); \
+             with the sandbox on, the connection broker may only connect there until the daemon \
+             restarts",
+            dir.display()
+        ))
+    }
+}
+
 /// The broker process: set up, serve, and `_exit` (never run the parent's exit handlers or
 /// destructors, whose state this copy only shares by accident of the fork).
-fn child_main(sock: OwnedFd, channels: &ChannelTable, parent: Pid, seccomp: SeccompMode) -> ! {
-    let code = match setup(&sock, channels, parent, seccomp) {
-        Ok(()) => serve(&sock, channels),
+fn child_main(sock: OwnedFd, mut state: State, parent: Pid, seccomp: SeccompMode) -> ! {
+    let code = match setup(&sock, &state, parent, seccomp) {
+        Ok(()) => serve(&sock, &mut state),
         Err(e) => {
             error!("connection broker: {e}");
             1
@@ -222,12 +375,7 @@ fn child_main(sock: OwnedFd, channels: &ChannelTable, parent: Pid, seccomp: Secc
     unsafe { libc::_exit(code) }
 }
 
-fn setup(
-    sock: &OwnedFd,
-    channels: &ChannelTable,
-    parent: Pid,
-    seccomp_mode: SeccompMode,
-) -> io::Result<()> {
+fn setup(sock: &OwnedFd, state: &State, parent: Pid, seccomp_mode: SeccompMode) -> io::Result<()> {
     // SAFETY: PR_SET_PDEATHSIG and PR_SET_NAME take an integer and a NUL-terminated string.
     unsafe {
         libc::prctl(
@@ -249,6 +397,13 @@ fn setup(
     if nix::unistd::getppid() != parent {
         return Err(io::Error::other("the daemon is already gone"));
     }
+    // SIGHUP and SIGUSR1 are requests to the daemon (reload, counters); one sent to the whole
+    // service (`systemctl kill` without --kill-whom=main) must not end the broker. Ignored
+    // before anything is unblocked, so that one already pending is discarded, not delivered.
+    for signal in [Signal::SIGHUP, Signal::SIGUSR1] {
+        // SAFETY: ignoring a signal installs no handler, so no code runs in signal context.
+        unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) }.map_err(io::Error::from)?;
+    }
     // The daemon blocks SIGTERM and SIGINT to read them from a signalfd, which the broker does
     // not have: let them end the broker as they would any process.
     nix::sys::signal::SigSet::all()
@@ -258,7 +413,7 @@ fn setup(
     caps::no_new_privs()?;
     caps::drop_all()?;
     let (outcome, missing) =
-        landlock::restrict_broker(channels.iter().map(|(_, p)| p)).map_err(io::Error::other)?;
+        landlock::restrict_broker(&state.dirs, state.sources.file()).map_err(io::Error::other)?;
     if outcome.abi >= 9 {
         for dir in missing {
             warn!(
@@ -321,9 +476,9 @@ fn close_other_fds(keep: RawFd) -> io::Result<()> {
 }
 
 /// Answers requests until the daemon closes its end. Returns the exit status.
-fn serve(sock: &OwnedFd, channels: &ChannelTable) -> i32 {
+fn serve(sock: &OwnedFd, state: &mut State) -> i32 {
     loop {
-        let mut msg = [0u8; 8];
+        let mut msg = [0u8; REQUEST_LEN];
         let len = match recv(sock.as_raw_fd(), &mut msg, MsgFlags::empty()) {
             Ok(0) => return 0,
             Ok(n) => n,
@@ -333,24 +488,29 @@ fn serve(sock: &OwnedFd, channels: &ChannelTable) -> i32 {
                 return 1;
             }
         };
-        let channel_type = u32::from_le_bytes(msg[..4].try_into().unwrap_or_default());
-        let sequence = u32::from_le_bytes(msg[4..].try_into().unwrap_or_default());
-        let result = if len != msg.len() {
-            Err(libc::EINVAL)
-        } else {
-            match channels.get(channel_type) {
-                None => Err(libc::ENOENT),
-                Some(path) => connect_unix(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
-            }
+        let word = |i: usize| u32::from_le_bytes(msg[i..i + 4].try_into().unwrap_or_default());
+        let (op, channel_type, sequence) = (word(0), word(4), word(8));
+        // (errno, the socket to attach, the payload)
+        let (errno, fd, payload) = match op {
+            _ if len != msg.len() => (libc::EINVAL, None, Vec::new()),
+            OP_CONNECT => match connect_by_type(&state.table, channel_type) {
+                Ok(fd) => (0, Some(fd), Vec::new()),
+                Err(errno) => (errno, None, Vec::new()),
+            },
+            OP_RELOAD => match reload_table(state) {
+                Ok(text) => (0, None, text),
+                Err(reason) => (libc::EINVAL, None, reason),
+            },
+            _ => (libc::EINVAL, None, Vec::new()),
         };
-        let mut reply = [0u8; 8];
-        reply[..4].copy_from_slice(&sequence.to_le_bytes());
-        let errno = result.as_ref().err().copied().unwrap_or(0);
-        reply[4..].copy_from_slice(&errno.to_le_bytes());
-        let iov = [IoSlice::new(&reply)];
-        let fds = [result.as_ref().map(|fd| fd.as_raw_fd()).unwrap_or(-1)];
-        let with_fd = [ControlMessage::ScmRights(&fds)];
-        let cmsgs: &[ControlMessage<'_>] = if result.is_ok() { &with_fd } else { &[] };
+        let mut header = [0u8; REPLY_HEADER_LEN];
+        header[..4].copy_from_slice(&sequence.to_le_bytes());
+        header[4..].copy_from_slice(&errno.to_le_bytes());
+        let iov = [IoSlice::new(&header), IoSlice::new(&payload)];
+        let raw = fd.as_ref().map(AsRawFd::as_raw_fd);
+        let raw_fds = raw.as_slice();
+        let with_fd = [ControlMessage::ScmRights(raw_fds)];
+        let cmsgs: &[ControlMessage<'_>] = if raw.is_some() { &with_fd } else { &[] };
         match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(_) => {}
             Err(Errno::EPIPE) | Err(Errno::ECONNRESET) => return 0,
@@ -359,6 +519,88 @@ fn serve(sock: &OwnedFd, channels: &ChannelTable) -> i32 {
                 return 1;
             }
         }
-        // `result` (the connected socket) is closed here: the daemon has its copy.
+        // `fd` (the connected socket) is closed here: the daemon has its copy.
+    }
+}
+
+fn connect_by_type(table: &ChannelTable, channel_type: u32) -> Result<OwnedFd, i32> {
+    match table.get(channel_type) {
+        None => Err(libc::ENOENT),
+        Some(path) => connect_unix(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// Re-reads the channels file; on success the new table is the broker's, and the file's text
+/// is returned, otherwise the reason (at most [`MAX_REASON`] bytes).
+fn reload_table(state: &mut State) -> Result<Vec<u8>, Vec<u8>> {
+    let outcome = match state.sources.file() {
+        None => Err("there is no channels file to reload".to_owned()),
+        Some(file) => crate::reload::read_channels_file(file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                let table = state
+                    .sources
+                    .table(&text, startup_dirs_rule(&state.dirs))
+                    .map_err(|e| e.to_string())?;
+                Ok((text, table))
+            }),
+    };
+    match outcome {
+        Ok((text, table)) => {
+            info!(
+                "connection broker: channel table reloaded ({} channels)",
+                table.len()
+            );
+            state.table = table;
+            Ok(text)
+        }
+        Err(mut reason) => {
+            if reason.len() > MAX_REASON {
+                let mut end = MAX_REASON;
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                reason.truncate(end);
+            }
+            Err(reason.into_bytes())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reloaded_paths_stay_beneath_the_start_up_directories() {
+        let mut t = ChannelTable::new();
+        t.add_channel_arg("1:/run/user/1000/wayland-0").unwrap();
+        t.add_channel_arg("2:/run/portal.sock").unwrap();
+        t.add_channel_arg("3:/run/user/1000/other").unwrap();
+        let dirs = startup_dirs(&t);
+        assert_eq!(
+            dirs,
+            [PathBuf::from("/run"), PathBuf::from("/run/user/1000")]
+        );
+        let rule = startup_dirs_rule(&dirs);
+        assert!(rule(Path::new("/run/new.sock")).is_ok());
+        assert!(rule(Path::new("/run/vm1/agent.sock")).is_ok());
+        let e = rule(Path::new("/srv/agent.sock")).unwrap_err();
+        assert!(
+            e.starts_with(
+                "/srv is not beneath a directory of the channels configured at start-up (/run, \
+                 /run/user/1000)"
+            ),
+            "{e}"
+        );
+        // Lexically beneath, but not really.
+        let e = rule(Path::new("/run/../srv/agent.sock")).unwrap_err();
+        assert!(e.starts_with("the path contains '..'"), "{e}");
+        // A prefix of a name is not a directory above it.
+        assert!(rule(Path::new("/running/x.sock")).is_err());
+        let none = startup_dirs_rule(&[]);
+        assert!(none(Path::new("/run/x.sock"))
+            .unwrap_err()
+            .contains("(none: no channel was configured at start-up)"));
     }
 }

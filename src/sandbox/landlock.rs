@@ -11,8 +11,11 @@
 //!   files there that its user may remove. It never needs to connect to a socket path (the
 //!   broker does, and the notification socket is connected before the sandbox).
 //! - The broker: no right at all, except (from ABI 9) connecting to Unix sockets beneath the
-//!   directories of the configured channel sockets. Directories rather than the socket files,
-//!   because a host service may create its socket after the daemon starts, or re-create it.
+//!   directories of the channel sockets configured at start-up, and, with `--channels-file`,
+//!   reading files beneath the directory of that file (to re-read it on a reload). Directories
+//!   rather than the socket files, because a host service may create its socket after the
+//!   daemon starts, or re-create it. The rules are fixed for the life of the broker: a reload
+//!   can only name sockets beneath those directories (see `broker::startup_dirs_rule`).
 //!
 //! Both also handle TCP bind and connect (ABI 4) with no port allowed, and scope abstract Unix
 //! sockets and signals (ABI 6) to their own Landlock domain: they cannot connect to an abstract
@@ -24,7 +27,7 @@
 //! symbolic link (the daemon reads `/proc/self/fd/N`), `stat` of a path, or operations on fds
 //! already open.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use landlock::{
     Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd,
@@ -96,7 +99,8 @@ pub enum LandlockError {
     Ruleset(#[from] RulesetError),
 }
 
-fn dir_of(path: &Path) -> &Path {
+/// The directory of `path` (`.` for a bare file name): what a rule about `path` names.
+pub fn dir_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -121,19 +125,18 @@ pub fn restrict_daemon(socket_path: Option<&Path>) -> Result<Outcome, LandlockEr
     Ok(outcome(ruleset.restrict_self()?))
 }
 
-/// Restricts the calling thread to the broker's needs: connecting to Unix sockets beneath the
-/// directories of `channel_paths` (a right kernels before ABI 9 do not know; there connecting
-/// is not restricted by Landlock). A directory that does not exist yet cannot be named in a
-/// rule; its channel then only works on kernels that do not enforce the right, and the
-/// returned list names it so the caller can warn.
-pub fn restrict_broker<'a>(
-    channel_paths: impl Iterator<Item = &'a Path>,
+/// Restricts the calling thread to the broker's needs: connecting to Unix sockets beneath
+/// `dirs`, the directories of the channel sockets (a right kernels before ABI 9 do not know;
+/// there connecting is not restricted by Landlock), and, with a channels file, reading files
+/// beneath its directory. A directory that does not exist yet cannot be named in a rule; its
+/// channels then only work on kernels that do not enforce the right, and the returned list names
+/// it so the caller can warn.
+pub fn restrict_broker(
+    dirs: &[PathBuf],
+    channels_file: Option<&Path>,
 ) -> Result<(Outcome, Vec<String>), LandlockError> {
     let mut ruleset = base_ruleset()?;
     let mut missing = Vec::new();
-    let mut dirs: Vec<&Path> = channel_paths.map(dir_of).collect();
-    dirs.sort_unstable();
-    dirs.dedup();
     for dir in dirs {
         match PathFd::new(dir) {
             Ok(fd) => {
@@ -141,6 +144,13 @@ pub fn restrict_broker<'a>(
             }
             Err(_) => missing.push(dir.display().to_string()),
         }
+    }
+    if let Some(file) = channels_file {
+        // The directory rather than the file: editors replace a file by renaming a new one
+        // over it, which a rule on the old file would not cover. This lets the broker read the
+        // other files there too (the channels files of other VMs, typically).
+        let dir = open_dir(dir_of(file))?;
+        ruleset = ruleset.add_rule(PathBeneath::new(dir, AccessFs::ReadFile))?;
     }
     Ok((outcome(ruleset.restrict_self()?), missing))
 }

@@ -5,8 +5,8 @@
 //! socket is connected, and before any other thread starts. In order:
 //!
 //! 1. [`broker`]: forks the connection broker, the only process that connects channel sockets
-//!    from then on (the daemon asks it by channel type). Forking needs a single thread, which
-//!    [`enter`] checks.
+//!    from then on (the daemon asks it by channel type), and that re-reads `--channels-file`
+//!    on a reload. Forking needs a single thread, which [`enter`] checks.
 //! 2. [`caps`]: `PR_SET_NO_NEW_PRIVS`, then every capability set emptied.
 //! 3. [`landlock`]: no file-system access except removing the daemon's own socket at shutdown;
 //!    no TCP; abstract Unix sockets and signals scoped to the sandbox. A kernel without
@@ -35,7 +35,7 @@ use std::path::Path;
 
 use log::{info, warn};
 
-use crate::config::{ChannelTable, SandboxMode, SeccompMode};
+use crate::config::{ChannelSources, ChannelTable, SandboxMode, SeccompMode};
 use crate::cross_domain::Connector;
 pub use broker::connect_channel;
 
@@ -65,8 +65,10 @@ pub struct Plan<'a> {
     pub mode: SandboxMode,
     /// `--seccomp`.
     pub seccomp: SeccompMode,
-    /// The channels the broker may connect.
+    /// The channels the broker may connect: the table in force at start-up.
     pub channels: &'a ChannelTable,
+    /// Where that table came from, for the broker's reloads.
+    pub sources: &'a ChannelSources,
     /// The `--socket-path` socket, removed at shutdown.
     pub socket_path: Option<&'a Path>,
 }
@@ -120,7 +122,7 @@ pub fn enter(plan: &Plan<'_>) -> Result<(), SandboxError> {
     }
     // SAFETY: the process has one thread (checked just above, or /proc cannot tell and the
     // documented contract of `daemon::run` holds: it runs before any thread is started).
-    let broker = unsafe { broker::start(plan.channels, plan.seccomp) }?;
+    let broker = unsafe { broker::start(plan.channels, plan.sources, plan.seccomp) }?;
     caps::no_new_privs().map_err(SandboxError::NoNewPrivs)?;
     let dropped = caps::drop_all().map_err(SandboxError::Capabilities)?;
     let landlock = landlock::restrict_daemon(plan.socket_path)?;

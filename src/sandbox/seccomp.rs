@@ -115,6 +115,9 @@ const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
 const AF_UNIX: u64 = libc::AF_UNIX as u64;
 const AT_EMPTY_PATH: u64 = libc::AT_EMPTY_PATH as u64;
 const SOL_SOCKET: u64 = libc::SOL_SOCKET as u64;
+/// `open` flags that write or create: never set in the broker's `openat`.
+const OPEN_WRITE_FLAGS: u64 =
+    (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) as u64;
 
 /// `fcntl` commands the daemon uses.
 const FCNTL_COMMANDS: &[u64] = &[
@@ -510,6 +513,13 @@ pub fn broker_syscalls() -> Vec<Syscall> {
             "connecting it to the configured path",
         ),
         allow("close", libc::SYS_close, "closing it once sent"),
+        allow_if(
+            "openat",
+            libc::SYS_openat,
+            When::All(&[Arg::Clear(2, OPEN_WRITE_FLAGS)]),
+            "read-only: the channels file on a reload (Landlock limits where)",
+        ),
+        allow("read", libc::SYS_read, "the channels file on a reload"),
         allow_if(
             "fcntl",
             libc::SYS_fcntl,

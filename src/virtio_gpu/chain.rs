@@ -19,6 +19,10 @@ pub(super) enum ChainError {
     ReadableAfterWritable,
     #[error("request {req} bytes, response buffer {resp} bytes")]
     TooShort { req: usize, resp: usize },
+    /// The request is shorter than a control header but the response buffer holds one: the
+    /// coordinator answers `RESP_ERR_UNSPEC` (as QEMU and crosvm do) instead of dropping it.
+    #[error("request {req} bytes is shorter than a control header")]
+    ShortRequest { req: usize },
 }
 
 /// Split `descs` into the request (`req`) and response (`resp`) buffers, both cleared first.
@@ -56,6 +60,9 @@ pub(super) fn split(
         }
     }
     let hdr_len = std::mem::size_of::<CtrlHdr>();
+    if req.len() < hdr_len && resp.len() >= hdr_len {
+        return Err(ChainError::ShortRequest { req: req.len() });
+    }
     if req.len() < hdr_len || resp.len() < hdr_len {
         return Err(ChainError::TooShort {
             req: req.len(),
@@ -134,7 +141,9 @@ mod tests {
     #[test]
     fn both_sides_need_a_header() {
         let (r, ..) = run(vec![rd(0x1000, 23), wr(0x3000, 24)]);
-        assert_eq!(r, Err(ChainError::TooShort { req: 23, resp: 24 }));
+        assert_eq!(r, Err(ChainError::ShortRequest { req: 23 }));
+        let (r, ..) = run(vec![rd(0x1000, 23), wr(0x3000, 23)]);
+        assert_eq!(r, Err(ChainError::TooShort { req: 23, resp: 23 }));
         let (r, ..) = run(vec![rd(0x1000, 24)]);
         assert_eq!(r, Err(ChainError::TooShort { req: 24, resp: 0 }));
         assert_eq!(

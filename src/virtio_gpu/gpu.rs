@@ -25,7 +25,7 @@ use super::resources::Resources;
 use super::response::{response_size, Resp};
 use super::scanouts::{check_rect, Scanouts};
 use super::{Limits, ShmMapper};
-use crate::config::ChannelTable;
+use crate::config::ChannelView;
 use crate::cross_domain::{self, image, protocol as cd, Connector, Shared, Submission};
 use crate::guest_mem::{GuestMem, SgList};
 use crate::guest_warn;
@@ -58,7 +58,7 @@ impl Gpu {
     /// A device with no resources or contexts, whose contexts reach the host services of
     /// `channels` through `connector`.
     pub fn new(
-        channels: Arc<ChannelTable>,
+        channels: impl Into<ChannelView>,
         connector: Arc<dyn Connector>,
         num_scanouts: u32,
         shm_size: u64,
@@ -165,6 +165,17 @@ impl Gpu {
     {
         let ndesc = match chain::split(mem, descs, &mut self.req, &mut self.resp) {
             Ok(n) => n,
+            Err(e @ chain::ChainError::ShortRequest { .. }) => {
+                // No header to echo: answer with a zeroed one carrying the error.
+                guest_warn!(self.limiter, "chain {head}: {e}; answering ERR_UNSPEC");
+                let hdr = CtrlHdr::default();
+                let count = self.scanouts.count();
+                return Some(
+                    Resp::NoData
+                        .write(mem, &self.resp, &hdr, RESP_ERR_UNSPEC, count)
+                        .unwrap_or(0),
+                );
+            }
             Err(e) => {
                 guest_warn!(self.limiter, "dropping descriptor chain {head}: {e}");
                 return Some(0);

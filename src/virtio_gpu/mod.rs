@@ -47,6 +47,10 @@ pub struct Limits {
     pub max_total_entries: usize,
     /// Resources attached to one context (contexts x resources would otherwise be the bound).
     pub max_attached_per_context: usize,
+    /// Blobs mapped in the host-visible region at once. Below the VMM's own limit, which it
+    /// would enforce by refusing SHMEM_MAP (crosvm then ends the VM): crosvm spends one KVM
+    /// memory slot per mapping, and x86 KVM has 32 764 of them for user memory.
+    pub max_mappings: usize,
     /// Whether the VMM maps a file past its end (crosvm) or not (QEMU); what received memory
     /// that is not whole pages becomes. Not a limit, but a fact about the VMM the device
     /// needs as early.
@@ -61,6 +65,7 @@ impl Default for Limits {
             max_entries_per_resource: 1 << 18,
             max_total_entries: 1 << 22,
             max_attached_per_context: 16384,
+            max_mappings: 16384,
             partial_pages: crate::cross_domain::PartialPages::Refuse,
         }
     }

@@ -297,6 +297,13 @@ impl Resources {
                 ))
             }
         }
+        if self.mappings.len() >= self.limits.max_mappings {
+            // A request the VMM would refuse (crosvm ends the VM on that) is never sent.
+            return Err(GpuError::Limit(
+                LimitKind::MappingsPerVm,
+                self.limits.max_mappings,
+            ));
+        }
         mapper
             .map(host.fd.as_fd(), offset, len, host.writable)
             .map_err(GpuError::Map)?;

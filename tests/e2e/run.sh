@@ -13,6 +13,11 @@
 # from the logs, prints one PASS/FAIL line per check and `N passed, M failed`, and exits non-zero
 # on any failure. The exchange behind the checks is described in tests/e2e/protocol.rs.
 #
+# In the middle of channel 2's first transfer the host service pauses the VM through QEMU's
+# monitor (QMP `stop`, two seconds, `cont`; check j): the transfer must still complete byte-exact
+# (check a), and the daemon must have taken the stop for a pause, keeping every context (check k,
+# from its log; docs/vmm-lifecycle.md).
+#
 # Needs root (debootstrap, chroot, mounts) on Debian 12 or newer, network access to the Debian
 # archive and crates.io (cold run only), and about 1.2 GB under the cache directory. Cleans up
 # its mounts and processes on every exit path. Logs of each boot go to target/e2e/SUITE/.
@@ -365,7 +370,7 @@ boot() {
     local service_pid=""
     if [ "$BOOT_ONLY" = 0 ]; then
         "$HOST_SERVICE" --c2 "$RUN/c2-host.sock" --c12 "$RUN/c12-host.sock" \
-            >"$logs/host-service.out" 2>"$logs/host-service.log" 9>&- &
+            --qmp "$RUN/qmp.sock" >"$logs/host-service.out" 2>"$logs/host-service.log" 9>&- &
         service_pid=$!
         PIDS+=("$service_pid")
         wait_for_socket "$RUN/c12-host.sock" "$service_pid" ||
@@ -379,6 +384,10 @@ boot() {
     wait_for_socket "$RUN/vgpu.sock" "$daemon_pid" ||
         die "the daemon did not start (log: $logs/daemon.log)"
 
+    # QEMU's monitor, for the host service's stop/cont in the middle of a transfer.
+    local monitor=()
+    [ "$BOOT_ONLY" = 1 ] || monitor=(-qmp "unix:$run_in/qmp.sock,server=on,wait=off")
+
     mount_chroot_fs
     local qemu_rc=0 t0
     t0=$(now)
@@ -389,7 +398,7 @@ boot() {
         -append 'console=ttyS0 panic=-1 loglevel=4' \
         -chardev "socket,id=vgpu,path=$run_in/vgpu.sock" \
         -device vhost-user-test-device-pci,chardev=vgpu,virtio-id=16,num_vqs=2,config_size=24 \
-        </dev/null >"$logs/serial.raw" 2>"$logs/qemu.log" 9>&- &
+        "${monitor[@]}" </dev/null >"$logs/serial.raw" 2>"$logs/qemu.log" 9>&- &
     local qemu_pid=$!
     PIDS+=("$qemu_pid")
     wait "$qemu_pid" || qemu_rc=$?
@@ -449,7 +458,7 @@ boot() {
     # (a)–(d) and the extra fd checks: the host service's verdicts, one line per check; a check
     # with no verdict never got that far.
     local id line
-    for id in a b c d f g h i; do
+    for id in a b c d f g h i j; do
         line=$(grep -E "^(PASS|FAIL) $id: " "$logs/host-service.out" | head -n 1 || true)
         if [ -n "$line" ]; then
             result "${line%% *}" "$tag ${line#* }"
@@ -457,6 +466,13 @@ boot() {
             result FAIL "$tag $id: no verdict from the host service (log: $logs/host-service.log)"
         fi
     done
+    # (k) QEMU's stop/cont was a pause to the daemon: it kept its state, no guest reset.
+    if grep -q 'restarted where it stopped' "$logs/daemon.log" &&
+        ! grep -q 'restarted anew' "$logs/daemon.log"; then
+        result PASS "$tag k: daemon: QEMU's stop/cont was a pause, every context kept"
+    else
+        result FAIL "$tag k: daemon: no resume after QEMU's stop/cont, or a reset (log: $logs/daemon.log)"
+    fi
 }
 
 for suite in $KERNEL_SUITES; do

@@ -1,5 +1,5 @@
 //! A tiny virtio-gpu guest driver: requests encoded byte by byte from the protocol spec
-//! (`/work/shared/spec/cross-domain-protocol.md` §1.4–1.7, §3–§5), deliberately independent
+//! (docs/protocol.md §1.4–1.7, §3–§5), deliberately independent
 //! of the daemon's own wire structs.
 //!
 //! Requests that Linux sends as several scatter-gather entries (SUBMIT_3D: header + command
@@ -899,7 +899,7 @@ impl TestVm {
 
 // ---- cross-domain context helper -----------------------------------------------------------
 
-/// A cross-domain context set up the way sommelier does it (spec §9.1): CTX_CREATE with
+/// A cross-domain context set up the way sommelier does it (docs/protocol.md §9.1): CTX_CREATE with
 /// context_init 5, a query ring and a channel ring (4096-byte GUEST blobs, each created and
 /// attached), then INIT (20-byte form).
 #[derive(Clone, Debug)]

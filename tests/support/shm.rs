@@ -8,14 +8,22 @@
 //!
 //! [`Shm`] is the test VMM's side of that: the reservation, a table of live mappings and a
 //! thread serving the backend request channel through the `vhost` crate's
-//! `FrontendReqHandler`. The rules follow QEMU 11.1.3:
+//! `FrontendReqHandler`. The rules follow the VMM being imitated ([`ShmMode`]):
 //! - a map must target shmid 1, lie inside the region, be page aligned and not overlap a live
-//!   mapping; an unmap must name exactly one live mapping; anything else is refused (non-zero
-//!   reply when the backend asked for one);
+//!   mapping (KVM refuses an overlapping memory slot with EEXIST); anything else is refused
+//!   (non-zero reply when the backend asked for one);
+//! - QEMU 11.1.3: an unmap must name exactly one live mapping; crosvm: an unmap names a
+//!   mapping by its offset only;
 //! - a map or unmap served while the device is not started (before the queues are started, or
-//!   once a stop began) is a *protocol violation* — QEMU 11.1.3 crashes there. It is counted
-//!   in [`ShmStats::violations`] and refused;
-//! - on a restart after a stop (guest reset) the VMM drops every mapping itself.
+//!   once a stop began) is a *protocol violation* — QEMU 11.1.3 crashes there, crosvm does not
+//!   read the channel until the next activation. It is counted in [`ShmStats::violations`]
+//!   and refused;
+//! - QEMU drops every mapping itself at a guest reset ([`Shm::drop_all_mappings`], called by
+//!   `TestVm`); crosvm keeps them ("TODO: Reset SHMEM_MAP mappings" in its frontend) and has
+//!   one KVM memory slot per mapping;
+//! - crosvm treats any refused backend request as a device crash and ends the VM: in
+//!   [`ShmMode::crosvm`] a refusal is *fatal* — recorded ([`Shm::fatal`]), the vhost-user
+//!   connection is shut down and the channel closed, so the test fails.
 //!
 //! Tests access the region "as the guest" through `TestVm::shm_read`/`shm_write`, which check
 //! the mapping table first (under the same lock the request thread takes to change a mapping),
@@ -71,8 +79,51 @@ pub struct ShmStats {
     /// Backend requests the `vhost` crate could not parse (wrong size, missing or extra fd,
     /// invalid body, unknown request code).
     pub bad_requests: u64,
-    /// Mappings the VMM dropped by itself at a restart after a stop (guest reset).
+    /// Mappings the VMM dropped by itself at a guest reset (QEMU).
     pub dropped_at_reset: u64,
+}
+
+/// How the test VMM serves SHMEM_MAP/UNMAP: which VMM it imitates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShmMode {
+    /// SHMEM_UNMAP names a mapping by its offset alone (crosvm); otherwise offset and length
+    /// must match one mapping exactly (QEMU 11.1.3).
+    pub unmap_by_offset: bool,
+    /// A refused request ends the session, as crosvm ends the VM (see [`Shm::fatal`]).
+    pub fatal_refusals: bool,
+    /// Most live mappings (crosvm: one KVM memory slot each; x86 KVM has about 32 764 for
+    /// user memory). `usize::MAX`: no limit (QEMU maps into its own address space).
+    pub max_mappings: usize,
+}
+
+/// KVM user memory slots on x86 (`KVM_USER_MEM_SLOTS` = 32 764 in Linux), the bound crosvm's
+/// mappings run into.
+pub const KVM_X86_USER_MEM_SLOTS: usize = 32764;
+
+impl ShmMode {
+    /// QEMU 11.1.3's rules (the default).
+    pub const fn qemu() -> ShmMode {
+        ShmMode {
+            unmap_by_offset: false,
+            fatal_refusals: false,
+            max_mappings: usize::MAX,
+        }
+    }
+
+    /// crosvm's rules (`devices/src/virtio/vhost_user_frontend/handler.rs`, `worker.rs`).
+    pub const fn crosvm() -> ShmMode {
+        ShmMode {
+            unmap_by_offset: true,
+            fatal_refusals: true,
+            max_mappings: KVM_X86_USER_MEM_SLOTS,
+        }
+    }
+}
+
+impl Default for ShmMode {
+    fn default() -> Self {
+        ShmMode::qemu()
+    }
 }
 
 /// The GET_SHMEM_CONFIG reply.
@@ -238,15 +289,23 @@ impl AccessError {
 
 #[derive(Default)]
 struct State {
+    mode: ShmMode,
     region: Option<Reservation>,
     mappings: BTreeMap<u64, Entry>,
     started: bool,
-    /// A stop happened since the last start: the next start drops every mapping.
+    /// A stop happened since the last start.
     stopped: bool,
     refuse_next: u64,
     stats: ShmStats,
     last_refusal: Option<String>,
     channel_open: bool,
+    /// Changes of the mapping table (maps, unmaps, drops), to know when QEMU would describe
+    /// the table again in SET_MEM_TABLE.
+    generation: u64,
+    /// Why the session ended ([`ShmMode::fatal_refusals`]).
+    fatal: Option<String>,
+    /// A duplicate of the vhost-user connection, shut down on a fatal refusal.
+    session: Option<UnixStream>,
 }
 
 impl State {
@@ -339,6 +398,16 @@ impl State {
                 format!("[{offset:#x}, {end:#x}) overlaps the live mapping [{o:#x}, {e:#x})"),
             ));
         }
+        if self.mappings.len() >= self.mode.max_mappings {
+            return Err((
+                libc::ENOSPC,
+                format!(
+                    "no free memory slot: {} mappings live, the limit is {}",
+                    self.mappings.len(),
+                    self.mode.max_mappings
+                ),
+            ));
+        }
         // SAFETY: `fd` was received with the request and stays open for the whole call.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let file = File::from(
@@ -379,6 +448,7 @@ impl State {
             },
         );
         self.stats.maps += 1;
+        self.generation += 1;
         Ok(())
     }
 
@@ -394,6 +464,11 @@ impl State {
             ));
         }
         let region = self.region(shmid).map_err(|m| (libc::EINVAL, m))?;
+        // crosvm looks the mapping up by its offset and ignores the length.
+        let len = match self.mappings.get(&offset) {
+            Some(e) if self.mode.unmap_by_offset => e.len,
+            _ => len,
+        };
         match self.mappings.get(&offset) {
             Some(e) if e.len == len => {}
             _ => {
@@ -414,6 +489,7 @@ impl State {
         })?;
         self.mappings.remove(&offset);
         self.stats.unmaps += 1;
+        self.generation += 1;
         Ok(())
     }
 
@@ -427,6 +503,9 @@ impl State {
             }
         }
         self.stats.dropped_at_reset += self.mappings.len() as u64;
+        if !self.mappings.is_empty() {
+            self.generation += 1;
+        }
         self.mappings.clear();
     }
 
@@ -499,7 +578,16 @@ impl ShmShared {
             Ok(()) => Ok(0),
             Err((errno, msg)) => {
                 st.stats.refused += 1;
-                st.last_refusal = Some(format!("{what}: {msg}"));
+                let why = format!("{what}: {msg}");
+                if st.mode.fatal_refusals && st.fatal.is_none() {
+                    // crosvm: the worker fails, the device crashes, the VM exits. The reply
+                    // still goes out (the handler's caller sends it); the connection ends.
+                    if let Some(s) = &st.session {
+                        let _ = s.shutdown(Shutdown::Both);
+                    }
+                    st.fatal = Some(why.clone());
+                }
+                st.last_refusal = Some(why);
                 Err(io::Error::from_raw_os_error(errno))
             }
         };
@@ -538,10 +626,13 @@ pub struct Shm {
 }
 
 impl Shm {
-    pub(crate) fn new(gpa: u64) -> Shm {
+    pub(crate) fn new(gpa: u64, mode: ShmMode) -> Shm {
         Shm {
             shared: Arc::new(ShmShared {
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    mode,
+                    ..State::default()
+                }),
                 changed: Condvar::new(),
             }),
             server: None,
@@ -611,6 +702,10 @@ impl Shm {
                         // Disconnected, partial message, broken socket: the channel is gone.
                         Err(_) => break,
                     }
+                    if shared.lock().fatal.is_some() {
+                        // The "VM" ended: the channel closes with it.
+                        break;
+                    }
                 }
                 shared.lock().channel_open = false;
                 shared.changed.notify_all();
@@ -628,16 +723,38 @@ impl Shm {
         }
     }
 
-    /// The device starts (queues being set up): a restart after a stop drops every mapping.
-    pub(crate) fn device_start(&self) {
+    /// The device starts (queues being set up). With `drop_after_stop` (QEMU, a guest
+    /// that comes back after a reset) a start that follows a stop first drops every mapping.
+    pub(crate) fn device_start(&self, drop_after_stop: bool) {
         let mut st = self.shared.lock();
-        if st.stopped {
+        if st.stopped && drop_after_stop {
             st.drop_all_mappings();
-            st.stopped = false;
         }
+        st.stopped = false;
         st.started = true;
         drop(st);
         self.shared.changed.notify_all();
+    }
+
+    /// QEMU at a guest reset: every mapping goes, without a request from the backend.
+    pub(crate) fn drop_all_mappings(&self) {
+        self.shared.lock().drop_all_mappings();
+        self.shared.changed.notify_all();
+    }
+
+    /// The connection to shut down when a refusal is fatal.
+    pub(crate) fn set_session(&self, conn: UnixStream) {
+        self.shared.lock().session = Some(conn);
+    }
+
+    /// Why the session ended, if a refusal was fatal ([`ShmMode::fatal_refusals`]).
+    pub(crate) fn fatal(&self) -> Option<String> {
+        self.shared.lock().fatal.clone()
+    }
+
+    /// Changes of the mapping table so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.lock().generation
     }
 
     /// The device stops (a stop begins): maps/unmaps from now on are violations.

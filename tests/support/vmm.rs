@@ -8,6 +8,14 @@
 //! Host-visible shared memory (protocol feature SHMEM) lives in [`super::shm`]: when SHMEM is
 //! negotiated the VMM asks GET_SHMEM_CONFIG, reserves region 1, and a thread serves
 //! SHMEM_MAP/UNMAP on the backend request channel; tests use the `shm_*` methods.
+//!
+//! Two VMMs are imitated ([`VmmKind`]): QEMU (the default, and what every test did before the
+//! choice existed) and crosvm, message for message as `crosvm run --vhost-user type=gpu,...`
+//! drives a backend. The lifecycle methods ([`TestVm::pause`], [`TestVm::resume`],
+//! [`TestVm::guest_reset`], [`TestVm::reprobe`]) send each VMM's sequence for a VM pause, its
+//! end and a guest device reset, and record what they sent ([`TestVm::lifecycle_log`]).
+//! [`TestVm::stop_queues`]/[`TestVm::start_queues`] keep their older, VMM-neutral meaning:
+//! stop, then come back as a re-initialised driver.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -24,7 +32,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use super::shm::{Shm, ShmConfig, ShmMapping, ShmStats, DEFAULT_SHM_GPA};
+use super::shm::{Shm, ShmConfig, ShmMapping, ShmMode, ShmStats, DEFAULT_SHM_GPA};
 use super::virtq::{align_up, ring_layout, Arena, QueueStats, RawDesc, Used, VirtQueue};
 
 /// virtio-gpu feature bits (as masks).
@@ -63,6 +71,34 @@ pub const VHOST_USER_NEED_REPLY: u32 = 0x8;
 /// How long `ctrl`/`cursor` wait for a response.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// crosvm's default queue size (`Queue::MAX_SIZE`), used unless `max-queue-size` is given.
+pub const CROSVM_QUEUE_SIZE: u16 = 32768;
+
+/// Which VMM the test frontend imitates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmmKind {
+    /// QEMU 11.1 (`vhost-user-test-device-pci`), the default: NEED_REPLY on its own requests
+    /// once REPLY_ACK is acked, SET_FEATURES at every start, SHMEM requests only between
+    /// start and stop (it crashes otherwise), mappings dropped at a guest reset, an unmap must
+    /// name a whole mapping, a refused request is only logged.
+    Qemu,
+    /// crosvm (`devices/src/virtio/vhost_user_frontend`): protocol features CONFIG, MQ,
+    /// BACKEND_REQ, DEVICE_STATE, SHMEM and REPLY_ACK, but NEED_REPLY never set on its own
+    /// requests; SET_BACKEND_REQ_FD before GET_QUEUE_NUM; queues of 32 768 entries; GET_CONFIG
+    /// with flags WRITABLE; no SET_VRING_ERR, no GPU_SET_SOCKET; SET_FEATURES only when the
+    /// acked set changed; mappings kept across a guest reset, one KVM memory slot each, unmap
+    /// by offset; any refused SHMEM request ends the VM ([`ShmMode::crosvm`]).
+    Crosvm,
+}
+
+/// The protocol features crosvm is willing to ack.
+pub const CROSVM_PROTOCOL_MASK: u64 = VhostUserProtocolFeatures::CONFIG.bits()
+    | VhostUserProtocolFeatures::MQ.bits()
+    | VhostUserProtocolFeatures::BACKEND_REQ.bits()
+    | VhostUserProtocolFeatures::DEVICE_STATE.bits()
+    | VhostUserProtocolFeatures::SHMEM.bits()
+    | VhostUserProtocolFeatures::REPLY_ACK.bits();
+
 const MIB: u64 = 1 << 20;
 
 /// Options for [`TestVm`]; start with [`TestVm::builder`].
@@ -81,6 +117,9 @@ pub struct TestVmBuilder {
     blob_pieces: usize,
     shm_config_query: bool,
     shm_gpa: u64,
+    vmm: VmmKind,
+    shm_mode: ShmMode,
+    qemu_mem_table_updates: bool,
 }
 
 impl Default for TestVmBuilder {
@@ -104,11 +143,54 @@ impl Default for TestVmBuilder {
             blob_pieces: 2,
             shm_config_query: true,
             shm_gpa: DEFAULT_SHM_GPA,
+            vmm: VmmKind::Qemu,
+            shm_mode: ShmMode::qemu(),
+            qemu_mem_table_updates: false,
         }
     }
 }
 
 impl TestVmBuilder {
+    /// Imitate `kind` (default [`VmmKind::Qemu`]). For crosvm this also sets the protocol
+    /// feature mask ([`CROSVM_PROTOCOL_MASK`]), NEED_REPLY off, both queues to
+    /// [`CROSVM_QUEUE_SIZE`] and the shared memory rules ([`ShmMode::crosvm`]); call it
+    /// first, then override what a test needs.
+    pub fn vmm(mut self, kind: VmmKind) -> Self {
+        self.vmm = kind;
+        match kind {
+            VmmKind::Qemu => {
+                let d = TestVmBuilder::default();
+                self.protocol_mask = d.protocol_mask;
+                self.need_reply = d.need_reply;
+                self.queue_sizes = d.queue_sizes;
+                self.shm_mode = ShmMode::qemu();
+            }
+            VmmKind::Crosvm => {
+                self.protocol_mask = CROSVM_PROTOCOL_MASK;
+                self.need_reply = false;
+                self.queue_sizes = [CROSVM_QUEUE_SIZE; 2];
+                self.shm_mode = ShmMode::crosvm();
+            }
+        }
+        self
+    }
+
+    /// Most simultaneous mappings the VMM accepts (crosvm: KVM memory slots; default
+    /// [`super::shm::KVM_X86_USER_MEM_SLOTS`] for crosvm, unlimited for QEMU).
+    pub fn vmm_max_mappings(mut self, n: usize) -> Self {
+        self.shm_mode.max_mappings = n;
+        self
+    }
+
+    /// QEMU describes every live mapping in SET_MEM_TABLE, sent again after each map and
+    /// unmap (observed with 11.1.3). On: after each request/response round trip that changed
+    /// the mapping table, and at every [`TestVm::resume`]/[`TestVm::reprobe`], the test VMM
+    /// sends SET_MEM_TABLE with the mappings as QEMU would (default off; QEMU mode only).
+    pub fn qemu_mem_table_updates(mut self, on: bool) -> Self {
+        self.qemu_mem_table_updates = on;
+        self
+    }
+
     /// Guest RAM size (default 64 MiB; at least 4 MiB).
     pub fn mem_size(mut self, bytes: u64) -> Self {
         self.mem_size = bytes;
@@ -280,6 +362,13 @@ pub struct TestVm {
     pub(crate) blob_pieces: usize,
     /// Timeout used by `ctrl`/`cursor` and the gpu helpers (default 5 s).
     pub timeout: Duration,
+    vmm: VmmKind,
+    /// Bases GET_VRING_BASE reported at the last [`TestVm::pause`], for [`TestVm::resume`].
+    paused_bases: Option<[u32; 2]>,
+    /// Messages the lifecycle methods sent, in order (see [`TestVm::lifecycle_log`]).
+    lifecycle_log: Vec<String>,
+    /// The mapping table generation last described in SET_MEM_TABLE (QEMU mode).
+    mem_table_generation: u64,
     /// Shared memory region and the backend request thread (dropped last: it joins the
     /// thread and unmaps the region).
     shm: Shm,
@@ -302,6 +391,7 @@ impl TestVm {
         );
         assert_eq!(opts.mem_base % 4096, 0, "mem_base must be page aligned");
         let conn = stream.try_clone()?;
+        let stream_for_shm = stream.try_clone()?;
         let mut frontend = Frontend::from_stream(stream, 2);
 
         // Guest RAM: one memfd-backed region, shared with the backend.
@@ -324,7 +414,8 @@ impl TestVm {
         let mut protocol_features = 0;
         let mut acked_protocol_features = 0;
         let mut queue_num = None;
-        let mut shm = Shm::new(opts.shm_gpa);
+        let mut shm = Shm::new(opts.shm_gpa, opts.shm_mode);
+        shm.set_session(stream_for_shm);
         if backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             protocol_features =
                 step("GET_PROTOCOL_FEATURES", frontend.get_protocol_features())?.bits();
@@ -339,7 +430,8 @@ impl TestVm {
             if opts.need_reply && acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             }
-            if acked.contains(VhostUserProtocolFeatures::MQ) {
+            // QEMU asks GET_QUEUE_NUM first, crosvm sends SET_BACKEND_REQ_FD first.
+            if acked.contains(VhostUserProtocolFeatures::MQ) && opts.vmm == VmmKind::Qemu {
                 queue_num = Some(step("GET_QUEUE_NUM", frontend.get_queue_num())?);
             }
             if acked.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
@@ -348,6 +440,9 @@ impl TestVm {
                     &mut frontend,
                     acked.contains(VhostUserProtocolFeatures::REPLY_ACK),
                 )?;
+            }
+            if acked.contains(VhostUserProtocolFeatures::MQ) && opts.vmm == VmmKind::Crosvm {
+                queue_num = Some(step("GET_QUEUE_NUM", frontend.get_queue_num())?);
             }
             if acked.contains(VhostUserProtocolFeatures::SHMEM) && opts.shm_config_query {
                 let reply = step("GET_SHMEM_CONFIG", frontend.get_shmem_config())?;
@@ -420,6 +515,10 @@ impl TestVm {
             next_ctx: 0,
             blob_pieces: opts.blob_pieces,
             timeout: DEFAULT_TIMEOUT,
+            vmm: opts.vmm,
+            paused_bases: None,
+            lifecycle_log: Vec::new(),
+            mem_table_generation: 0,
             opts,
             shm,
         };
@@ -482,10 +581,11 @@ impl TestVm {
     /// SET_VRING_BASE 0, SET_VRING_CALL, SET_VRING_KICK, SET_VRING_ENABLE 1 (the last only
     /// when VHOST_USER_F_PROTOCOL_FEATURES was acked).
     ///
-    /// For shared memory the device counts as started from here on; a start after
-    /// [`Self::stop_queues`] first drops every mapping, as QEMU does at a reset.
+    /// For shared memory the device counts as started from here on; in QEMU mode a start
+    /// after [`Self::stop_queues`] first drops every mapping, as QEMU does at a reset (crosvm
+    /// keeps them).
     pub fn try_start_queues(&mut self) -> io::Result<()> {
-        self.shm.device_start();
+        self.shm.device_start(self.vmm == VmmKind::Qemu);
         for q in 0..self.queues.len() {
             self.queues[q].reset(&self.mem);
             let size = self.queues[q].size();
@@ -548,6 +648,275 @@ impl TestVm {
         Ok(bases)
     }
 
+    // ---- VMM lifecycle: pause, resume, guest reset -------------------------------------
+
+    /// Which VMM this frontend imitates.
+    pub fn vmm(&self) -> VmmKind {
+        self.vmm
+    }
+
+    fn log(&mut self, msg: impl Into<String>) {
+        self.lifecycle_log.push(msg.into());
+    }
+
+    /// The messages [`Self::pause`], [`Self::resume`], [`Self::guest_reset`] and
+    /// [`Self::reprobe`] sent so far, one entry per message (`"SET_VRING_ENABLE(0, 0)"`,
+    /// `"GET_VRING_BASE(0) = 7"`, ...), with `"--"` entries between the steps. Cleared by
+    /// [`Self::take_lifecycle_log`].
+    pub fn lifecycle_log(&self) -> &[String] {
+        &self.lifecycle_log
+    }
+
+    pub fn take_lifecycle_log(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.lifecycle_log)
+    }
+
+    /// The VMM stops the device, as both VMMs do for a VM pause (QEMU `stop`, crosvm
+    /// `suspend --full` or the pause before `snapshot take`) and at the start of a guest
+    /// reset: crosvm per queue SET_VRING_ENABLE 0 then GET_VRING_BASE; QEMU SET_VRING_ENABLE 0
+    /// for every queue, then GET_VRING_BASE per queue, then SET_VRING_CALL per queue (it
+    /// unbinds the guest notifiers). Returns the bases the backend reported. SHMEM requests
+    /// from here on are violations.
+    pub fn try_pause(&mut self) -> io::Result<[u32; 2]> {
+        self.shm.device_stop();
+        self.log("-- stop");
+        let enable_msgs = self.acked_features & VHOST_USER_F_PROTOCOL_FEATURES != 0;
+        let mut bases = [0u32; 2];
+        match self.vmm {
+            VmmKind::Crosvm => {
+                for (q, base) in bases.iter_mut().enumerate() {
+                    if enable_msgs {
+                        step(
+                            "SET_VRING_ENABLE 0",
+                            self.frontend.set_vring_enable(q, false),
+                        )?;
+                        self.log(format!("SET_VRING_ENABLE({q}, 0)"));
+                    }
+                    *base = step("GET_VRING_BASE", self.frontend.get_vring_base(q))?;
+                    self.log(format!("GET_VRING_BASE({q}) = {base}"));
+                }
+            }
+            VmmKind::Qemu => {
+                if enable_msgs {
+                    for q in 0..2 {
+                        step(
+                            "SET_VRING_ENABLE 0",
+                            self.frontend.set_vring_enable(q, false),
+                        )?;
+                        self.log(format!("SET_VRING_ENABLE({q}, 0)"));
+                    }
+                }
+                for (q, base) in bases.iter_mut().enumerate() {
+                    *base = step("GET_VRING_BASE", self.frontend.get_vring_base(q))?;
+                    self.log(format!("GET_VRING_BASE({q}) = {base}"));
+                }
+                for q in 0..2 {
+                    // QEMU hands the backend its masked notifier while the guest's is unbound.
+                    let masked = vmm_sys_util::eventfd::EventFd::new(libc::EFD_CLOEXEC)?;
+                    step("SET_VRING_CALL", self.frontend.set_vring_call(q, &masked))?;
+                    self.log(format!("SET_VRING_CALL({q})"));
+                }
+            }
+        }
+        self.paused_bases = Some(bases);
+        Ok(bases)
+    }
+
+    /// [`Self::try_pause`], panicking on error.
+    pub fn pause(&mut self) -> [u32; 2] {
+        self.try_pause()
+            .unwrap_or_else(|e| panic!("pausing the device failed: {e}"))
+    }
+
+    /// The VMM restarts the device after [`Self::pause`] with the same rings, each at the base
+    /// the backend reported (QEMU `cont`, crosvm `resume --full`). Chains that were in flight
+    /// stay in flight: the backend must still complete them.
+    ///
+    /// crosvm (`virtio_wake` → `activate`): SET_MEM_TABLE, then per queue SET_VRING_NUM,
+    /// SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_CALL, SET_VRING_KICK, SET_VRING_ENABLE 1 (no
+    /// SET_FEATURES: the acked set did not change). QEMU (`vhost_dev_start`): SET_VRING_CALL
+    /// per queue, SET_FEATURES, SET_MEM_TABLE (with the live mappings), per queue
+    /// SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK, then SET_VRING_ENABLE 1
+    /// per queue and SET_VRING_CALL per queue.
+    pub fn try_resume(&mut self) -> io::Result<()> {
+        let bases = self
+            .paused_bases
+            .take()
+            .ok_or_else(|| io::Error::other("resume without a pause"))?;
+        self.log("-- start (same rings)");
+        self.shm.device_start(false);
+        self.send_start(bases)
+    }
+
+    /// [`Self::try_resume`], panicking on error.
+    pub fn resume(&mut self) {
+        self.try_resume()
+            .unwrap_or_else(|e| panic!("resuming the device failed: {e}"))
+    }
+
+    /// The guest resets the device (virtio status 0: driver unbind, kexec, reboot): the VMM
+    /// stops it exactly as for a pause ([`Self::try_pause`]); neither VMM sends RESET_DEVICE.
+    /// QEMU then drops every shared memory mapping itself; crosvm keeps them. Follow with
+    /// [`Self::reprobe`].
+    pub fn try_guest_reset(&mut self) -> io::Result<[u32; 2]> {
+        let bases = self.try_pause()?;
+        self.paused_bases = None;
+        if self.vmm == VmmKind::Qemu {
+            self.shm.drop_all_mappings();
+            self.log("(QEMU drops every mapping)");
+        }
+        Ok(bases)
+    }
+
+    /// [`Self::try_guest_reset`], panicking on error.
+    pub fn guest_reset(&mut self) -> [u32; 2] {
+        self.try_guest_reset()
+            .unwrap_or_else(|e| panic!("guest reset failed: {e}"))
+    }
+
+    /// The re-probed guest driver sets the device up again after [`Self::guest_reset`]: rings
+    /// re-initialised in guest memory (same addresses, fresh eventfds, index 0), every chain
+    /// forgotten, then the VMM's start sequence (see [`Self::try_resume`]) with base 0.
+    pub fn try_reprobe(&mut self) -> io::Result<()> {
+        self.paused_bases = None;
+        for q in 0..self.queues.len() {
+            self.queues[q].reset(&self.mem);
+        }
+        self.log("-- start (rings re-initialised)");
+        self.shm.device_start(false);
+        self.send_start([0, 0])
+    }
+
+    /// [`Self::try_reprobe`], panicking on error.
+    pub fn reprobe(&mut self) {
+        self.try_reprobe()
+            .unwrap_or_else(|e| panic!("re-probing the device failed: {e}"))
+    }
+
+    fn vring_config(&self, q: usize) -> VringConfigData {
+        let size = self.queues[q].size();
+        let (desc, avail, used) = self.queues[q].addrs();
+        VringConfigData {
+            queue_max_size: size,
+            queue_size: size,
+            flags: 0,
+            desc_table_addr: self.host_addr(desc),
+            used_ring_addr: self.host_addr(used),
+            avail_ring_addr: self.host_addr(avail),
+            log_addr: None,
+        }
+    }
+
+    /// One VMM's start sequence with the given ring bases (see [`Self::try_resume`]).
+    fn send_start(&mut self, bases: [u32; 2]) -> io::Result<()> {
+        let enable_msgs = self.acked_features & VHOST_USER_F_PROTOCOL_FEATURES != 0;
+        match self.vmm {
+            VmmKind::Crosvm => {
+                self.try_set_mem_table()?;
+                self.log("SET_MEM_TABLE");
+                for (q, &base) in bases.iter().enumerate() {
+                    let size = self.queues[q].size();
+                    step("SET_VRING_NUM", self.frontend.set_vring_num(q, size))?;
+                    self.log(format!("SET_VRING_NUM({q}, {size})"));
+                    let config = self.vring_config(q);
+                    step("SET_VRING_ADDR", self.frontend.set_vring_addr(q, &config))?;
+                    self.log(format!("SET_VRING_ADDR({q})"));
+                    step(
+                        "SET_VRING_BASE",
+                        self.frontend.set_vring_base(q, base as u16),
+                    )?;
+                    self.log(format!("SET_VRING_BASE({q}, {base})"));
+                    step(
+                        "SET_VRING_CALL",
+                        self.frontend.set_vring_call(q, self.queues[q].call_fd()),
+                    )?;
+                    self.log(format!("SET_VRING_CALL({q})"));
+                    step(
+                        "SET_VRING_KICK",
+                        self.frontend.set_vring_kick(q, self.queues[q].kick_fd()),
+                    )?;
+                    self.log(format!("SET_VRING_KICK({q})"));
+                    if enable_msgs {
+                        step(
+                            "SET_VRING_ENABLE 1",
+                            self.frontend.set_vring_enable(q, true),
+                        )?;
+                        self.log(format!("SET_VRING_ENABLE({q}, 1)"));
+                    }
+                }
+            }
+            VmmKind::Qemu => {
+                for q in 0..2 {
+                    step(
+                        "SET_VRING_CALL",
+                        self.frontend.set_vring_call(q, self.queues[q].call_fd()),
+                    )?;
+                    self.log(format!("SET_VRING_CALL({q})"));
+                }
+                let features = self.acked_features;
+                step("SET_FEATURES", self.frontend.set_features(features))?;
+                self.log(format!("SET_FEATURES({features:#x})"));
+                self.try_set_mem_table_with_shm()?;
+                self.mem_table_generation = self.shm.generation();
+                let n = self.shm.mappings().len();
+                self.log(format!("SET_MEM_TABLE (RAM + {n} mappings)"));
+                for (q, &base) in bases.iter().enumerate() {
+                    let size = self.queues[q].size();
+                    step("SET_VRING_NUM", self.frontend.set_vring_num(q, size))?;
+                    self.log(format!("SET_VRING_NUM({q}, {size})"));
+                    step(
+                        "SET_VRING_BASE",
+                        self.frontend.set_vring_base(q, base as u16),
+                    )?;
+                    self.log(format!("SET_VRING_BASE({q}, {base})"));
+                    let config = self.vring_config(q);
+                    step("SET_VRING_ADDR", self.frontend.set_vring_addr(q, &config))?;
+                    self.log(format!("SET_VRING_ADDR({q})"));
+                    step(
+                        "SET_VRING_KICK",
+                        self.frontend.set_vring_kick(q, self.queues[q].kick_fd()),
+                    )?;
+                    self.log(format!("SET_VRING_KICK({q})"));
+                }
+                if enable_msgs {
+                    for q in 0..2 {
+                        step(
+                            "SET_VRING_ENABLE 1",
+                            self.frontend.set_vring_enable(q, true),
+                        )?;
+                        self.log(format!("SET_VRING_ENABLE({q}, 1)"));
+                    }
+                }
+                for q in 0..2 {
+                    step(
+                        "SET_VRING_CALL",
+                        self.frontend.set_vring_call(q, self.queues[q].call_fd()),
+                    )?;
+                    self.log(format!("SET_VRING_CALL({q})"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// QEMU mode with [`TestVmBuilder::qemu_mem_table_updates`]: describe the mappings in
+    /// SET_MEM_TABLE again if they changed since the last time.
+    fn sync_mem_table(&mut self) {
+        if self.vmm != VmmKind::Qemu || !self.opts.qemu_mem_table_updates {
+            return;
+        }
+        let generation = self.shm.generation();
+        if generation != self.mem_table_generation {
+            self.mem_table_generation = generation;
+            self.set_mem_table_with_shm();
+        }
+    }
+
+    /// Why the session ended if the (crosvm) VMM met a refused SHMEM request.
+    pub fn shm_fatal(&self) -> Option<String> {
+        self.shm.fatal()
+    }
+
     /// Closes the vhost-user connection and drops guest memory, queues and side channels.
     pub fn disconnect(self) {
         let _ = self.conn.shutdown(std::net::Shutdown::Both);
@@ -603,14 +972,20 @@ impl TestVm {
 
     // ---- config space ------------------------------------------------------------------
 
-    /// GET_CONFIG(offset, size) with flags 0, as QEMU sends it. Written by hand: the `vhost`
-    /// crate's `Frontend::get_config` blocks forever on the backend's error reply (a config
-    /// header with size 0 and no payload). An error reply becomes `Err`.
+    /// GET_CONFIG(offset, size), flags 0 as QEMU sends it (WRITABLE in crosvm mode). Written
+    /// by hand: the `vhost` crate's `Frontend::get_config` blocks forever on the backend's
+    /// error reply (a config header with size 0 and no payload). An error reply becomes
+    /// `Err`.
     pub fn try_get_config(&mut self, offset: u32, size: u32) -> io::Result<Vec<u8>> {
         let mut payload = Vec::with_capacity(12 + size as usize);
         payload.extend_from_slice(&offset.to_le_bytes());
         payload.extend_from_slice(&size.to_le_bytes());
-        payload.extend_from_slice(&0u32.to_le_bytes());
+        // crosvm sends flags WRITABLE with every read, QEMU 0.
+        let flags = match self.vmm {
+            VmmKind::Crosvm => VhostUserConfigFlags::WRITABLE.bits(),
+            VmmKind::Qemu => 0,
+        };
+        payload.extend_from_slice(&flags.to_le_bytes());
         payload.resize(12 + size as usize, 0);
         self.send_raw(VHOST_USER_GET_CONFIG, VHOST_USER_VERSION, &payload, &[])?;
         let (req, flags, reply) = self.recv_raw(DEFAULT_TIMEOUT)?;
@@ -973,8 +1348,14 @@ impl TestVm {
         let head = self.submit(queue, req, &[resp_len]);
         let timeout = self.timeout;
         match self.wait_for(queue, head, timeout) {
-            Some(resp) => resp,
+            Some(resp) => {
+                self.sync_mem_table();
+                resp
+            }
             None => {
+                if let Some(why) = self.shm.fatal() {
+                    panic!("the VMM ended the session (crosvm ends the VM) after: {why}");
+                }
                 let ty = req
                     .first()
                     .filter(|r| r.len() >= 4)
@@ -1023,5 +1404,10 @@ impl Drop for TestVm {
     fn drop(&mut self) {
         // Make sure the backend sees EOF even if someone still holds a dup of the socket.
         let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        if let Some(why) = self.shm.fatal() {
+            if !std::thread::panicking() {
+                panic!("the VMM ended the session (crosvm ends the VM) after: {why}");
+            }
+        }
     }
 }

@@ -176,6 +176,12 @@ pub const ASSIGN_SOCKET_UUID_SIZE: usize = 32;
 
 /// Where the 36-byte INIT carries its internal-socket uuid (16 bytes).
 pub const INIT_UUID_OFFSET: usize = INIT_SIZE_V1;
+/// The data of a READ from a watched eventfd and of a WRITE to an eventfd item: one counter
+/// value, a little-endian u64 (`docs/protocol.md` §3.7, §3.9).
+pub const EVENTFD_VALUE_SIZE: usize = 8;
+/// The largest value a Linux eventfd counter holds (`eventfd(2)`): a WRITE of more, or one that
+/// would take the counter past it, is refused.
+pub const EVENTFD_COUNTER_MAX: u64 = u64::MAX - 1;
 
 /// The capability set returned by GET_CAPSET(5).
 #[repr(C)]
@@ -249,6 +255,10 @@ mod tests {
         assert_eq!(offset_of!(AssignSocketUuid, uuid), 8);
         assert_eq!(offset_of!(AssignSocketUuid, id), 24);
         assert_eq!(INIT_UUID_OFFSET + 16, INIT_SIZE_UUID);
+        assert_eq!(offset_of!(ReadEventfd, pad), 12);
+        // A READ or WRITE carrying one eventfd counter value is 32 bytes.
+        assert_eq!(size_of::<ReadWrite>() + EVENTFD_VALUE_SIZE, 32);
+        assert_eq!(EVENTFD_VALUE_SIZE, size_of::<u64>());
     }
 
     #[test]

@@ -16,8 +16,8 @@
 //! - [`activation`]: the listening socket systemd passes (socket activation).
 //! - [`wire`]: the cross-domain commands the guest writes and the ring messages it reads.
 //! - [`session`]: one client: context setup (feature and capset checks, CONTEXT_INIT, rings,
-//!   INIT) and the forwarding loop, with each direction, the relayed pipes and the blobs in
-//!   files of their own.
+//!   INIT) and the forwarding loop, with each direction, the relayed pipes, the eventfds and
+//!   the blobs in files of their own.
 //!
 //! [`serve`] accepts clients and runs each session on its own thread, so one client's failure
 //! (or its slowness) never affects another.
@@ -99,12 +99,15 @@ where
     );
     let (result, stats) = session.run();
     let traffic = format!(
-        "{} bytes and {} fds to the host, {} bytes and {} fds to the client, {} fds refused",
+        "{} bytes and {} fds to the host, {} bytes and {} fds to the client, {} fds refused, \
+         {} eventfd wake-ups to the host and {} to the client",
         stats.bytes_to_host,
         stats.fds_to_host,
         stats.bytes_to_client,
         stats.fds_to_client,
-        stats.fds_refused
+        stats.fds_refused,
+        stats.wakeups_to_host,
+        stats.wakeups_to_client
     );
     match result {
         Ok(End::ClientClosed) => info!("client {id}: closed by the client ({traffic})"),

@@ -1,6 +1,6 @@
 //! The guest side of the cross-domain wire format: the commands the proxy submits (INIT, POLL,
-//! SEND, WRITE, GET_IMAGE_REQUIREMENTS) and the channel-ring messages it reads (RECEIVE,
-//! READ).
+//! SEND, WRITE, GET_IMAGE_REQUIREMENTS, and for eventfds READ_EVENTFD_NEW and libkrun's
+//! READ_EVENTFD_DESTROY) and the channel-ring messages it reads (RECEIVE, READ).
 //!
 //! Layouts are the [`cross_domain_protocol::wire`] structs the daemon uses too (28 identifiers
 //! per SEND/RECEIVE, docs/protocol.md §3), so both sides share one pinned definition. Everything
@@ -12,9 +12,11 @@ use std::mem::size_of;
 use vm_memory::ByteValued;
 
 use cross_domain_protocol::wire::{
-    CmdHeader, GetImageRequirements, ImageRequirements, Init, ReadWrite, SendReceive,
-    CMD_GET_IMAGE_REQUIREMENTS, CMD_INIT, CMD_POLL, CMD_READ, CMD_RECEIVE, CMD_SEND, CMD_WRITE,
-    MAX_IDENTIFIERS, READ_PIPE_ID_BASE,
+    CmdHeader, GetImageRequirements, ImageRequirements, Init, ReadEventfd, ReadWrite, SendReceive,
+    CMD_GET_IMAGE_REQUIREMENTS, CMD_INIT, CMD_POLL, CMD_READ, CMD_READ_EVENTFD_DESTROY,
+    CMD_READ_EVENTFD_NEW, CMD_RECEIVE, CMD_SEND, CMD_WRITE, EVENTFD_COUNTER_MAX,
+    EVENTFD_VALUE_SIZE, ID_TYPE_EVENTFD_LIBKRUN, ID_TYPE_EVENT_MAGMA, MAX_IDENTIFIERS,
+    READ_PIPE_ID_BASE,
 };
 
 /// Size of each ring (a guest blob of one 4096-byte page, as every guest uses).
@@ -154,14 +156,69 @@ pub fn write(id: u32, data: &[u8], hang_up: bool) -> Result<Vec<u8>, WireError> 
     Ok(v)
 }
 
+/// Whether a RECEIVE identifier of type `kind` is an eventfd. The two host families number it
+/// differently (docs/protocol.md §5.1): 6 on libkrun and after its 24-byte INIT, 5 (magma's
+/// EVENT) otherwise, which is what this proxy's 20-byte INIT gets from the daemon. In a
+/// RECEIVE neither number means anything else, so both are taken.
+pub fn is_eventfd(kind: u32) -> bool {
+    kind == ID_TYPE_EVENT_MAGMA || kind == ID_TYPE_EVENTFD_LIBKRUN
+}
+
+/// A command shaped like READ_EVENTFD_NEW: the header and the item id (16 bytes).
+fn eventfd_command(cmd: u8, id: u32) -> Vec<u8> {
+    let c = ReadEventfd {
+        hdr: fixed_header(cmd, size_of::<ReadEventfd>() as u16),
+        id,
+        pad: 0,
+    };
+    c.as_slice().to_vec()
+}
+
+/// READ_EVENTFD_NEW (command 11, docs/protocol.md §3.9): the host starts watching eventfd item
+/// `id` and sends a READ of its counter each time it becomes readable.
+pub fn read_eventfd_new(id: u32) -> Vec<u8> {
+    eventfd_command(CMD_READ_EVENTFD_NEW, id)
+}
+
+/// libkrun's READ_EVENTFD_DESTROY (command 12 in 16 bytes; 32 bytes would be magma's
+/// IMPORT_VIRTIOFS_HANDLE, docs/protocol.md §3.2): the host stops watching eventfd item `id`
+/// and drops it.
+pub fn read_eventfd_destroy(id: u32) -> Vec<u8> {
+    eventfd_command(CMD_READ_EVENTFD_DESTROY, id)
+}
+
+/// WRITE of one counter value to eventfd item `id`: exactly 8 bytes, little-endian, which the
+/// host adds to its counter (docs/protocol.md §3.7). `value` is capped at what a counter holds,
+/// as hosts refuse more.
+pub fn write_eventfd(id: u32, value: u64) -> Vec<u8> {
+    let cmd = ReadWrite {
+        hdr: fixed_header(CMD_WRITE, (RW_HEADER + EVENTFD_VALUE_SIZE) as u16),
+        identifier: id,
+        hang_up: 0,
+        opaque_data_size: EVENTFD_VALUE_SIZE as u32,
+        pad: 0,
+    };
+    let mut v = Vec::with_capacity(RW_HEADER + EVENTFD_VALUE_SIZE);
+    v.extend_from_slice(cmd.as_slice());
+    v.extend_from_slice(&value.min(EVENTFD_COUNTER_MAX).to_le_bytes());
+    v
+}
+
+/// The counter value a READ from a watched eventfd carries: exactly 8 bytes, little-endian;
+/// `None` for any other size (a malformed READ).
+pub fn eventfd_value(data: &[u8]) -> Option<u64> {
+    let bytes: [u8; EVENTFD_VALUE_SIZE] = data.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
 /// A message the host wrote into the channel ring.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChannelMessage {
     /// RECEIVE: bytes and identifiers from the host socket. No identifiers and no data means
     /// the host service closed the channel.
     Receive { ids: Vec<Identifier>, data: Vec<u8> },
-    /// READ: data from a host pipe the guest asked to read (a READ_PIPE identifier);
-    /// `hang_up` means the host's write end was closed.
+    /// READ: data from a host pipe the guest asked to read (a READ_PIPE identifier), or the
+    /// counter value of a watched eventfd; `hang_up` means the host's write end was closed.
     Read {
         id: u32,
         hang_up: bool,
@@ -336,6 +393,56 @@ mod tests {
         assert_eq!((le32(&w, 8), le32(&w, 12), le32(&w, 16)), (0x42, 1, 3));
         assert_eq!(&w[24..], b"abc");
         assert!(write(1, &[0; MAX_WRITE_DATA + 1], false).is_err());
+    }
+
+    #[test]
+    fn eventfd_commands_encode_as_the_spec_says() {
+        let n = read_eventfd_new(0x1234_5678);
+        assert_eq!(
+            n,
+            [11, 0, 16, 0, 0, 0, 0, 0, 0x78, 0x56, 0x34, 0x12, 0, 0, 0, 0]
+        );
+        let d = read_eventfd_destroy(7);
+        assert_eq!(d, [12, 0, 16, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
+        assert_ne!(
+            d.len(),
+            32,
+            "32 bytes would be magma's IMPORT_VIRTIOFS_HANDLE"
+        );
+        let w = write_eventfd(5, 0x0102_0304_0506_0708);
+        assert_eq!(w.len(), 32);
+        assert_eq!(&w[..4], &[7, 0, 32, 0]);
+        assert_eq!((le32(&w, 8), le32(&w, 12), le32(&w, 16)), (5, 0, 8));
+        assert_eq!(&w[24..], &[8, 7, 6, 5, 4, 3, 2, 1], "little-endian");
+        // u64::MAX cannot be added to any counter: hosts refuse it.
+        let w = write_eventfd(5, u64::MAX);
+        assert_eq!(&w[24..], &(u64::MAX - 1).to_le_bytes());
+    }
+
+    #[test]
+    fn eventfd_reads_and_types_decode() {
+        assert!(is_eventfd(5) && is_eventfd(6));
+        for kind in [0, 1, 2, 3, 4, 7, 8] {
+            assert!(!is_eventfd(kind), "{kind}");
+        }
+        assert_eq!(
+            eventfd_value(&[3, 0, 0, 0, 0, 0, 0, 1]),
+            Some(0x0100_0000_0000_0003)
+        );
+        for len in [0, 1, 7, 9, 16] {
+            assert_eq!(eventfd_value(&vec![1; len]), None, "{len} bytes");
+        }
+        // A READ from an eventfd as the daemon writes it.
+        let mut ring = vec![0u8; RING_SIZE];
+        ring[0] = 6;
+        ring[2..4].copy_from_slice(&32u16.to_le_bytes());
+        ring[8..12].copy_from_slice(&2u32.to_le_bytes());
+        ring[16..20].copy_from_slice(&8u32.to_le_bytes());
+        ring[24..32].copy_from_slice(&42u64.to_le_bytes());
+        let ChannelMessage::Read { id, hang_up, data } = decode_channel(&ring).unwrap() else {
+            panic!("not a READ");
+        };
+        assert_eq!((id, hang_up, eventfd_value(&data)), (2, false, Some(42)));
     }
 
     #[test]

@@ -161,6 +161,37 @@ fn unmapping_frees_the_slot() {
 }
 
 #[test]
+fn simultaneous_mappings_are_bounded() {
+    let mut r = Resources::new(
+        16 * PAGE,
+        PAGE,
+        Limits {
+            max_mappings: 2,
+            ..limits()
+        },
+    );
+    let m = Mapper::default();
+    for id in 1..=3 {
+        host_blob(&mut r, id, PAGE).unwrap();
+    }
+    r.map(1, 0, &m).unwrap();
+    r.map(2, PAGE, &m).unwrap();
+    // The third is refused with a limit error (ERR_OUT_OF_MEMORY, logged once per context)
+    // and never reaches the VMM.
+    match r.map(3, 2 * PAGE, &m) {
+        Err(e @ GpuError::Limit(LimitKind::MappingsPerVm, 2)) => {
+            assert_eq!(e.response(), RESP_ERR_OUT_OF_MEMORY);
+            assert_eq!(e.limit(), Some((LimitKind::MappingsPerVm, 2)));
+        }
+        other => panic!("{other:?}: expected the mappings limit"),
+    }
+    assert_eq!(m.calls.borrow().len(), 2);
+    // An unmap makes room again.
+    r.unmap(1, &m).unwrap();
+    r.map(3, 2 * PAGE, &m).unwrap();
+}
+
+#[test]
 fn only_host_blobs_map() {
     let mut r = Resources::new(16 * PAGE, PAGE, limits());
     let m = Mapper::default();

@@ -4,11 +4,11 @@
 //! Setup follows what sommelier and muvm do (docs/protocol.md §9): feature checks, the capset,
 //! CONTEXT_INIT (capset 5, two rings, ring 1 polled), two one-page guest blobs as query and
 //! channel ring, then INIT. The loop then waits with `poll(2)` on the client socket, the DRM file
-//! (fence events) and the pipes it relays, and keeps exactly one POLL outstanding whenever it can
-//! take a message: a message is copied out of the channel ring before the next POLL lets the
-//! host overwrite it, and the next POLL waits until the previous message was handed on, so a
-//! client that does not read slows the host down instead of making the proxy buffer without
-//! bound.
+//! (fence events), the pipes it relays and the eventfds the client may signal, and keeps exactly
+//! one POLL outstanding whenever it can take a message: a message is copied out of the channel
+//! ring before the next POLL lets the host overwrite it, and the next POLL waits until the
+//! previous message was handed on, so a client that does not read slows the host down instead
+//! of making the proxy buffer without bound.
 //!
 //! This file owns the session's state machine: setup, the loop, when a POLL may be submitted,
 //! and when the session is over. The work each event triggers is split by concern:
@@ -16,6 +16,7 @@
 //!   identifiers);
 //! - `to_client.rs`: host → client (fence events, channel messages, RECEIVEs to the client);
 //! - `pipes.rs`: the pipes relayed in either direction (READ and WRITE);
+//! - `eventfds.rs`: the eventfds the host passes, and which way each carries wake-ups;
 //! - `blobs.rs`: memory (HOST3D blobs from host identifiers, snapshots of client files, image
 //!   requirements).
 //!
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod blobs;
+mod eventfds;
 mod pipes;
 mod to_client;
 mod to_host;
@@ -32,6 +34,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use log::warn;
 use nix::errno::Errno;
@@ -152,6 +155,10 @@ pub struct Stats {
     pub fds_to_host: u64,
     pub fds_to_client: u64,
     pub fds_refused: u64,
+    /// Counter values the client added to an eventfd, sent to the host.
+    pub wakeups_to_host: u64,
+    /// Counter values the host's eventfds produced, added for the client.
+    pub wakeups_to_client: u64,
 }
 
 /// How a session ended.
@@ -179,6 +186,8 @@ enum Source {
     ClientPipe(u32),
     /// A WRITE_PIPE source (our read end), by id.
     HostPipe(u32),
+    /// A local eventfd the client may signal, by the host's id.
+    Eventfd(u32),
 }
 
 /// A descriptor the proxy will not pass on.
@@ -218,6 +227,8 @@ pub struct Session<D: VirtGpuDevice> {
     /// further READs for them are dropped quietly until its hang-up.
     dropped_pipes: HashSet<u32>,
     host_pipes: BTreeMap<u32, OwnedFd>,
+    /// The host's eventfds by id, and their local stand-ins.
+    eventfds: BTreeMap<u32, eventfds::LocalEventfd>,
     to_client: Option<to_client::Outgoing>,
     poll_pending: bool,
     /// The client shut down its sending side (or closed).
@@ -268,6 +279,7 @@ impl<D: VirtGpuDevice> Session<D> {
             client_pipes: BTreeMap::new(),
             dropped_pipes: HashSet::new(),
             host_pipes: BTreeMap::new(),
+            eventfds: BTreeMap::new(),
             to_client: None,
             poll_pending: false,
             client_eof: false,
@@ -332,6 +344,9 @@ impl<D: VirtGpuDevice> Session<D> {
                 let _ = self.client.shutdown(std::net::Shutdown::Write);
                 self.client_shut = true;
             }
+            if self.conversation_over() && !self.eventfds.is_empty() {
+                self.release_eventfds();
+            }
             if self.finished() {
                 return Ok(if self.host_closed {
                     End::HostClosed
@@ -349,15 +364,25 @@ impl<D: VirtGpuDevice> Session<D> {
                     Source::Client => self.on_client(ev)?,
                     Source::ClientPipe(id) => self.on_client_pipe(id, ev),
                     Source::HostPipe(id) => self.on_host_pipe(id)?,
+                    Source::Eventfd(id) => self.on_local_eventfd(id, ev)?,
                 }
+            }
+            if self.eventfd_retry_at().is_some_and(|t| t <= Instant::now()) {
+                self.on_eventfd_retries()?;
             }
         }
     }
 
-    /// The session is over: the conversation ended on one side and no pipe is in flight.
+    /// The conversation ended on one side: the client is gone, or the host closed the channel
+    /// and the client has everything the host sent.
+    fn conversation_over(&self) -> bool {
+        self.client_gone || (self.host_closed && self.to_client.is_none())
+    }
+
+    /// The session is over: the conversation ended and no pipe is in flight. Eventfds do not
+    /// count: they have no end of file, and are released when the conversation ends.
     fn finished(&self) -> bool {
-        let conversation_over = self.client_gone || (self.host_closed && self.to_client.is_none());
-        conversation_over && self.client_pipes.is_empty() && self.host_pipes.is_empty()
+        self.conversation_over() && self.client_pipes.is_empty() && self.host_pipes.is_empty()
     }
 
     /// A message is still being handed on: the next POLL waits for it.
@@ -374,10 +399,13 @@ impl<D: VirtGpuDevice> Session<D> {
         Ok(())
     }
 
-    /// `poll(2)` on everything this session waits for; fills `ready`.
+    /// `poll(2)` on everything this session waits for, until a held eventfd value is due;
+    /// fills `ready`.
     fn wait(&mut self, ready: &mut Vec<(Source, PollFlags)>) -> Result<(), SessionError> {
         ready.clear();
-        let mut sources = Vec::with_capacity(2 + self.client_pipes.len() + self.host_pipes.len());
+        let mut sources = Vec::with_capacity(
+            2 + self.client_pipes.len() + self.host_pipes.len() + self.eventfds.len(),
+        );
         let mut fds = Vec::with_capacity(sources.capacity());
         sources.push(Source::Drm);
         fds.push(PollFd::new(self.dev.event_fd(), PollFlags::POLLIN));
@@ -406,8 +434,25 @@ impl<D: VirtGpuDevice> Session<D> {
             sources.push(Source::HostPipe(id));
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
         }
+        for (&id, e) in &self.eventfds {
+            if let Some(fd) = e.client_signals() {
+                sources.push(Source::Eventfd(id));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+        }
+        let timeout = match self.eventfd_retry_at() {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                // Rounded up, so that the loop does not spin through the last millisecond.
+                let ms = t
+                    .saturating_duration_since(Instant::now())
+                    .as_micros()
+                    .div_ceil(1000);
+                PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
+            }
+        };
         loop {
-            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            match nix::poll::poll(&mut fds, timeout) {
                 Ok(_) => break,
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(SessionError::Poll(e.into())),

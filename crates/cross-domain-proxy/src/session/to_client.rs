@@ -2,10 +2,10 @@
 //! a RECEIVE's bytes and descriptors on their way to the client socket.
 //!
 //! This module owns [`Outgoing`], the one RECEIVE in flight to the client, and decides what each
-//! channel message means (data, the host's hang-up, a pipe's READ, or nothing). It must never
-//! buffer more than that one message: the next POLL waits until it is handed on, which is how a
-//! slow client holds the host back. Host identifiers become client descriptors in [`super::blobs`]
-//! (memory) and [`super::pipes`] (pipes).
+//! channel message means (data, the host's hang-up, a pipe's or an eventfd's READ, or nothing).
+//! It must never buffer more than that one message: the next POLL waits until it is handed on,
+//! which is how a slow client holds the host back. Host identifiers become client descriptors in
+//! [`super::blobs`] (memory), [`super::pipes`] (pipes) and [`super::eventfds`] (eventfds).
 #![forbid(unsafe_code)]
 
 use std::io::{self, IoSlice};
@@ -74,6 +74,9 @@ impl<D: VirtGpuDevice> Session<D> {
                 self.host_closed = true;
             }
             ChannelMessage::Receive { ids, data } => self.on_receive(&ids, data),
+            ChannelMessage::Read { id, hang_up, data } if self.eventfds.contains_key(&id) => {
+                self.on_eventfd_read(id, hang_up, &data)?
+            }
             ChannelMessage::Read { id, hang_up, data } => self.on_read(id, hang_up, data),
             ChannelMessage::Other(cmd) => warn!(
                 "client {}: ignoring channel message with command {cmd}",
@@ -99,6 +102,7 @@ impl<D: VirtGpuDevice> Session<D> {
             let r = match ident.kind {
                 ID_TYPE_VIRTGPU_BLOB => self.host_memory(ident),
                 ID_TYPE_WRITE_PIPE => self.host_write_pipe(ident.id),
+                kind if wire::is_eventfd(kind) => self.host_eventfd(ident.id),
                 _ => Err(Refusal::Kind(
                     "an identifier type this proxy does not handle",
                 )),

@@ -1,0 +1,247 @@
+//! The channel table and the `TYPE:PATH` syntax that fills it.
+//!
+//! This file owns [`ChannelTable`] (channel type → host Unix socket, with its invariants: no
+//! reserved type, each type once, a non-empty path that fits a socket address) and the parsers
+//! of `--channel TYPE:PATH` and `--wayland-sock PATH[,name=NAME]`. Per-channel options
+//! (`TYPE:PATH,OPTION…`) belong here too, next to the syntax they extend. It must never look
+//! at the file system: whether a socket exists is for the connection, not for the table.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use cross_domain_protocol::channel::{self, ChannelTypeError};
+
+#[cfg(doc)]
+use super::CHANNEL_NAMES;
+use super::{ConfigError, CHANNEL_FLAG, MAX_SOCKET_PATH, WAYLAND_CHANNEL_TYPE, WAYLAND_SOCK_FLAG};
+
+/// Which host Unix socket a cross-domain context is connected to for each channel type.
+///
+/// Invariants kept by [`ChannelTable::insert`]: no type 0 or 0xFFFFFFFF, each type at most once,
+/// no empty path.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelTable {
+    paths: BTreeMap<u32, PathBuf>,
+}
+
+impl ChannelTable {
+    /// An empty table: guests can still create query-only contexts, but INIT with any channel
+    /// type fails.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps `channel_type` to the host socket at `path`.
+    ///
+    /// Rejects the reserved types 0 and 0xFFFFFFFF, a type that is already in the table, and an
+    /// empty path. Errors are reported as if the pair came from `--channel TYPE:PATH`.
+    pub fn insert(&mut self, channel_type: u32, path: PathBuf) -> Result<(), ConfigError> {
+        let value = format!("{channel_type}:{}", path.display());
+        check_reserved(channel_type).map_err(|e| e.in_argument(CHANNEL_FLAG, &value))?;
+        if path.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyPath {
+                flag: CHANNEL_FLAG,
+                value,
+            });
+        }
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(ConfigError::PathTooLong {
+                flag: CHANNEL_FLAG,
+                value,
+            });
+        }
+        if self.paths.contains_key(&channel_type) {
+            return Err(ConfigError::DuplicateChannel {
+                flag: CHANNEL_FLAG,
+                value,
+                channel_type,
+            });
+        }
+        self.paths.insert(channel_type, path);
+        Ok(())
+    }
+
+    /// Parses one `--channel TYPE:PATH` argument and adds it to the table.
+    pub fn add_channel_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let (channel_type, path) = parse_channel_spec(arg)?;
+        self.insert(channel_type, path)
+            .map_err(|e| e.in_argument(CHANNEL_FLAG, arg))
+    }
+
+    /// Adds a `--channel` argument parsed by [`ChannelSpec::parse`]; errors name the argument
+    /// as given.
+    pub fn add_spec(&mut self, spec: &ChannelSpec) -> Result<(), ConfigError> {
+        self.insert(spec.channel_type, spec.path.clone())
+            .map_err(|e| e.in_argument(CHANNEL_FLAG, &spec.arg))
+    }
+
+    /// Adds a `--wayland-sock PATH` argument, which means `--channel 1:PATH`.
+    pub fn add_wayland_sock_arg(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let value = path.display().to_string();
+        self.insert(WAYLAND_CHANNEL_TYPE, path.to_path_buf())
+            .map_err(|e| e.in_argument(WAYLAND_SOCK_FLAG, &value))
+    }
+
+    /// The host socket configured for `channel_type`, if any.
+    pub fn get(&self, channel_type: u32) -> Option<&Path> {
+        self.paths.get(&channel_type).map(PathBuf::as_path)
+    }
+
+    /// The capset's `supported_channels` word: bit `t` set for every configured type `t < 32`.
+    pub fn capset_mask(&self) -> u32 {
+        self.paths
+            .keys()
+            .filter_map(|&t| 1u32.checked_shl(t))
+            .fold(0, |mask, bit| mask | bit)
+    }
+
+    /// All configured channels, in increasing type order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Path)> {
+        self.paths.iter().map(|(&t, p)| (t, p.as_path()))
+    }
+
+    /// Number of configured channels.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// True if no channel is configured.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Configured types the capset's 32-bit mask cannot advertise (type >= 32). A guest that
+    /// knows such a number can still INIT with it.
+    pub fn unadvertised(&self) -> impl Iterator<Item = u32> + '_ {
+        self.paths.range(u32::BITS..).map(|(&t, _)| t)
+    }
+}
+
+/// Parses the TYPE part of `--channel TYPE:PATH`: a decimal number, a `0x`/`0X` hexadecimal
+/// number, or a name from [`CHANNEL_NAMES`] (any case). Rejects 0 and 0xFFFFFFFF, which are
+/// reserved (query-only contexts and magma's internal sockets). The syntax is
+/// [`channel::parse_channel_type`]'s; this reports its errors against `--channel`.
+pub fn parse_channel_type(s: &str) -> Result<u32, ConfigError> {
+    let (flag, value) = (CHANNEL_FLAG, s.to_owned());
+    channel::parse_channel_type(s).map_err(|e| match e {
+        ChannelTypeError::Empty => ConfigError::EmptyChannelType { flag, value },
+        ChannelTypeError::Unknown(type_text) => ConfigError::UnknownChannelType {
+            flag,
+            value,
+            type_text,
+        },
+        ChannelTypeError::OutOfRange(type_text) => ConfigError::ChannelTypeOutOfRange {
+            flag,
+            value,
+            type_text,
+        },
+        ChannelTypeError::Reserved {
+            channel_type,
+            reason,
+        } => ConfigError::ReservedChannelType {
+            flag,
+            value,
+            channel_type,
+            reason,
+        },
+    })
+}
+
+/// Parses a whole `--channel TYPE:PATH` value. The split is at the first `:`, so the path may
+/// contain colons.
+pub fn parse_channel_spec(s: &str) -> Result<(u32, PathBuf), ConfigError> {
+    let Some((type_text, path)) = s.split_once(':') else {
+        return Err(ConfigError::MissingSeparator {
+            flag: CHANNEL_FLAG,
+            value: s.to_owned(),
+        });
+    };
+    let channel_type = parse_channel_type(type_text).map_err(|e| e.in_argument(CHANNEL_FLAG, s))?;
+    if path.is_empty() {
+        return Err(ConfigError::EmptyPath {
+            flag: CHANNEL_FLAG,
+            value: s.to_owned(),
+        });
+    }
+    Ok((channel_type, PathBuf::from(path)))
+}
+
+/// One `--channel TYPE:PATH` argument, parsed; whether its type is already taken is checked
+/// when it is added to a table ([`ChannelTable::add_spec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSpec {
+    /// The channel type (never 0 or 0xFFFFFFFF).
+    pub channel_type: u32,
+    /// The host socket (never empty).
+    pub path: PathBuf,
+    /// The argument as given, for messages.
+    pub arg: String,
+}
+
+impl ChannelSpec {
+    /// Parses a `--channel TYPE:PATH` value (see [`parse_channel_spec`]).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let (channel_type, path) = parse_channel_spec(s)?;
+        Ok(Self {
+            channel_type,
+            path,
+            arg: s.to_owned(),
+        })
+    }
+}
+
+/// Parses `--wayland-sock PATH[,name=NAME]`, crosvm's form. Only the default, unnamed socket
+/// (no `name=`, or an empty one) is the Wayland channel; crosvm's named sockets belong to its
+/// virtio-wl device, so a name is refused, and so is any other option. The split is at the
+/// first `,`: a path containing one can be given as `--channel 1:PATH`.
+pub fn parse_wayland_sock(arg: &OsStr) -> Result<PathBuf, ConfigError> {
+    let value = || arg.to_string_lossy().into_owned();
+    let bytes = arg.as_bytes();
+    let (path, options) = match bytes.iter().position(|&b| b == b',') {
+        Some(comma) => (&bytes[..comma], Some(&bytes[comma + 1..])),
+        None => (bytes, None),
+    };
+    for option in options.into_iter().flat_map(|o| o.split(|&b| b == b',')) {
+        match option.strip_prefix(b"name=") {
+            Some(b"") => {}
+            Some(name) => {
+                return Err(ConfigError::NamedWaylandSock {
+                    flag: WAYLAND_SOCK_FLAG,
+                    value: value(),
+                    name: String::from_utf8_lossy(name).into_owned(),
+                })
+            }
+            None => {
+                return Err(ConfigError::WaylandSockOption {
+                    flag: WAYLAND_SOCK_FLAG,
+                    value: value(),
+                    option: String::from_utf8_lossy(option).into_owned(),
+                })
+            }
+        }
+    }
+    if path.is_empty() {
+        return Err(ConfigError::EmptyPath {
+            flag: WAYLAND_SOCK_FLAG,
+            value: value(),
+        });
+    }
+    Ok(PathBuf::from(OsStr::from_bytes(path)))
+}
+
+fn check_reserved(channel_type: u32) -> Result<(), ConfigError> {
+    match channel::reserved_reason(channel_type) {
+        None => Ok(()),
+        Some(reason) => Err(ConfigError::ReservedChannelType {
+            flag: CHANNEL_FLAG,
+            value: channel_type.to_string(),
+            channel_type,
+            reason,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;
