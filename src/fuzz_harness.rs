@@ -79,10 +79,14 @@ fn channels() -> Arc<ChannelTable> {
                 3,
                 std::env::temp_dir().join("vucd-fuzz-nobody-listens.sock"),
             );
-            // Never connected by path: `DirectConnector` makes a socket pair for it.
+            // Never connected by path: `DirectConnector` makes socket pairs for them.
             let _ = t.insert(
                 PAIR_CHANNEL,
                 std::env::temp_dir().join("vucd-fuzz-socket-pair.sock"),
+            );
+            let _ = t.insert(
+                PAIR_DBUS_CHANNEL,
+                std::env::temp_dir().join("vucd-fuzz-socket-pair-dbus.sock"),
             );
             Arc::new(t)
         })
@@ -93,7 +97,11 @@ fn channels() -> Arc<ChannelTable> {
 /// kept in [`PAIR_HOST`], so that the fuzzer can play a host service that sends fds.
 const PAIR_CHANNEL: u32 = 4;
 
-/// The host end of the newest [`PAIR_CHANNEL`] connection.
+/// D-Bus's session channel, also a socket pair: its default fd policy carries sockets, so
+/// sockets the host sends become items the guest may park (command 13) and adopt (INIT-36).
+const PAIR_DBUS_CHANNEL: u32 = 0x12;
+
+/// The host end of the newest [`PAIR_CHANNEL`] or [`PAIR_DBUS_CHANNEL`] connection.
 static PAIR_HOST: Mutex<Option<UnixStream>> = Mutex::new(None);
 
 fn pair_host() -> std::sync::MutexGuard<'static, Option<UnixStream>> {
@@ -101,12 +109,12 @@ fn pair_host() -> std::sync::MutexGuard<'static, Option<UnixStream>> {
 }
 
 /// Connects channel sockets directly, as the daemon does without a sandbox (the harness never
-/// starts a broker), except [`PAIR_CHANNEL`], which gets a socket pair.
+/// starts a broker), except [`PAIR_CHANNEL`] and [`PAIR_DBUS_CHANNEL`], which get socket pairs.
 struct DirectConnector;
 
 impl Connector for DirectConnector {
     fn connect(&self, channel_type: u32, path: &Path) -> io::Result<OwnedFd> {
-        if channel_type == PAIR_CHANNEL {
+        if channel_type == PAIR_CHANNEL || channel_type == PAIR_DBUS_CHANNEL {
             let (ours, host) = UnixStream::pair()?;
             ours.set_nonblocking(true)?;
             host.set_nonblocking(true)?;
@@ -120,9 +128,10 @@ impl Connector for DirectConnector {
 /// Most host copies of eventfds the harness keeps to signal and read.
 const HOST_EVENTFDS: usize = 8;
 
-/// As a host service on the [`PAIR_CHANNEL`] connection: send `bytes[2..]` (at least one byte)
-/// with `bytes[0] % 6` fds whose kinds come from `bytes[1]`, three bits each (eventfds, memfds
-/// of odd sizes, sealed like PipeWire's or not, pipe ends, a socket, a directory). The host
+/// As a host service on the newest socket-pair connection: send `bytes[2..]` (at least one
+/// byte) with `bytes[0] % 6` fds whose kinds come from `bytes[1]`, three bits each (eventfds,
+/// memfds of odd sizes, sealed like PipeWire's or not, pipe ends, a Unix stream socket, or a
+/// directory when `bytes[0]` is even and a Unix seqpacket socket when it is odd). The host
 /// keeps a copy of each eventfd (up to [`HOST_EVENTFDS`]).
 fn host_sends(bytes: &[u8], host_efds: &mut Vec<OwnedFd>) {
     use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -159,6 +168,14 @@ fn host_sends(bytes: &[u8], host_efds: &mut Vec<OwnedFd>) {
             4 => nix::unistd::pipe().map(|(_, w)| w).map_err(io::Error::from),
             5 => nix::unistd::pipe().map(|(r, _)| r).map_err(io::Error::from),
             6 => UnixStream::pair().map(|(a, _)| a.into()),
+            _ if n % 2 == 1 => nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::SeqPacket,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map(|(a, _)| a)
+            .map_err(io::Error::from),
             _ => std::fs::File::open("/").map(OwnedFd::from),
         };
         let Ok(fd) = fd else { continue };
@@ -282,7 +299,10 @@ fn u64_of(b: &[u8]) -> u64 {
 /// blob request (`bytes` = blob id u32, size u64), 4 = the host service of channel 4 sends a
 /// message with fds ([`host_sends`]; eventfds among them, for commands 11, 12 and WRITE),
 /// 5 = it signals or reads one of its eventfds ([`host_eventfd`]); the last two also hand the
-/// context its ready epoll events and try a delivery. The context is torn down at the end.
+/// context its ready epoll events and try a delivery. Operations with the top bit of `op` set
+/// go to a second context of the same VM, which may adopt a socket the first parked (command
+/// 13, INIT of 36 bytes with channel type 0xFFFFFFFF). Both contexts are torn down at the end,
+/// and the VM's parked sockets purged, as a device reset does.
 pub fn cross_domain_commands(data: &[u8]) {
     thread_local! {
         static FX: RefCell<Option<CdFixture>> = const { RefCell::new(None) };
@@ -290,7 +310,10 @@ pub fn cross_domain_commands(data: &[u8]) {
     FX.with(|cell| {
         let mut guard = cell.borrow_mut();
         let fx = guard.get_or_insert_with(cd_fixture);
-        let mut ctx = Context::new(7, "fuzz".into());
+        let mut ctxs = [
+            Context::new(7, "fuzz".into()),
+            Context::new(8, "fuzz-b".into()),
+        ];
         let mut rest = data;
         let mut fence = 0u64;
         // Requests held by queued output (token value -> chunks), as the device keeps them;
@@ -304,6 +327,9 @@ pub fn cross_domain_commands(data: &[u8]) {
             let len = usize::from(u16_of(&rest[1..3]));
             rest = &rest[3..];
             let bytes = take(&mut rest, len);
+            let which = usize::from(op >> 7);
+            let ctx = &mut ctxs[which];
+            let ctx_no = 7 + which as u32;
             // The host service acts, then its events reach the context (ops 4 and 5).
             let mut ready = [(0u32, EpollFlags::empty()); 8];
             let mut nready = 0;
@@ -321,7 +347,7 @@ pub fn cross_domain_commands(data: &[u8]) {
                     .unwrap_or(0);
                 for ev in &events[..n] {
                     let (ctx_id, src) = crate::cross_domain::token_parts(ev.data());
-                    if ctx_id == 7 {
+                    if ctx_id == ctx_no {
                         ready[nready] = (src, ev.events());
                         nready += 1;
                     }
@@ -380,7 +406,10 @@ pub fn cross_domain_commands(data: &[u8]) {
             }
             settle(&mut held, &mut released);
         }
-        ctx.teardown(fx.shared.epoll(), &mut released);
+        for ctx in &mut ctxs {
+            ctx.teardown(fx.shared.epoll(), &mut released);
+        }
+        fx.shared.purge_parked_sockets();
         settle(&mut held, &mut released);
         // The host service goes with the context: nothing outlives one input.
         drop(host_efds);
@@ -390,6 +419,7 @@ pub fn cross_domain_commands(data: &[u8]) {
             "requests still held after teardown: {held:?}"
         );
         fx.limiter.limits.forget(7);
+        fx.limiter.limits.forget(8);
     });
 }
 

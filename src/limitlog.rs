@@ -43,13 +43,15 @@ pub enum LimitKind {
     ImageRequirementsPerVm,
     /// `MAX_BACKLOG_BYTES`: bytes queued towards one slow host peer (channel socket or pipe).
     QueuedBytes,
+    /// `MAX_PARKED_SOCKETS`: sockets parked by ASSIGN_SOCKET_UUID in one VM.
+    ParkedSocketsPerVm,
     /// `Limits::max_mappings`: blobs mapped in the host-visible region at once.
     MappingsPerVm,
 }
 
 impl LimitKind {
     /// Every limit, in declaration order.
-    pub const ALL: [LimitKind; 10] = [
+    pub const ALL: [LimitKind; 11] = [
         LimitKind::ContextsPerVm,
         LimitKind::ResourcesPerVm,
         LimitKind::EntriesPerResource,
@@ -59,6 +61,7 @@ impl LimitKind {
         LimitKind::ImageRequirementsPerContext,
         LimitKind::ImageRequirementsPerVm,
         LimitKind::QueuedBytes,
+        LimitKind::ParkedSocketsPerVm,
         LimitKind::MappingsPerVm,
     ];
 
@@ -74,6 +77,7 @@ impl LimitKind {
             LimitKind::ImageRequirementsPerContext => "image requirements per context",
             LimitKind::ImageRequirementsPerVm => "image requirements per VM",
             LimitKind::QueuedBytes => "bytes queued towards a host peer",
+            LimitKind::ParkedSocketsPerVm => "parked sockets per VM",
             LimitKind::MappingsPerVm => "mappings per VM",
         }
     }

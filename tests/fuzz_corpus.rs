@@ -168,6 +168,29 @@ fn cd_seeds() -> Vec<Vec<u8>> {
             }),
         ]
         .concat(),
+        // Channel 0x12 is a host service too, whose policy carries sockets: two sockets (ids 2
+        // and 3), ASSIGN_SOCKET_UUID (a duplicate and an unknown id among them), then the
+        // second context (ops with the top bit) adopts one with a 36-byte INIT and SENDs on it.
+        [
+            op(0, &cd_init(1, 2, 0x12)),
+            op(4, &[2, 0b0011_0110, b's']),
+            op(1, &[]),
+            op(0, &cd_assign_socket_uuid([0x11; 16], 2)),
+            op(0, &cd_assign_socket_uuid([0x11; 16], 3)),
+            op(0, &cd_assign_socket_uuid([0x22; 16], 9)),
+            op(
+                0x80,
+                &cd_init_36(1, 2, CD_CHANNEL_INTERNAL_SOCKET, [0x33; 16]),
+            ),
+            op(
+                0x80,
+                &cd_init_36(1, 2, CD_CHANNEL_INTERNAL_SOCKET, [0x11; 16]),
+            ),
+            op(0x80, &cd_send(b"hi", &[(0x8000_0001, 3)])),
+            op(0x81, &[]),
+            op(0, &cd_assign_socket_uuid([0x44; 16], 3)),
+        ]
+        .concat(),
     ]
 }
 

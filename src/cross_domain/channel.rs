@@ -2,9 +2,13 @@
 //! channel type, written by SEND (through its [`Peer`]), and read into RECEIVE messages, whose
 //! fds become items (docs/protocol.md §3.6, §4.5, §5.3, §5.3.1).
 //!
+//! A context's channel is either connected at INIT to the configured host service
+//! ([`Channel::connect`]) or a parked socket adopted by a 36-byte INIT ([`Channel::adopt`],
+//! `sockets.rs`); both carry the kinds of fd their [`FdPolicy`] names.
+//!
 //! A message is delivered whole or not at all: if one of its fds cannot become an identifier
-//! (a kind the guest cannot be given, more fds than a RECEIVE holds, no room in the item
-//! table), the channel hangs up instead — the host service's connection is closed and the guest
+//! (a kind the guest cannot be given or the channel does not carry, more fds than a RECEIVE
+//! holds, no room in the item table), the channel hangs up instead — the host service's connection is closed and the guest
 //! gets the one empty RECEIVE of end of stream — because guests pair identifiers with the inner
 //! protocol's fds by position, and a message short of one desynchronises everything after it.
 //!
@@ -13,7 +17,7 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use log::info;
 use nix::sys::epoll::{Epoll, EpollEvent};
@@ -27,10 +31,12 @@ use super::io::{self as cdio, FdKind, Received};
 use super::items::{Item, ItemTable, MAX_ITEMS};
 use super::peer::{Peer, PeerError};
 use super::pipes::WritePipe;
+use super::policy::{FdClass, FdPolicy};
 use super::protocol::{
-    SendReceive, CMD_RECEIVE, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE, MAX_IDENTIFIERS,
-    MAX_RECEIVE_DATA,
+    SendReceive, CMD_RECEIVE, ID_TYPE_SOCKET, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE,
+    MAX_IDENTIFIERS, MAX_RECEIVE_DATA,
 };
+use super::sockets::{Parked, SocketUuid};
 use crate::counters::{self, ChannelCounters, OpenContext};
 use crate::guest_mem::SgList;
 use crate::guest_warn;
@@ -39,8 +45,14 @@ use crate::limitlog::LimitKind;
 /// A context's connection to its host service.
 pub(super) struct Channel {
     peer: Peer,
+    /// The context's channel type (0xFFFFFFFF for an adopted socket).
     channel_type: u32,
-    path: PathBuf,
+    /// What the socket reaches, for logs: the configured path, or the parked socket's uuid.
+    host: String,
+    /// The kinds of fd the channel carries.
+    policy: FdPolicy,
+    /// The configured channel type the socket came from (`channel_type` unless adopted).
+    origin: u32,
     /// The identifier type an eventfd gets in RECEIVE (docs/protocol.md §8.2).
     eventfd_type: u32,
     /// Epoll reported it readable and it has not returned `EAGAIN` since.
@@ -65,6 +77,8 @@ pub(super) struct Who<'a> {
 enum Undeliverable {
     /// An fd of a kind the guest cannot be given.
     Fd(&'static str),
+    /// An fd of a kind the channel does not carry.
+    NotCarried(FdClass, FdPolicy),
     /// More fds than a RECEIVE has identifiers (the kernel dropped the rest).
     TooManyFds,
     /// The item table has no room for the message's fds.
@@ -78,12 +92,40 @@ enum Admitted {
     Memory(u64),
     WritePipe,
     Eventfd,
+    Socket,
+}
+
+impl Admitted {
+    fn class(self) -> FdClass {
+        match self {
+            Admitted::Memory(_) => FdClass::Memory,
+            Admitted::WritePipe => FdClass::Pipe,
+            Admitted::Eventfd => FdClass::Eventfd,
+            Admitted::Socket => FdClass::Socket,
+        }
+    }
 }
 
 impl fmt::Display for Undeliverable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Undeliverable::Fd(what) => write!(f, "a {what}, which the guest cannot be given"),
+            // Worded as for a kind no channel carries (the guest of this channel cannot be
+            // given it either); the policy follows in the log line (`refuse`).
+            Undeliverable::NotCarried(class, _) => {
+                let what = match class {
+                    FdClass::Memory => "memory fd",
+                    FdClass::Pipe => "pipe write end",
+                    FdClass::Eventfd => "eventfd",
+                    FdClass::Socket => "socket",
+                };
+                let a = if *class == FdClass::Eventfd {
+                    "an"
+                } else {
+                    "a"
+                };
+                write!(f, "{a} {what}, which the guest cannot be given")
+            }
             Undeliverable::TooManyFds => {
                 write!(f, "more than {MAX_IDENTIFIERS} fds in one message")
             }
@@ -97,7 +139,8 @@ impl fmt::Display for Undeliverable {
 
 impl Channel {
     /// Connect the channel of `channel_type`, configured at `path`, for context `ctx_id` and
-    /// start watching it. Received eventfds will be announced as `eventfd_type`.
+    /// start watching it. Received eventfds will be announced as `eventfd_type`; the channel
+    /// carries the fds `policy` names.
     pub fn connect(
         connector: &dyn Connector,
         epoll: &Epoll,
@@ -105,6 +148,7 @@ impl Channel {
         channel_type: u32,
         path: &Path,
         eventfd_type: u32,
+        policy: FdPolicy,
     ) -> Result<Self, CtxError> {
         let sock = connector.connect(channel_type, path).map_err(|source| {
             counters::for_type(channel_type).error();
@@ -114,6 +158,54 @@ impl Channel {
                 source,
             }
         })?;
+        let host = path.display().to_string();
+        Self::watch(
+            epoll,
+            ctx_id,
+            sock,
+            channel_type,
+            host,
+            eventfd_type,
+            policy,
+        )
+    }
+
+    /// Make the parked socket `parked`, adopted under `uuid` by a 36-byte INIT of context
+    /// `ctx_id`, its channel (type 0xFFFFFFFF), carrying what its first channel carried.
+    pub fn adopt(
+        epoll: &Epoll,
+        ctx_id: u32,
+        channel_type: u32,
+        uuid: SocketUuid,
+        parked: Parked,
+        eventfd_type: u32,
+    ) -> Result<Self, CtxError> {
+        // Received sockets are left as the host service made them until used: the channel
+        // path needs a non-blocking one, as the connector's are.
+        cdio::set_nonblocking(parked.fd.as_fd()).map_err(CtxError::HostIo)?;
+        let host = format!("internal socket {uuid} from channel {:#x}", parked.origin);
+        let mut chan = Self::watch(
+            epoll,
+            ctx_id,
+            parked.fd,
+            channel_type,
+            host,
+            eventfd_type,
+            parked.policy,
+        )?;
+        chan.origin = parked.origin;
+        Ok(chan)
+    }
+
+    fn watch(
+        epoll: &Epoll,
+        ctx_id: u32,
+        sock: OwnedFd,
+        channel_type: u32,
+        host: String,
+        eventfd_type: u32,
+        policy: FdPolicy,
+    ) -> Result<Self, CtxError> {
         let tok = token(ctx_id, CHANNEL_TOKEN);
         epoll
             .add(&sock, EpollEvent::new(SOURCE_EVENTS, tok))
@@ -121,7 +213,9 @@ impl Channel {
         Ok(Channel {
             peer: Peer::socket(sock, tok, SOURCE_EVENTS),
             channel_type,
-            path: path.to_path_buf(),
+            host,
+            policy,
+            origin: channel_type,
             eventfd_type,
             readable: true,
             eof: false,
@@ -133,6 +227,27 @@ impl Channel {
     /// The channel type's counters.
     pub fn stats(&self) -> &ChannelCounters {
         &self.stats
+    }
+
+    /// The kinds of fd the channel carries.
+    pub fn policy(&self) -> FdPolicy {
+        self.policy
+    }
+
+    /// Replace the policy (unit tests of other files: the command line cannot set one yet).
+    #[cfg(test)]
+    pub fn set_policy(&mut self, policy: FdPolicy) {
+        self.policy = policy;
+    }
+
+    /// The configured channel type its socket came from.
+    pub fn origin(&self) -> u32 {
+        self.origin
+    }
+
+    /// What the socket reaches, for logs.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// SEND: pass `[off, off + len)` of the request `stream` of submission `sub` on, with
@@ -160,10 +275,7 @@ impl Channel {
                 // hang-up is read (or the context ends).
                 info!(
                     "ctx {} ({}): channel {:#x} ({}) send failed: {e}",
-                    who.ctx_id,
-                    who.name,
-                    self.channel_type,
-                    self.path.display()
+                    who.ctx_id, who.name, self.channel_type, self.host
                 );
                 Err(CtxError::HostIo(e))
             }
@@ -179,7 +291,7 @@ impl Channel {
             if let Err(e) = self.peer.on_writable(env) {
                 info!(
                     "ctx {ctx_id}: channel {} hung up while sending: {e}",
-                    self.path.display()
+                    self.host
                 );
             }
         }
@@ -263,10 +375,7 @@ impl Channel {
     fn hung_up(&mut self, who: Who<'_>, what: fmt::Arguments<'_>) {
         info!(
             "ctx {} ({}): channel {:#x} ({}) {what}",
-            who.ctx_id,
-            who.name,
-            self.channel_type,
-            self.path.display()
+            who.ctx_id, who.name, self.channel_type, self.host
         );
         self.eof = true;
         self.readable = false;
@@ -279,12 +388,16 @@ impl Channel {
     fn refuse(&mut self, env: &mut Env<'_>, who: Who<'_>, why: Undeliverable) {
         let ctx_id = who.ctx_id;
         self.stats.refused_fd();
+        let carried = match why {
+            Undeliverable::NotCarried(class, policy) => {
+                format!(" (this channel does not carry {class} fds: its fds are {policy})")
+            }
+            _ => String::new(),
+        };
         let what = format_args!(
             "ctx {ctx_id} ({}): channel {:#x} ({}) sent {why}; hung up the channel rather than \
-             deliver the message without it",
-            who.name,
-            self.channel_type,
-            self.path.display()
+             deliver the message without it{carried}",
+            who.name, self.channel_type, self.host
         );
         if why == Undeliverable::ItemTableFull {
             let limit = LimitKind::ItemsPerContext;
@@ -294,10 +407,7 @@ impl Channel {
         }
         self.hung_up(who, format_args!("hung up by the daemon"));
         if let Err(e) = cdio::shutdown(self.peer.fd()) {
-            info!(
-                "ctx {ctx_id}: shutdown of channel {}: {e}",
-                self.path.display()
-            );
+            info!("ctx {ctx_id}: shutdown of channel {}: {e}", self.host);
         }
         self.peer.close(env.epoll, env.released);
         self.closed_here = true;
@@ -320,20 +430,21 @@ impl Channel {
         }
         let mut kinds = [Admitted::Memory(0); MAX_IDENTIFIERS];
         for (kind, fd) in kinds.iter_mut().zip(fds.iter()) {
-            let ready = match cdio::classify(fd.as_fd()) {
+            *kind = match cdio::classify(fd.as_fd()) {
                 FdKind::Refused(what) => return Err(Undeliverable::Fd(what)),
-                FdKind::Memory { size } => {
-                    *kind = Admitted::Memory(size);
-                    Ok(())
-                }
-                FdKind::WritePipe => {
-                    *kind = Admitted::WritePipe;
-                    WritePipe::prepare(fd)
-                }
-                FdKind::Eventfd => {
-                    *kind = Admitted::Eventfd;
-                    Eventfd::prepare(fd)
-                }
+                FdKind::Memory { size } => Admitted::Memory(size),
+                FdKind::WritePipe => Admitted::WritePipe,
+                FdKind::Eventfd => Admitted::Eventfd,
+                FdKind::Socket => Admitted::Socket,
+            };
+            if !self.policy.allows(kind.class()) {
+                return Err(Undeliverable::NotCarried(kind.class(), self.policy));
+            }
+            let ready = match kind {
+                Admitted::WritePipe => WritePipe::prepare(fd),
+                Admitted::Eventfd => Eventfd::prepare(fd),
+                // A socket is not used here; an adopting context makes it non-blocking.
+                Admitted::Memory(_) | Admitted::Socket => Ok(()),
             };
             if let Err(e) = ready {
                 guest_warn!(env.limiter, "ctx {ctx_id}: cannot use a received fd: {e}");
@@ -349,11 +460,13 @@ impl Channel {
                 Admitted::Memory(size) => (ID_TYPE_VIRTGPU_BLOB, size),
                 Admitted::WritePipe => (ID_TYPE_WRITE_PIPE, 0),
                 Admitted::Eventfd => (self.eventfd_type, 0),
+                Admitted::Socket => (ID_TYPE_SOCKET, 0),
             };
             let item = |id| match kind {
                 Admitted::Memory(size) => Item::Memory { fd, size },
                 Admitted::WritePipe => Item::WritePipe(WritePipe::new(ctx_id, id, fd)),
                 Admitted::Eventfd => Item::Eventfd(Eventfd::new(fd)),
+                Admitted::Socket => Item::Socket(fd),
             };
             let Ok(id) = items.add_received(item) else {
                 // Not while the room check holds (ids are plentiful); undo, to stay whole.
@@ -376,299 +489,10 @@ impl Channel {
         self.peer.close(epoll, released);
         info!(
             "ctx {} ({}): closing channel {:#x} ({})",
-            who.ctx_id,
-            who.name,
-            self.channel_type,
-            self.path.display()
+            who.ctx_id, who.name, self.channel_type, self.host
         );
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::{self as stdio, Write};
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
-    use std::sync::Mutex;
-
-    use vm_memory::{Bytes, GuestAddress};
-
-    use super::*;
-    use crate::cross_domain::env::TestEnv;
-    use crate::cross_domain::protocol::ID_TYPE_WRITE_PIPE;
-
-    /// Hands out the prepared socket once, and records what it was asked for.
-    struct OneSocket {
-        sock: Mutex<Option<OwnedFd>>,
-        asked: Mutex<Vec<(u32, PathBuf)>>,
-    }
-
-    impl Connector for OneSocket {
-        fn connect(&self, channel_type: u32, path: &Path) -> stdio::Result<OwnedFd> {
-            self.asked
-                .lock()
-                .unwrap()
-                .push((channel_type, path.to_path_buf()));
-            self.sock
-                .lock()
-                .unwrap()
-                .take()
-                .ok_or_else(|| stdio::Error::from_raw_os_error(libc::ECONNREFUSED))
-        }
-    }
-
-    const RING: u64 = 0x1_8000;
-    const WHO: Who<'static> = Who {
-        ctx_id: 3,
-        name: "test",
-    };
-
-    fn connected(t: &TestEnv) -> (Channel, UnixStream) {
-        let (a, b) = UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        let conn = OneSocket {
-            sock: Mutex::new(Some(a.into())),
-            asked: Mutex::default(),
-        };
-        let chan =
-            Channel::connect(&conn, t.shared.epoll(), 3, 2, Path::new("/run/x.sock"), 5).unwrap();
-        assert_eq!(
-            *conn.asked.lock().unwrap(),
-            [(2, PathBuf::from("/run/x.sock"))]
-        );
-        let err = Channel::connect(&conn, t.shared.epoll(), 3, 2, Path::new("/run/x.sock"), 5);
-        assert!(matches!(
-            err,
-            Err(CtxError::Connect {
-                channel_type: 2,
-                ..
-            })
-        ));
-        (chan, b)
-    }
-
-    fn received(t: &TestEnv) -> (SendReceive, Vec<u8>) {
-        let msg: SendReceive = t.mem.read_obj(GuestAddress(RING)).unwrap();
-        let hdr = std::mem::size_of::<SendReceive>();
-        let mut data = vec![0u8; msg.opaque_data_size as usize];
-        t.mem
-            .read_slice(&mut data, GuestAddress(RING + hdr as u64))
-            .unwrap();
-        assert_eq!(usize::from(msg.hdr.cmd_size), hdr + data.len());
-        (msg, data)
-    }
-
-    #[test]
-    fn a_message_and_its_fds_become_one_receive_and_the_hang_up_one_empty_receive() {
-        let mut t = TestEnv::new();
-        let (mut chan, host) = connected(&t);
-        let ring = t.sg(RING, &[0u8; 4096]);
-        let mut items = ItemTable::default();
-        // Nothing sent yet: the turn passes.
-        assert_eq!(
-            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
-            Turn::Idle
-        );
-        let mem = nix::sys::memfd::memfd_create(c"chan-test", nix::sys::memfd::MFdFlags::empty())
-            .unwrap();
-        std::fs::File::from(mem.try_clone().unwrap())
-            .write_all(&[1u8; 300])
-            .unwrap();
-        let (_r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let efd = nix::sys::eventfd::EventFd::new().unwrap();
-        let iov = [libc::iovec {
-            iov_base: b"hi".as_ptr() as *mut _,
-            iov_len: 2,
-        }];
-        let raw = [mem.as_raw_fd(), efd.as_raw_fd(), w.as_raw_fd()];
-        let mut cmsg = cdio::CmsgBuf::default();
-        cdio::send_with_fds(host.as_fd(), &iov, &raw, &mut cmsg).unwrap();
-        // Epoll said readable: the next turn reads the message.
-        chan.on_event(&mut t.env(), 3, true, false);
-        assert_eq!(
-            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
-            Turn::Served
-        );
-        let (msg, data) = received(&t);
-        assert_eq!((msg.hdr.cmd, data.as_slice()), (CMD_RECEIVE, &b"hi"[..]));
-        // Ids 2, 3 and 4, in order; the eventfd with the type of the context's INIT form.
-        assert_eq!(msg.num_identifiers, 3);
-        assert_eq!(msg.identifiers[..3], [2, 3, 4]);
-        assert_eq!(
-            msg.identifier_types[..3],
-            [ID_TYPE_VIRTGPU_BLOB, 5, ID_TYPE_WRITE_PIPE]
-        );
-        assert_eq!(msg.identifier_sizes[..3], [300, 0, 0]);
-        assert!(matches!(items.get(2), Some(Item::Memory { size: 300, .. })));
-        assert!(matches!(items.get(3), Some(Item::Eventfd(_))));
-        assert!(matches!(items.get(4), Some(Item::WritePipe(_))));
-        // Drained: idle again, until the host hangs up.
-        assert_eq!(
-            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
-            Turn::Idle
-        );
-        drop(host);
-        chan.on_event(&mut t.env(), 3, true, false);
-        assert_eq!(
-            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
-            Turn::ServedLast
-        );
-        let (msg, data) = received(&t);
-        assert_eq!(
-            (msg.num_identifiers, data.len()),
-            (0, 0),
-            "one empty RECEIVE"
-        );
-        // And only one: the channel reads nothing more.
-        chan.on_event(&mut t.env(), 3, true, false);
-        assert_eq!(
-            chan.deliver(&mut t.env(), WHO, &mut items, &ring),
-            Turn::Idle
-        );
-        assert!(t.ready().is_empty(), "no longer watched");
-    }
-
-    /// Send "x" with `fds` from the host, and give the channel its turn.
-    fn deliver_with(
-        t: &mut TestEnv,
-        chan: &mut Channel,
-        host: &UnixStream,
-        fds: &[i32],
-        items: &mut ItemTable,
-        ring: &SgList,
-    ) -> Turn {
-        let iov = [libc::iovec {
-            iov_base: b"x".as_ptr() as *mut _,
-            iov_len: 1,
-        }];
-        let mut cmsg = cdio::CmsgBuf::default();
-        cdio::send_with_fds(host.as_fd(), &iov, fds, &mut cmsg).unwrap();
-        chan.on_event(&mut t.env(), 3, true, false);
-        chan.deliver(&mut t.env(), WHO, items, ring)
-    }
-
-    /// The message is not delivered, the host's connection is closed, the guest gets the
-    /// empty RECEIVE of end of stream, SENDs fail and nothing stays behind.
-    fn assert_hung_up(
-        t: &mut TestEnv,
-        chan: &mut Channel,
-        host: &UnixStream,
-        turn: Turn,
-        items: &ItemTable,
-        before: usize,
-    ) {
-        assert_eq!(turn, Turn::ServedLast);
-        let (msg, data) = received(t);
-        assert_eq!(
-            (msg.num_identifiers, data.len()),
-            (0, 0),
-            "one empty RECEIVE"
-        );
-        assert_eq!(items.fd_items(), before, "no item added");
-        let mut buf = [0u8; 4];
-        assert_eq!(
-            nix::unistd::read(host, &mut buf),
-            Ok(0),
-            "the host reads EOF"
-        );
-        let stream = t.sg(0x1_0000, b"late");
-        let r = chan.send(
-            &mut t.env(),
-            &mut crate::cross_domain::env::submission(None),
-            WHO,
-            &stream,
-            0,
-            4,
-            &mut Vec::new(),
-        );
-        assert!(matches!(r, Err(CtxError::ChannelClosed)), "{r:?}");
-        assert!(t.ready().is_empty(), "no longer watched");
-    }
-
-    #[test]
-    fn an_fd_the_guest_cannot_be_given_hangs_the_channel_up() {
-        let (sock, _peer) = UnixStream::pair().unwrap();
-        let dir = std::fs::File::open("/").unwrap();
-        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let null = std::fs::File::open("/dev/null").unwrap();
-        for bad in [
-            sock.as_raw_fd(),
-            dir.as_raw_fd(),
-            r.as_raw_fd(),
-            null.as_raw_fd(),
-        ] {
-            let mut t = TestEnv::new();
-            let (mut chan, host) = connected(&t);
-            let ring = t.sg(RING, &[0u8; 4096]);
-            let mut items = ItemTable::default();
-            // Good fds around the bad one: none of them becomes an item either.
-            let mem =
-                nix::sys::memfd::memfd_create(c"c", nix::sys::memfd::MFdFlags::empty()).unwrap();
-            let efd = nix::sys::eventfd::EventFd::new().unwrap();
-            let fds = [mem.as_raw_fd(), bad, efd.as_raw_fd()];
-            let turn = deliver_with(&mut t, &mut chan, &host, &fds, &mut items, &ring);
-            assert_hung_up(&mut t, &mut chan, &host, turn, &items, 0);
-        }
-    }
-
-    #[test]
-    fn a_full_item_table_hangs_the_channel_up() {
-        let mut t = TestEnv::new();
-        let (mut chan, host) = connected(&t);
-        let ring = t.sg(RING, &[0u8; 4096]);
-        let mut items = ItemTable::default();
-        for _ in 0..MAX_ITEMS - 1 {
-            items
-                .add_received(|_| Item::Memory {
-                    fd: nix::unistd::dup(&host).unwrap(),
-                    size: 0,
-                })
-                .unwrap();
-        }
-        // One fd still fits.
-        let (_r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let turn = deliver_with(
-            &mut t,
-            &mut chan,
-            &host,
-            &[w.as_raw_fd()],
-            &mut items,
-            &ring,
-        );
-        assert_eq!(turn, Turn::Served);
-        assert_eq!(items.fd_items(), MAX_ITEMS);
-        // Two do not: neither is dropped alone.
-        let (_r2, w2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let efd = nix::sys::eventfd::EventFd::new().unwrap();
-        items.remove(2);
-        let turn = deliver_with(
-            &mut t,
-            &mut chan,
-            &host,
-            &[w2.as_raw_fd(), efd.as_raw_fd()],
-            &mut items,
-            &ring,
-        );
-        assert_hung_up(&mut t, &mut chan, &host, turn, &items, MAX_ITEMS - 1);
-    }
-
-    #[test]
-    fn more_fds_than_a_receive_holds_hang_the_channel_up() {
-        let mut t = TestEnv::new();
-        let (mut chan, host) = connected(&t);
-        let ring = t.sg(RING, &[0u8; 4096]);
-        let mut items = ItemTable::default();
-        let pipes: Vec<_> = (0..MAX_IDENTIFIERS + 1)
-            .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap())
-            .collect();
-        let raw: Vec<_> = pipes.iter().map(|(_, w)| w.as_raw_fd()).collect();
-        // `cdio::send_with_fds` refuses more than 28; nix does not.
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-        let iov = [std::io::IoSlice::new(b"x")];
-        let cmsg = [ControlMessage::ScmRights(&raw)];
-        sendmsg::<()>(host.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
-        chan.on_event(&mut t.env(), 3, true, false);
-        let turn = chan.deliver(&mut t.env(), WHO, &mut items, &ring);
-        assert_hung_up(&mut t, &mut chan, &host, turn, &items, 0);
-    }
-}
+mod tests;

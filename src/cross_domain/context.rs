@@ -1,6 +1,6 @@
 //! One cross-domain context: the dispatch of its command stream (INIT and SEND here; the
 //! other commands in the files that own what they touch: `blobs.rs`, `pipes.rs`,
-//! `eventfds.rs`; what it cannot serve in `unserved.rs`), the scheduling of host→guest
+//! `eventfds.rs`, `sockets.rs`; what it cannot serve in `unserved.rs`), the scheduling of host→guest
 //! messages over its sources (one per POLL fence), the routing of host events, and teardown.
 //!
 //! What a context holds lives elsewhere, a file each: the channel socket (`channel.rs`), the
@@ -11,6 +11,7 @@
 
 use std::os::fd::OwnedFd;
 
+use cross_domain_protocol::channel::CHANNEL_TYPE_INTERNAL_SOCKET;
 use log::{debug, info};
 use nix::sys::epoll::{Epoll, EpollFlags};
 use vm_memory::ByteValued;
@@ -25,7 +26,9 @@ use super::eventfds;
 use super::items::{next_read_pipe_id, Item, ItemTable, MAX_ITEMS};
 use super::peer::PeerError;
 use super::pipes::ReadPipe;
+use super::policy::{FdClass, FdPolicy};
 use super::protocol::*;
+use super::sockets::{self, SocketUuid};
 use super::unserved::{Told, Unserved};
 use crate::config::ChannelTable;
 use crate::guest_mem::SgList;
@@ -67,7 +70,7 @@ impl Cmd<'_> {
         Ok(self.off + hdr_len)
     }
 
-    fn bad_size(&self) -> CtxError {
+    pub(super) fn bad_size(&self) -> CtxError {
         CtxError::BadCmdSize {
             offset: self.rel,
             size: self.size,
@@ -213,7 +216,13 @@ impl Context {
                 CMD_FUTEX_NEW | CMD_FUTEX_SIGNAL | CMD_FUTEX_DESTROY => {
                     return Err(self.unserved(Unserved::Futex, env))
                 }
-                CMD_ASSIGN_SOCKET_UUID => return Err(self.unserved(Unserved::SocketUuid, env)),
+                CMD_ASSIGN_SOCKET_UUID => {
+                    // Without a channel there are no socket items, and `assign` says so.
+                    let (policy, origin) = self
+                        .channel()
+                        .map_or((FdPolicy::NONE, 0), |c| (c.policy(), c.origin()));
+                    sockets::assign(env, &cmd, self.id, &mut self.items, policy, origin)?
+                }
                 other => return Err(CtxError::UnknownCommand(other)),
             }
             off += size;
@@ -267,24 +276,41 @@ impl Context {
             return Ok(());
         }
         let channel_ring = ring(res, channel_id, CHANNEL_RING_MIN_SIZE)?;
-        let path = env
-            .channels
-            .get(channel_type)
-            .ok_or(CtxError::ChannelNotConfigured(channel_type))?;
-        let channel = Channel::connect(
-            env.connector,
-            env.epoll,
-            self.id,
-            channel_type,
-            path,
-            eventfd_type,
-        )?;
+        // Only the 36-byte INIT names a parked socket; to the shorter forms 0xFFFFFFFF is a
+        // type like any other, and the command line never configures it.
+        let channel = if cmd.size == INIT_SIZE_UUID && channel_type == CHANNEL_TYPE_INTERNAL_SOCKET
+        {
+            let mut uuid = [0u8; 16];
+            cmd.stream
+                .read_at(env.mem, cmd.off + INIT_UUID_OFFSET, &mut uuid)?;
+            let uuid = SocketUuid(uuid);
+            // Every check that can fail on the guest's word is done: the socket is taken
+            // (one-shot) only now.
+            let parked = env.parked.take(uuid)?;
+            Channel::adopt(env.epoll, self.id, channel_type, uuid, parked, eventfd_type)?
+        } else {
+            let path = env
+                .channels
+                .get(channel_type)
+                .ok_or(CtxError::ChannelNotConfigured(channel_type))?;
+            let policy = env.policy(channel_type);
+            Channel::connect(
+                env.connector,
+                env.epoll,
+                self.id,
+                channel_type,
+                path,
+                eventfd_type,
+                policy,
+            )?
+        };
         info!(
-            "ctx {} ({}): INIT channel {:#x} -> {}",
+            "ctx {} ({}): INIT channel {:#x} -> {} (fds: {})",
             self.id,
             self.name,
             channel_type,
-            path.display()
+            channel.host(),
+            channel.policy()
         );
         self.conn = Some(Connection {
             query_ring,
@@ -294,6 +320,11 @@ impl Context {
         self.pages = env.partial_pages;
         self.delivery.add(Source::Channel);
         Ok(())
+    }
+
+    /// The context's channel, once INIT connected one.
+    fn channel(&self) -> Option<&Channel> {
+        self.conn.as_ref().and_then(|c| c.channel.as_ref())
     }
 
     fn image_requirements(
@@ -369,10 +400,19 @@ impl Context {
         };
         let mut last_pipe = self.items.last_read_pipe();
         let count = hdr.num_identifiers as usize;
+        let policy = chan.policy();
+        let carried = |class| {
+            if policy.allows(class) {
+                Ok(())
+            } else {
+                Err(CtxError::NotCarried { class, policy })
+            }
+        };
         for i in 0..count {
             let id = hdr.identifiers[i];
             match hdr.identifier_types[i] {
                 ID_TYPE_READ_PIPE => {
+                    carried(FdClass::Pipe)?;
                     let expected = next_read_pipe_id(last_pipe);
                     if id != expected {
                         return Err(CtxError::ReadPipeIdMismatch { expected, got: id });
@@ -385,13 +425,18 @@ impl Context {
                     fds.push(w);
                     pipes.push((id, r));
                 }
-                ID_TYPE_VIRTGPU_BLOB => match res.lookup(id) {
-                    Lookup::NotAttached => return Err(CtxError::ResourceNotAttached(id)),
-                    Lookup::Guest(_) | Lookup::Unbacked => return Err(CtxError::NotSendable(id)),
-                    Lookup::Host(fd) => {
-                        fds.push(fd.try_clone_to_owned().map_err(CtxError::HostIo)?)
+                ID_TYPE_VIRTGPU_BLOB => {
+                    carried(FdClass::Memory)?;
+                    match res.lookup(id) {
+                        Lookup::NotAttached => return Err(CtxError::ResourceNotAttached(id)),
+                        Lookup::Guest(_) | Lookup::Unbacked => {
+                            return Err(CtxError::NotSendable(id))
+                        }
+                        Lookup::Host(fd) => {
+                            fds.push(fd.try_clone_to_owned().map_err(CtxError::HostIo)?)
+                        }
                     }
-                },
+                }
                 other => {
                     return Err(match Unserved::in_send(other) {
                         Some(what) => self.told.refuse(what, who.ctx_id, who.name, env.limiter),
@@ -594,7 +639,7 @@ fn close_item(mut item: Item, epoll: &Epoll, released: &mut Vec<HoldToken>) {
         Item::WritePipe(pipe) => pipe.close(epoll, released),
         Item::ReadPipe(pipe) => pipe.close(epoll),
         Item::Eventfd(efd) => efd.close(epoll),
-        Item::Memory { .. } | Item::Image(_) => {}
+        Item::Memory { .. } | Item::Image(_) | Item::Socket(_) => {}
     }
 }
 

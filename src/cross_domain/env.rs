@@ -17,6 +17,8 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags};
 use super::backlog::{Backlog, Flush, HoldToken};
 use super::blobs::PartialPages;
 use super::io::CmsgBuf;
+use super::policy::FdPolicy;
+use super::sockets::ParkedSockets;
 use crate::config::{ChannelTable, ChannelView};
 use crate::guest_mem::{GuestMem, SgList};
 use crate::ratelimit::GuestLog;
@@ -71,6 +73,8 @@ pub struct Env<'a> {
     pub(super) channels: &'a ChannelTable,
     pub(super) connector: &'a dyn Connector,
     pub(super) scratch: &'a mut Scratch,
+    /// The VM's parked sockets (ASSIGN_SOCKET_UUID, adopted by a 36-byte INIT).
+    pub(super) parked: &'a mut ParkedSockets,
     pub(super) limiter: &'a mut GuestLog,
     /// Tokens of held requests whose last queued bytes went out or were dropped.
     pub(super) released: &'a mut Vec<HoldToken>,
@@ -96,12 +100,13 @@ pub struct Submission {
 
 /// What every context of a device shares, owned by the device and lent to one context at a
 /// time as an [`Env`]: the epoll set of host fds, the channel table, the [`Connector`], the
-/// VMM's [`PartialPages`] behaviour and the scratch buffers.
+/// VMM's [`PartialPages`] behaviour, the VM's [`ParkedSockets`] and the scratch buffers.
 pub struct Shared {
     epoll: Epoll,
     channels: ChannelView,
     connector: Arc<dyn Connector>,
     partial_pages: PartialPages,
+    parked: ParkedSockets,
     scratch: Scratch,
 }
 
@@ -118,8 +123,20 @@ impl Shared {
             channels: channels.into(),
             connector,
             partial_pages,
+            parked: ParkedSockets::default(),
             scratch: Scratch::default(),
         })
+    }
+
+    /// The sockets parked now (ASSIGN_SOCKET_UUID) that no context adopted yet.
+    pub fn parked_sockets(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Close every parked socket: the device was reset or its VMM went, and no later context
+    /// may adopt a socket a former guest parked.
+    pub fn purge_parked_sockets(&mut self) {
+        self.parked.purge();
     }
 
     /// The epoll set of every context's host fds; its events carry `token_parts` tokens.
@@ -146,6 +163,7 @@ impl Shared {
             channels: self.channels.current(),
             connector: &*self.connector,
             scratch: &mut self.scratch,
+            parked: &mut self.parked,
             limiter,
             released,
             partial_pages: self.partial_pages,
@@ -154,6 +172,12 @@ impl Shared {
 }
 
 impl Env<'_> {
+    /// The fd policy of the configured channel `channel_type`: the one place it is looked up.
+    /// (The command line does not set it yet: each channel has its type's default.)
+    pub(super) fn policy(&self, channel_type: u32) -> FdPolicy {
+        FdPolicy::default_for(channel_type)
+    }
+
     /// Send what `out` holds towards its peer `fd` (a socket when `socket`), with this
     /// operation's guest memory, scratch buffers and release list.
     pub(super) fn flush(

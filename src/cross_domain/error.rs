@@ -11,7 +11,9 @@ use super::blobs::{MAX_IMAGE_REQUIREMENTS, MAX_IMAGE_REQUIREMENTS_PER_VM};
 use super::image::ImageError;
 use super::items::MAX_ITEMS;
 use super::peer::MAX_BACKLOG_BYTES;
+use super::policy::{FdClass, FdPolicy};
 use super::protocol::MAX_IDENTIFIERS;
+use super::sockets::{SocketUuid, MAX_PARKED_SOCKETS};
 use super::unserved::Unserved;
 use crate::guest_mem::SgError;
 use crate::limitlog::LimitKind;
@@ -86,6 +88,14 @@ pub enum CtxError {
     UnknownBlob(u32),
     #[error("blob size {got} does not match the {expected} bytes of blob id {id:#x}")]
     BlobSize { id: u32, expected: u64, got: u64 },
+    #[error("the channel does not carry {class} fds (its fds are: {policy})")]
+    NotCarried { class: FdClass, policy: FdPolicy },
+    #[error("a socket is already parked under uuid {0}")]
+    SocketUuidInUse(SocketUuid),
+    #[error("no socket is parked under uuid {0}")]
+    UnknownSocketUuid(SocketUuid),
+    #[error("too many parked sockets in this VM (limit {MAX_PARKED_SOCKETS})")]
+    TooManyParkedSockets,
     #[error("file descriptors must travel with at least one data byte")]
     FdsWithoutData,
     #[error("too many items in this context (limit {MAX_ITEMS})")]
@@ -121,6 +131,9 @@ impl CtxError {
                 MAX_IMAGE_REQUIREMENTS_PER_VM,
             )),
             CtxError::BacklogFull(_) => Some((LimitKind::QueuedBytes, MAX_BACKLOG_BYTES)),
+            CtxError::TooManyParkedSockets => {
+                Some((LimitKind::ParkedSocketsPerVm, MAX_PARKED_SOCKETS))
+            }
             _ => None,
         }
     }

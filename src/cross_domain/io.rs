@@ -180,6 +180,8 @@ pub enum FdKind {
     WritePipe,
     /// An eventfd.
     Eventfd,
+    /// A Unix stream or seqpacket socket.
+    Socket,
     /// Anything the guest cannot be given, with a short description for the log.
     Refused(&'static str),
 }
@@ -196,7 +198,7 @@ pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
     };
     let fmt = st.st_mode & libc::S_IFMT;
     match fmt {
-        libc::S_IFSOCK => FdKind::Refused("socket"),
+        libc::S_IFSOCK => classify_socket(fd),
         libc::S_IFDIR => FdKind::Refused("directory"),
         libc::S_IFCHR | libc::S_IFBLK => FdKind::Refused("device node"),
         libc::S_IFLNK => FdKind::Refused("symbolic link"),
@@ -238,6 +240,43 @@ pub fn classify(fd: BorrowedFd<'_>) -> FdKind {
             }
         }
     }
+}
+
+/// A socket is one the guest can be given if it is `AF_UNIX` and carries a connection
+/// (`SOCK_STREAM` or `SOCK_SEQPACKET`): what a channel is, and what D-Bus services hand out
+/// (docs/protocol.md §5.9). `getsockopt(SOL_SOCKET, SO_DOMAIN | SO_TYPE)` is in the sandbox's
+/// allow-list for exactly these two options.
+fn classify_socket(fd: BorrowedFd<'_>) -> FdKind {
+    match (
+        sockopt_int(fd, libc::SO_DOMAIN),
+        sockopt_int(fd, libc::SO_TYPE),
+    ) {
+        (Ok(libc::AF_UNIX), Ok(libc::SOCK_STREAM | libc::SOCK_SEQPACKET)) => FdKind::Socket,
+        (Ok(libc::AF_UNIX), Ok(_)) => FdKind::Refused("Unix datagram socket"),
+        (Ok(_), Ok(_)) => FdKind::Refused("socket that is not a Unix socket"),
+        _ => FdKind::Refused("socket of unknown kind"),
+    }
+}
+
+/// `getsockopt(SOL_SOCKET, opt)` of an `int` option.
+fn sockopt_int(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` is a live, aligned `c_int` and `len` says exactly its size; the kernel writes
+    // at most `len` bytes through the pointer and updates `len`. `fd` is a valid descriptor.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            std::ptr::from_mut(&mut v).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
 }
 
 /// Whether the VMM will be able to map `fd`, a dma-buf of `size` bytes, into the host-visible
@@ -403,7 +442,7 @@ mod tests {
     #[test]
     fn classify_kinds() {
         let (a, _b) = UnixStream::pair().unwrap();
-        assert_eq!(classify(a.as_fd()), FdKind::Refused("socket"));
+        assert_eq!(classify(a.as_fd()), FdKind::Socket);
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         assert_eq!(classify(w.as_fd()), FdKind::WritePipe);
         assert_eq!(classify(r.as_fd()), FdKind::Refused("pipe read end"));
@@ -421,6 +460,32 @@ mod tests {
         assert_eq!(classify(dir.as_fd()), FdKind::Refused("directory"));
         let efd = nix::sys::eventfd::EventFd::new().unwrap();
         assert_eq!(classify(efd.as_fd()), FdKind::Eventfd);
+    }
+
+    #[test]
+    fn only_connection_oriented_unix_sockets_are_sockets() {
+        use nix::sys::socket::{socket, socketpair, AddressFamily, SockFlag, SockType};
+        let (s, _t) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        assert_eq!(classify(s.as_fd()), FdKind::Socket);
+        let (d, _e) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        assert_eq!(classify(d.as_fd()), FdKind::Refused("Unix datagram socket"));
+        let udp = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            classify(udp.as_fd()),
+            FdKind::Refused("socket that is not a Unix socket")
+        );
     }
 
     /// Regular files are memory only through an fd that can read them: what the VMM maps.

@@ -7,14 +7,14 @@
 //! | range | space | numbered by |
 //! |---|---|---|
 //! | `0`, `1` | not ids (`0` is the channel's epoll token) | — |
-//! | [`HOST_IDS`] `2..=0x3FFF_FFFF` | received fds of every kind (memory, write pipes, eventfds), image requirements | the device, in the order it hands them out |
+//! | [`HOST_IDS`] `2..=0x3FFF_FFFF` | received fds of every kind (memory, write pipes, eventfds, sockets), image requirements | the device, in the order it hands them out |
 //! | [`SENTINEL_IDS`] `0x4000_0000..=0x7FFF_FFFF` | never handed out | — |
 //! | [`READ_PIPE_IDS`] `0x8000_0000..=0xFFFF_FFFF` | read pipes | the guest's own counter, which the device predicts |
 //!
-//! Received memory, write pipes, eventfds and stored image requirements share the host
+//! Received memory, write pipes, eventfds, sockets and stored image requirements share the host
 //! counter, so the ids guests see stay what they were (the first fd of the first RECEIVE is 2,
 //! the next 3; no guest depends on more than that and on read-pipe ids, §8.2). A new kind of
-//! received fd (sockets are next) is one more [`Item`] variant in [`HOST_IDS`], and, if it
+//! received fd is one more [`Item`] variant in [`HOST_IDS`], and, if it
 //! speaks to the guest, one more `delivery::Source` ([`Item::source`]). A new kind
 //! the guest numbers itself (magma's imports, futex ids, §3.8 and §3.10) gets a table of its
 //! own keyed by the guest's id, as the spec recommends, and so never collides with these.
@@ -55,8 +55,8 @@ impl IdRange {
     }
 }
 
-/// Ids the device numbers itself: every received fd (memory, write pipes, eventfds; sockets
-/// next) and every stored image requirement. Starts at 2 as libkrun and magma do.
+/// Ids the device numbers itself: every received fd (memory, write pipes, eventfds, sockets)
+/// and every stored image requirement. Starts at 2 as libkrun and magma do.
 /// Ends below [`SENTINEL_IDS`]. (Before the id space had ranges, this counter ran on up to
 /// `0x7FFF_FFFF` before wrapping; only a context handing out 2^30 ids could tell, and no
 /// guest depends on where host ids wrap, docs/protocol.md §8.2 item 6.)
@@ -134,6 +134,9 @@ pub(super) enum Item {
     ReadPipe(ReadPipe),
     /// An eventfd received from the host; watched on READ_EVENTFD_NEW, added to by WRITE.
     Eventfd(Eventfd),
+    /// A Unix socket received from the host, never read or written in this context; the
+    /// guest may park it (ASSIGN_SOCKET_UUID, `sockets.rs`) for another context to adopt.
+    Socket(OwnedFd),
 }
 
 impl Item {
@@ -142,7 +145,7 @@ impl Item {
         match self {
             Item::ReadPipe(_) => Some(Source::ReadPipe(id)),
             Item::Eventfd(_) => Some(Source::Eventfd(id)),
-            Item::Memory { .. } | Item::Image(_) | Item::WritePipe(_) => None,
+            Item::Memory { .. } | Item::Image(_) | Item::WritePipe(_) | Item::Socket(_) => None,
         }
     }
 }

@@ -11,6 +11,8 @@
 //! teardown), `channel.rs` (the channel socket, RECEIVE), `peer.rs` (writing to a slow host
 //! peer), `backlog.rs` (its queue), `items.rs` (the item table and id ranges), `pipes.rs`
 //! (READ and WRITE), `eventfds.rs` (eventfds: commands 11 and 12, their READ and WRITE),
+//! `sockets.rs` (received sockets, command 13 and the VM's parked sockets), `policy.rs` (which
+//! kinds of fd a channel carries),
 //! `blobs.rs` (blob memory, image requirements), `delivery.rs` (the rotation over sources,
 //! epoll tokens), `env.rs` (what the device lends a context), `unserved.rs` (what the daemon
 //! cannot serve, logged once per context), `error.rs`, and the leaf modules [`image`], [`io`]
@@ -29,7 +31,9 @@ pub mod io;
 mod items;
 mod peer;
 mod pipes;
+mod policy;
 pub mod protocol;
+mod sockets;
 mod unserved;
 
 pub use backlog::HoldToken;
@@ -40,4 +44,6 @@ pub use env::{Connector, Env, Lookup, ResourceView, Shared, Submission};
 pub use error::CtxError;
 pub use items::MAX_ITEMS;
 pub use peer::{MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER};
+pub use policy::{FdClass, FdPolicy, FdPolicyError};
+pub use sockets::{ParkedSockets, SocketUuid, MAX_PARKED_SOCKETS};
 pub use unserved::Unserved;

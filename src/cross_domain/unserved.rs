@@ -1,7 +1,7 @@
 //! What a guest may ask for that this daemon cannot serve (docs/protocol.md §3.8, §3.10, §5.4):
 //! the libkrun and magma extensions that need the VMM's virtio-fs export table (futexes,
 //! virtio-fs files), which a standalone vhost-user GPU device cannot reach, and the ones no
-//! host implements (sync objects) or this daemon does not (internal sockets).
+//! host implements (sync objects).
 //!
 //! Each request for one fails as a whole with an error response ([`CtxError::Unserved`]), as
 //! before any of them was known. [`Told`] logs the first refusal of each kind in a context
@@ -29,8 +29,6 @@ pub enum Unserved {
     Futex,
     /// Command 12 of 32 bytes (magma's IMPORT_VIRTIOFS_HANDLE).
     VirtioFsImport,
-    /// Command 13 (magma's ASSIGN_SOCKET_UUID).
-    SocketUuid,
 }
 
 impl Unserved {
@@ -52,7 +50,6 @@ impl Unserved {
             Unserved::VirtioFsFile => "SEND identifier type 6 (magma VIRTIO_FS_BLOB)",
             Unserved::Futex => "futex commands 8-10",
             Unserved::VirtioFsImport => "command 12 of 32 bytes (magma IMPORT_VIRTIOFS_HANDLE)",
-            Unserved::SocketUuid => "command 13 (magma ASSIGN_SOCKET_UUID)",
         }
     }
 
@@ -73,7 +70,6 @@ impl Unserved {
                 virtio_fs!("X11 DRI3 fences through muvm fail (the client is closed); ")
             }
             Unserved::VirtioFsFile | Unserved::VirtioFsImport => virtio_fs!(""),
-            Unserved::SocketUuid => "sockets are not passed to guests by this daemon",
         }
     }
 
@@ -128,7 +124,6 @@ mod tests {
             Unserved::VirtioFsFile,
             Unserved::Futex,
             Unserved::VirtioFsImport,
-            Unserved::SocketUuid,
         ];
         let mut seen = 0u8;
         for u in all {

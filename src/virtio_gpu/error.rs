@@ -81,7 +81,13 @@ fn cross_domain_response(e: &CtxError) -> u32 {
         CtxError::TooManyItems
         | CtxError::TooManyImageRequirements
         | CtxError::VmImageRequirementsExhausted
+        | CtxError::TooManyParkedSockets
         | CtxError::BacklogFull(_) => RESP_ERR_OUT_OF_MEMORY,
+        // A SEND of a kind the channel does not carry, a uuid parked twice or never: the
+        // guest asked for something this channel or VM does not have.
+        CtxError::NotCarried { .. }
+        | CtxError::SocketUuidInUse(_)
+        | CtxError::UnknownSocketUuid(_) => RESP_ERR_INVALID_PARAMETER,
         CtxError::Connect { .. }
         | CtxError::HostIo(_)
         | CtxError::ChannelClosed
@@ -159,6 +165,22 @@ mod tests {
                 RESP_ERR_INVALID_PARAMETER,
             ),
             (CtxError::UnknownItem(2), RESP_ERR_INVALID_PARAMETER),
+            (CtxError::TooManyParkedSockets, RESP_ERR_OUT_OF_MEMORY),
+            (
+                CtxError::NotCarried {
+                    class: crate::cross_domain::FdClass::Pipe,
+                    policy: crate::cross_domain::FdPolicy::NONE,
+                },
+                RESP_ERR_INVALID_PARAMETER,
+            ),
+            (
+                CtxError::SocketUuidInUse(crate::cross_domain::SocketUuid([1; 16])),
+                RESP_ERR_INVALID_PARAMETER,
+            ),
+            (
+                CtxError::UnknownSocketUuid(crate::cross_domain::SocketUuid([1; 16])),
+                RESP_ERR_INVALID_PARAMETER,
+            ),
             (CtxError::NotInitialized, RESP_ERR_INVALID_PARAMETER),
         ];
         for (e, code) in cases {

@@ -110,6 +110,7 @@ impl Gpu {
             }
         }
         self.resources.clear();
+        self.cd.purge_parked_sockets();
         self.fences.clear();
         self.scanouts.clear();
         self.held.clear();
@@ -131,6 +132,7 @@ impl Gpu {
         self.held
             .complete_all(|head, len| self.fences.complete(head, len));
         self.fences.complete_all();
+        self.cd.purge_parked_sockets();
         self.resources.clear();
         self.images = 0;
         self.scanouts.clear();

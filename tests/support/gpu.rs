@@ -89,6 +89,12 @@ pub const CD_ID_TYPE_VIRTGPU_BLOB: u32 = 1;
 pub const CD_ID_TYPE_VIRTGPU_SYNC: u32 = 2;
 pub const CD_ID_TYPE_READ_PIPE: u32 = 3;
 pub const CD_ID_TYPE_WRITE_PIPE: u32 = 4;
+/// magma's SOCKET: a Unix socket from the host (§5.1).
+pub const CD_ID_TYPE_SOCKET: u32 = 7;
+/// ASSIGN_SOCKET_UUID (§3.10).
+pub const CD_CMD_ASSIGN_SOCKET_UUID: u8 = 13;
+/// The channel type a 36-byte INIT names to adopt a parked socket (§3.3).
+pub const CD_CHANNEL_INTERNAL_SOCKET: u32 = 0xFFFF_FFFF;
 
 pub const CD_QUERY_RING: u8 = 0;
 pub const CD_CHANNEL_RING: u8 = 1;
@@ -422,6 +428,15 @@ pub fn cd_init_36(
     let mut v = cd_init(query_ring, channel_ring, channel_type);
     v[2..4].copy_from_slice(&36u16.to_le_bytes());
     v.extend_from_slice(&uuid);
+    v
+}
+
+/// ASSIGN_SOCKET_UUID (32 bytes): socket_uuid[16] @8, id @24, pad @28.
+pub fn cd_assign_socket_uuid(uuid: [u8; 16], id: u32) -> Vec<u8> {
+    let mut v = cd_header(CD_CMD_ASSIGN_SOCKET_UUID, 32).to_vec();
+    v.extend_from_slice(&uuid);
+    put32(&mut v, id);
+    put32(&mut v, 0);
     v
 }
 

@@ -160,6 +160,22 @@ pub struct ReadEventfd {
     pub pad: u32,
 }
 
+/// ASSIGN_SOCKET_UUID (command 13, magma): park the socket item `id` under `uuid`, for a
+/// later 36-byte INIT with channel type 0xFFFFFFFF to adopt.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AssignSocketUuid {
+    pub hdr: CmdHeader,
+    pub uuid: [u8; 16],
+    pub id: u32,
+    pub pad: u32,
+}
+
+/// Size of ASSIGN_SOCKET_UUID.
+pub const ASSIGN_SOCKET_UUID_SIZE: usize = 32;
+
+/// Where the 36-byte INIT carries its internal-socket uuid (16 bytes).
+pub const INIT_UUID_OFFSET: usize = INIT_SIZE_V1;
 /// The data of a READ from a watched eventfd and of a WRITE to an eventfd item: one counter
 /// value, a little-endian u64 (`docs/protocol.md` §3.7, §3.9).
 pub const EVENTFD_VALUE_SIZE: usize = 8;
@@ -198,6 +214,8 @@ unsafe impl ByteValued for ReadWrite {}
 // SAFETY: see above.
 unsafe impl ByteValued for ReadEventfd {}
 // SAFETY: see above.
+unsafe impl ByteValued for AssignSocketUuid {}
+// SAFETY: see above.
 unsafe impl ByteValued for Capabilities {}
 
 #[cfg(test)]
@@ -233,6 +251,10 @@ mod tests {
         assert_eq!(MAX_RECEIVE_DATA, 3744);
         assert_eq!(size_of::<ReadEventfd>(), 16);
         assert_eq!(offset_of!(ReadEventfd, id), 8);
+        assert_eq!(size_of::<AssignSocketUuid>(), ASSIGN_SOCKET_UUID_SIZE);
+        assert_eq!(offset_of!(AssignSocketUuid, uuid), 8);
+        assert_eq!(offset_of!(AssignSocketUuid, id), 24);
+        assert_eq!(INIT_UUID_OFFSET + 16, INIT_SIZE_UUID);
         assert_eq!(offset_of!(ReadEventfd, pad), 12);
         // A READ or WRITE carrying one eventfd counter value is 32 bytes.
         assert_eq!(size_of::<ReadWrite>() + EVENTFD_VALUE_SIZE, 32);

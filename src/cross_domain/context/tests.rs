@@ -225,3 +225,70 @@ fn bad_sizes_report_the_offset_in_the_command_stream() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A SEND naming a kind the channel's policy does not carry fails before anything is sent, and
+/// consumes no read-pipe id.
+#[test]
+fn a_send_of_a_kind_the_channel_does_not_carry_is_refused() {
+    let mut f = Fixture::new();
+    let set = |f: &mut Fixture, p: FdPolicy| {
+        f.ctx
+            .conn
+            .as_mut()
+            .and_then(|c| c.channel.as_mut())
+            .unwrap()
+            .set_policy(p)
+    };
+    set(&mut f, FdPolicy::NONE);
+    let r = f.submit(&send_with_read_pipe(0x8000_0001, b"abc"));
+    assert!(
+        matches!(
+            r,
+            Err(CtxError::NotCarried {
+                class: FdClass::Pipe,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let mut blob = SendReceive {
+        hdr: header(CMD_SEND, std::mem::size_of::<SendReceive>() + 1),
+        num_identifiers: 1,
+        opaque_data_size: 1,
+        ..Default::default()
+    };
+    blob.identifiers[0] = 3;
+    blob.identifier_types[0] = ID_TYPE_VIRTGPU_BLOB;
+    let mut cmd = blob.as_slice().to_vec();
+    cmd.push(b'x');
+    let r = f.submit(&cmd);
+    assert!(
+        matches!(
+            r,
+            Err(CtxError::NotCarried {
+                class: FdClass::Memory,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    // Memory alone: the blob goes on to the usual checks, the pipe is still refused.
+    set(&mut f, FdPolicy::NONE.with(FdClass::Memory));
+    assert!(matches!(
+        f.submit(&cmd),
+        Err(CtxError::ResourceNotAttached(3))
+    ));
+    assert!(matches!(
+        f.submit(&send_with_read_pipe(0x8000_0001, b"abc")),
+        Err(CtxError::NotCarried { .. })
+    ));
+    f.host.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 8];
+    assert!(
+        std::io::Read::read(&mut f.host, &mut buf).is_err(),
+        "nothing was sent"
+    );
+    // Allowed again, the guest's first read-pipe id is still the next one.
+    set(&mut f, FdPolicy::default_for(2));
+    f.submit(&send_with_read_pipe(0x8000_0001, b"abc")).unwrap();
+}
