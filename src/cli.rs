@@ -334,6 +334,14 @@ one of these names:
 mask cannot advertise them, so the guest program must know the number (the daemon
 warns at start-up). A relative PATH, or one whose directory does not exist, also gets
 a warning at start-up.
+TYPE:PATH,fds=LIST says which kinds of file descriptor the channel carries, in both
+directions: LIST is memory, pipe, eventfd and socket joined with '+' (fds=memory+pipe),
+or none for a channel of bytes only. The default is memory+pipe+eventfd, and
+memory+pipe+eventfd+socket on dbus-session and dbus-system (0x12, 0x13): sockets reach
+the guest as identifier type 7, which only D-Bus guests are known to read. A host fd
+the channel does not carry closes the guest's connection; a guest blob or read pipe
+it does not carry fails that SEND. The path ends at the first ',fds='; another ','
+stays in the path. The start-up log shows each channel's fds.
 Example: --channel 2:/run/portal.sock (a guest program that asks for channel 2
 reaches the service listening on /run/portal.sock)",
         names.join(",\n  ")
@@ -345,9 +353,9 @@ fn channels_file_long_help() -> String {
         "\
 Read channels from FILE as well as from --channel and --wayland-sock: one TYPE:PATH
 a line, TYPE and PATH as in --channel. Blank lines and lines starting with # are
-ignored, and blanks around a line are dropped. In the file a ',' ends the path
-(TYPE:PATH,OPTION is reserved for per-channel options, none of which is defined yet),
-so a path that contains ',' must be given with --channel. Each type may be given
+ignored, and blanks around a line are dropped. In the file a ',' ends the path and
+per-channel options follow it, as in --channel (TYPE:PATH,fds=LIST), so a path that
+contains ',' must be given with --channel. Each type may be given
 once: in the file twice, or in the file and by a flag, is an error naming the line.
 At most {MAX_CHANNELS_FILE} bytes.
 On SIGHUP (systemctl reload) the daemon reads FILE again: contexts opened from then

@@ -152,7 +152,7 @@ fn priority(level: Level) -> u8 {
 }
 
 /// Logs what this daemon is: its version, `--shm-size`, the scanouts, the sandbox mode, and
-/// the channel table one line per channel (type, name, host socket).
+/// the channel table one line per channel (type, name, host socket, fd policy).
 pub fn log_startup(config: &Config) {
     let channels = config.channels.load();
     info!(
@@ -199,7 +199,11 @@ fn log_channels(channels: &ChannelTable, from_file: bool) {
     }
     for (t, path) in channels.iter() {
         let about = channel_label(t);
-        info!("channel {t}{about}: {}", path.display());
+        info!(
+            "channel {t}{about}: {} (fds: {})",
+            path.display(),
+            channels.policy(t)
+        );
         for problem in path_warnings(path, true) {
             log::warn!("channel {t}{about}: {}: {problem}", path.display());
         }

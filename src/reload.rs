@@ -116,15 +116,20 @@ fn log_changes(file: &Path, old: &ChannelTable, new: &ChannelTable, look: bool) 
     let mut changed = 0;
     for (t, path) in new.iter() {
         let label = channel_label(t);
+        let fds = new.policy(t);
         match old.get(t) {
-            Some(before) if before == path => continue,
+            Some(before) if before == path && old.policy(t) == fds => continue,
             Some(before) => info!(
-                "reload: channel {t}{label}: now {} (was {}; contexts already connected keep \
-                 their connection)",
+                "reload: channel {t}{label}: now {} (fds: {fds}) (was {} (fds: {}); contexts \
+                 already connected keep their connection)",
                 path.display(),
-                before.display()
+                before.display(),
+                old.policy(t)
             ),
-            None => info!("reload: channel {t}{label}: added: {}", path.display()),
+            None => info!(
+                "reload: channel {t}{label}: added: {} (fds: {fds})",
+                path.display()
+            ),
         }
         changed += 1;
         for problem in path_warnings(path, look) {

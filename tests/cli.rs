@@ -410,6 +410,65 @@ fn shm_size_range() {
 }
 
 #[test]
+fn channel_fds_option_errors() {
+    let cases = [
+        (
+            "2:/run/x.sock,fds=memory+bogus",
+            "unknown fd kind 'bogus' (expected memory, pipe, eventfd, socket, or none alone)",
+        ),
+        (
+            "2:/run/x.sock,fds=",
+            "the fd list is empty (use 'none' for a channel without fds)",
+        ),
+        (
+            "2:/run/x.sock,fds=pipe+pipe",
+            "fd kind 'pipe' is listed twice",
+        ),
+        (
+            "2:/run/x.sock,fds=none+memory",
+            "'none' cannot be combined with other kinds",
+        ),
+        (
+            "2:/run/x.sock,fds=none,fds=memory",
+            "the option 'fds=' is given twice",
+        ),
+        (
+            "2:/run/x.sock,fds=none,mode=0600",
+            "unknown channel option 'mode=0600' (the one option is fds=LIST; a path that \
+             contains ',' can only be given with --channel)",
+        ),
+    ];
+    for (value, reason) in cases {
+        let err = assert_rejected(&["--channel", value], "--channel", value);
+        assert_eq!(
+            err.trim_end(),
+            format!("vhost-user-cross-domain: error: --channel '{value}': {reason}"),
+        );
+    }
+    // The channel part is checked as without the option; errors name the whole value.
+    let value = "0xFFFFFFFF:/run/x.sock,fds=socket";
+    assert_rejected(&["--channel", value], "--channel", value);
+    // The same option in a channels file, named by its line.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vm.channels");
+    let file_arg = file.to_str().unwrap();
+    std::fs::write(&file, "2:/a,fds=memory+bogus\n").unwrap();
+    let err = assert_rejected(
+        &["--channels-file", file_arg],
+        "--channels-file",
+        "2:/a,fds=memory+bogus",
+    );
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "vhost-user-cross-domain: error: --channels-file {file_arg}:1: \
+             '2:/a,fds=memory+bogus': unknown fd kind 'bogus' (expected memory, pipe, eventfd, \
+             socket, or none alone)"
+        )
+    );
+}
+
+#[test]
 fn channels_file_errors_name_the_file_and_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("vm.channels");

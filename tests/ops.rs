@@ -899,8 +899,8 @@ fn start_up_lines_describe_the_configuration() {
         "--scanouts 0",
         "--sandbox none",
         "2 channels",
-        "channel 1 (wayland): /run/w-0",
-        "channel 20 (0x14): /run/agent.sock",
+        "channel 1 (wayland): /run/w-0 (fds: memory+pipe+eventfd)",
+        "channel 20 (0x14): /run/agent.sock (fds: memory+pipe+eventfd)",
     ] {
         assert!(log.contains(needle), "{needle:?} missing from:\n{log}");
     }

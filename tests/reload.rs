@@ -112,7 +112,10 @@ fn reload_adds_a_channel_that_a_new_context_uses() {
     reload(&mut d, "contexts opened from now on use this table");
     let log = d.log();
     assert!(
-        log.contains(&format!("reload: channel 3: added: {}", p3.display())),
+        log.contains(&format!(
+            "reload: channel 3: added: {} (fds: memory+pipe+eventfd)",
+            p3.display()
+        )),
         "{log}"
     );
     assert!(
@@ -280,11 +283,11 @@ fn the_shipped_unit_reloads_and_its_example_channels_file_is_valid() {
         .spawn();
     let log = d.log();
     assert!(
-        log.contains("channel 1 (wayland): /run/user/1000/wayland-0"),
+        log.contains("channel 1 (wayland): /run/user/1000/wayland-0 (fds: memory+pipe+eventfd)"),
         "{log}"
     );
     assert!(
-        log.contains("channel 2 (camera): /run/portal.sock"),
+        log.contains("channel 2 (camera): /run/portal.sock (fds: memory+pipe+eventfd)"),
         "{log}"
     );
 }

@@ -470,3 +470,78 @@ fn bytes_and_fds_cross_an_adopted_socket_both_ways() {
     );
     drop(host);
 }
+
+/// A daemon whose channel 2 has the policy `fds`, given as `--channel 2:PATH,fds=LIST`, and one
+/// context on it with its host end.
+fn with_policy(fds: &str) -> (Daemon, TestVm, CrossDomainContext, UnixStream) {
+    let dir = temp_dir();
+    let (path, listener) = channel_listener(dir.path());
+    let daemon = Daemon::builder()
+        .dir(dir)
+        .rust_log("debug")
+        .arg("--channel")
+        .arg(format!("{PLAIN}:{},fds={fds}", path.display()))
+        .spawn();
+    assert!(
+        daemon.log().contains(&format!(
+            "channel 2 (camera): {} (fds: {fds})",
+            path.display()
+        )),
+        "{}",
+        daemon.log()
+    );
+    let mut vm = TestVm::connect(daemon.socket_path());
+    let ctx = CrossDomainContext::open(&mut vm, 1, PLAIN);
+    let host = accept_timeout(&listener, T).expect("channel");
+    host.set_nonblocking(false).unwrap();
+    (daemon, vm, ctx, host)
+}
+
+#[test]
+fn a_channel_with_fds_none_refuses_guest_fds_and_hangs_up_on_host_fds() {
+    let (daemon, mut vm, ctx, mut host) = with_policy("none");
+    // A blob and a read pipe are refused before anything is sent (a blob that is not even a
+    // host blob: the policy is checked first, so the error is not INVALID_RESOURCE_ID).
+    let blob = [(ctx.query_ring.res_id, CD_ID_TYPE_VIRTGPU_BLOB)];
+    let pipe = [(CD_READ_PIPE_ID_BASE + 1, CD_ID_TYPE_READ_PIPE)];
+    for ids in [&blob[..], &pipe[..]] {
+        let r = ctx.try_send(&mut vm, b"refused", ids);
+        assert_eq!(resp_type(&r), RESP_ERR_INVALID_PARAMETER, "{ids:?}");
+    }
+    assert!(daemon.wait_for_log("does not carry memory fds (its fds are: none)", T));
+    // Bytes alone still go through, and nothing of the refused SENDs came before them.
+    ctx.send(&mut vm, b"bytes only", &[]);
+    let (got, fds) = recv_with_fds(&host, 64, T);
+    assert_eq!((&got[..], fds.len()), (&b"bytes only"[..], 0));
+    // A memfd from the host hangs the channel up.
+    let mem = memfd_with(b"m");
+    send_with_fds(&host, b"x", &[mem.as_raw_fd()]);
+    assert_eq!(
+        ctx.recv(&mut vm, T),
+        ChannelMsg::Receive {
+            ids: vec![],
+            data: vec![]
+        },
+        "one empty RECEIVE"
+    );
+    assert_eq!(read_to_end_timeout(&mut host, T), b"", "the host reads EOF");
+    assert!(daemon.wait_for_log("does not carry memory fds: its fds are none", T));
+}
+
+#[test]
+fn fds_with_socket_lets_a_host_socket_through_on_a_non_dbus_channel() {
+    let (_daemon, mut vm, ctx, host) = with_policy("memory+pipe+eventfd+socket");
+    let (theirs, _keep) = socket_pair();
+    let mem = memfd_with(b"abc");
+    send_with_fds(&host, b"remote", &[theirs.as_raw_fd(), mem.as_raw_fd()]);
+    match ctx.recv(&mut vm, T) {
+        ChannelMsg::Receive { ids, data } => {
+            assert_eq!(data, b"remote");
+            assert_eq!(
+                ids,
+                [(2, CD_ID_TYPE_SOCKET, 0), (3, CD_ID_TYPE_VIRTGPU_BLOB, 3)]
+            );
+        }
+        other => panic!("expected RECEIVE, got {other:?}"),
+    }
+}

@@ -2,9 +2,10 @@
 //!
 //! This file owns [`ChannelTable`] (channel type → host Unix socket, with its invariants: no
 //! reserved type, each type once, a non-empty path that fits a socket address) and the parsers
-//! of `--channel TYPE:PATH` and `--wayland-sock PATH[,name=NAME]`. Per-channel options
-//! (`TYPE:PATH,OPTION…`) belong here too, next to the syntax they extend. It must never look
-//! at the file system: whether a socket exists is for the connection, not for the table.
+//! of `--channel TYPE:PATH[,fds=LIST]` and `--wayland-sock PATH[,name=NAME]`. Per-channel
+//! options (`TYPE:PATH,OPTION…`; today only `fds=`, the channel's [`FdPolicy`]) belong here
+//! too, next to the syntax they extend. It must never look at the file system: whether a socket
+//! exists is for the connection, not for the table.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -15,15 +16,20 @@ use cross_domain_protocol::channel::{self, ChannelTypeError};
 
 #[cfg(doc)]
 use super::CHANNEL_NAMES;
+use crate::cross_domain::FdPolicy;
+
 use super::{ConfigError, CHANNEL_FLAG, MAX_SOCKET_PATH, WAYLAND_CHANNEL_TYPE, WAYLAND_SOCK_FLAG};
 
 /// Which host Unix socket a cross-domain context is connected to for each channel type.
 ///
 /// Invariants kept by [`ChannelTable::insert`]: no type 0 or 0xFFFFFFFF, each type at most once,
-/// no empty path.
+/// no empty path. A channel given with `fds=` keeps that policy; the others have their type's
+/// default ([`FdPolicy::default_for`]).
 #[derive(Debug, Clone, Default)]
 pub struct ChannelTable {
     paths: BTreeMap<u32, PathBuf>,
+    /// The policies given with `fds=`, only for types in `paths`.
+    fds: BTreeMap<u32, FdPolicy>,
 }
 
 impl ChannelTable {
@@ -63,18 +69,20 @@ impl ChannelTable {
         Ok(())
     }
 
-    /// Parses one `--channel TYPE:PATH` argument and adds it to the table.
+    /// Parses one `--channel TYPE:PATH[,fds=LIST]` argument and adds it to the table.
     pub fn add_channel_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
-        let (channel_type, path) = parse_channel_spec(arg)?;
-        self.insert(channel_type, path)
-            .map_err(|e| e.in_argument(CHANNEL_FLAG, arg))
+        self.add_spec(&ChannelSpec::parse(arg)?)
     }
 
-    /// Adds a `--channel` argument parsed by [`ChannelSpec::parse`]; errors name the argument
-    /// as given.
+    /// Adds a `--channel` argument parsed by [`ChannelSpec::parse`], with its `fds=` policy if
+    /// it has one; errors name the argument as given.
     pub fn add_spec(&mut self, spec: &ChannelSpec) -> Result<(), ConfigError> {
         self.insert(spec.channel_type, spec.path.clone())
-            .map_err(|e| e.in_argument(CHANNEL_FLAG, &spec.arg))
+            .map_err(|e| e.in_argument(CHANNEL_FLAG, &spec.arg))?;
+        if let Some(policy) = spec.fds {
+            self.fds.insert(spec.channel_type, policy);
+        }
+        Ok(())
     }
 
     /// Adds a `--wayland-sock PATH` argument, which means `--channel 1:PATH`.
@@ -87,6 +95,15 @@ impl ChannelTable {
     /// The host socket configured for `channel_type`, if any.
     pub fn get(&self, channel_type: u32) -> Option<&Path> {
         self.paths.get(&channel_type).map(PathBuf::as_path)
+    }
+
+    /// The fd policy of channel `channel_type`: the one given with `fds=`, or else the type's
+    /// default ([`FdPolicy::default_for`]), also for a type that is not in the table.
+    pub fn policy(&self, channel_type: u32) -> FdPolicy {
+        self.fds
+            .get(&channel_type)
+            .copied()
+            .unwrap_or_else(|| FdPolicy::default_for(channel_type))
     }
 
     /// The capset's `supported_channels` word: bit `t` set for every configured type `t < 32`.
@@ -168,27 +185,81 @@ pub fn parse_channel_spec(s: &str) -> Result<(u32, PathBuf), ConfigError> {
     Ok((channel_type, PathBuf::from(path)))
 }
 
-/// One `--channel TYPE:PATH` argument, parsed; whether its type is already taken is checked
-/// when it is added to a table ([`ChannelTable::add_spec`]).
+/// One `--channel TYPE:PATH[,fds=LIST]` argument, parsed; whether its type is already taken is
+/// checked when it is added to a table ([`ChannelTable::add_spec`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelSpec {
     /// The channel type (never 0 or 0xFFFFFFFF).
     pub channel_type: u32,
     /// The host socket (never empty).
     pub path: PathBuf,
+    /// The policy `fds=` gives, if given.
+    pub fds: Option<FdPolicy>,
     /// The argument as given, for messages.
     pub arg: String,
 }
 
+/// What starts the options of a `--channel` value: see [`ChannelSpec::parse`].
+const FDS_OPTION: &str = "fds=";
+
 impl ChannelSpec {
-    /// Parses a `--channel TYPE:PATH` value (see [`parse_channel_spec`]).
+    /// Parses a `--channel TYPE:PATH[,fds=LIST]` value. The path ends at the first `,fds=`;
+    /// the options follow, `,`-separated ([`ChannelSpec::with_options`]). A path that contains
+    /// `,` but no `,fds=` is taken whole, as it always was (see [`parse_channel_spec`]).
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        let (channel_type, path) = parse_channel_spec(s)?;
+        let (channel, options) = match s.find(&format!(",{FDS_OPTION}")) {
+            Some(comma) => (&s[..comma], Some(&s[comma + 1..])),
+            None => (s, None),
+        };
+        let spec = Self::parse_channel(channel, s)?;
+        match options {
+            Some(options) => spec.with_options(options),
+            None => Ok(spec),
+        }
+    }
+
+    /// Parses the `TYPE:PATH` part `channel` of the argument `arg` (errors name `arg`), with
+    /// no options yet.
+    pub fn parse_channel(channel: &str, arg: &str) -> Result<Self, ConfigError> {
+        let (channel_type, path) =
+            parse_channel_spec(channel).map_err(|e| e.in_argument(CHANNEL_FLAG, arg))?;
         Ok(Self {
             channel_type,
             path,
-            arg: s.to_owned(),
+            fds: None,
+            arg: arg.to_owned(),
         })
+    }
+
+    /// This channel with the `,`-separated `options` (the text after the path's `,`): `fds=LIST`
+    /// at most once. Any other option is refused.
+    pub fn with_options(mut self, options: &str) -> Result<Self, ConfigError> {
+        let (flag, value) = (CHANNEL_FLAG, self.arg.clone());
+        for option in options.split(',') {
+            let Some(list) = option.strip_prefix(FDS_OPTION) else {
+                return Err(ConfigError::UnknownChannelOption {
+                    flag,
+                    value,
+                    option: option.to_owned(),
+                });
+            };
+            if self.fds.is_some() {
+                return Err(ConfigError::RepeatedChannelOption {
+                    flag,
+                    value,
+                    option: FDS_OPTION,
+                });
+            }
+            let policy = list
+                .parse::<FdPolicy>()
+                .map_err(|reason| ConfigError::InvalidFds {
+                    flag,
+                    value: value.clone(),
+                    reason,
+                })?;
+            self.fds = Some(policy);
+        }
+        Ok(self)
     }
 }
 

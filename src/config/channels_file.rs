@@ -13,8 +13,8 @@
 //!
 //! - `TYPE:PATH`, TYPE as in `--channel` (a number, `0x` hex, or a name), the split at the
 //!   first `:`. In the file a `,` ends the path: `TYPE:PATH,OPTION…` is the place of
-//!   per-channel options, of which none is defined yet (a path that contains a `,` can only be
-//!   given with `--channel`).
+//!   per-channel options, as in `--channel` (`fds=LIST`); a path that contains a `,` can only
+//!   be given with `--channel`.
 //! - Blank lines and lines whose first non-blank character is `#` are ignored; blanks at either
 //!   end of a line are dropped. A line must be UTF-8; the file at most
 //!   [`MAX_CHANNELS_FILE`] bytes.
@@ -150,16 +150,12 @@ fn parse_line(line: &str) -> Result<Option<ChannelSpec>, String> {
         Some((channel, options)) => (channel, Some(options)),
         None => (line, None),
     };
-    let spec = ChannelSpec::parse(channel).map_err(|e| problem(e, line))?;
-    if let Some(options) = options {
-        // Per-channel options are parsed here once they exist.
-        let option = options.split(',').next().unwrap_or_default();
-        return Err(format!(
-            "'{line}': unknown channel option '{option}' (no per-channel option is defined yet; \
-             a path that contains ',' can only be given with --channel)"
-        ));
+    let spec = ChannelSpec::parse_channel(channel, line).map_err(|e| problem(e, line))?;
+    match options {
+        Some(options) => spec.with_options(options).map(Some),
+        None => Ok(Some(spec)),
     }
-    Ok(Some(spec))
+    .map_err(|e| problem(e, line))
 }
 
 /// `e`'s message about the line `text` without the flag it would name (`'TEXT': problem`).

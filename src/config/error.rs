@@ -8,6 +8,7 @@ use super::{
     ChannelsFileError, ReservedReason, ShmSizeProblem, MAX_SCANOUTS, MAX_SOCKET_PATH,
     WAYLAND_SOCK_FLAG,
 };
+use crate::cross_domain::FdPolicyError;
 use crate::inherited::FdError;
 
 /// A rejected configuration. Each message starts with the flag and the value as given, e.g.
@@ -67,6 +68,33 @@ pub enum ConfigError {
         flag: &'static str,
         value: String,
         channel_type: u32,
+    },
+
+    /// `--channel TYPE:PATH,OPTION` with an option other than `fds=`.
+    #[error(
+        "{flag} '{value}': unknown channel option '{option}' (the one option is fds=LIST; a \
+         path that contains ',' can only be given with --channel)"
+    )]
+    UnknownChannelOption {
+        flag: &'static str,
+        value: String,
+        option: String,
+    },
+
+    /// `--channel TYPE:PATH,fds=A,fds=B`.
+    #[error("{flag} '{value}': the option '{option}' is given twice")]
+    RepeatedChannelOption {
+        flag: &'static str,
+        value: String,
+        option: &'static str,
+    },
+
+    /// `--channel TYPE:PATH,fds=LIST` with a LIST that is not a policy.
+    #[error("{flag} '{value}': {reason}")]
+    InvalidFds {
+        flag: &'static str,
+        value: String,
+        reason: FdPolicyError,
     },
 
     /// `--wayland-sock PATH,name=NAME` with a name.
@@ -218,6 +246,9 @@ impl ConfigError {
             | Self::InvalidLogLevel { flag, value }
             | Self::EmptyFileName { flag, value }
             | Self::UnknownGroup { flag, value }
+            | Self::UnknownChannelOption { flag, value, .. }
+            | Self::RepeatedChannelOption { flag, value, .. }
+            | Self::InvalidFds { flag, value, .. }
             | Self::NamedWaylandSock { flag, value, .. }
             | Self::WaylandSockOption { flag, value, .. }
             | Self::SocketGroupWithoutPath { flag, value, .. } => {

@@ -173,9 +173,10 @@ impl Shared {
 
 impl Env<'_> {
     /// The fd policy of the configured channel `channel_type`: the one place it is looked up.
-    /// (The command line does not set it yet: each channel has its type's default.)
+    /// It is the table's (`fds=` on the command line or in the channels file, else the type's
+    /// default); a socket parked from the channel keeps it for the context that adopts it.
     pub(super) fn policy(&self, channel_type: u32) -> FdPolicy {
-        FdPolicy::default_for(channel_type)
+        self.channels.policy(channel_type)
     }
 
     /// Send what `out` holds towards its peer `fd` (a socket when `socket`), with this

@@ -354,3 +354,63 @@ fn wayland_socks() {
         );
     }
 }
+
+#[test]
+fn fds_option_sets_the_channel_policy() {
+    use crate::cross_domain::{FdClass, FdPolicy};
+    let t = table(&[
+        "2:/run/x.sock,fds=memory+pipe",
+        "0x12:/bus,fds=none",
+        "3:/a,b",
+        "4:/c,d,fds=socket",
+        "5:/e",
+    ])
+    .unwrap();
+    assert_eq!(t.get(2), Some(Path::new("/run/x.sock")));
+    assert_eq!(t.policy(2).to_string(), "memory+pipe");
+    assert_eq!(t.policy(0x12), FdPolicy::NONE);
+    // Without `,fds=` a ',' stays in the path, as it always did.
+    assert_eq!(t.get(3), Some(Path::new("/a,b")));
+    assert_eq!(t.policy(3), FdPolicy::default_for(3));
+    assert_eq!(t.get(4), Some(Path::new("/c,d")));
+    assert!(t.policy(4).allows(FdClass::Socket) && !t.policy(4).allows(FdClass::Memory));
+    assert_eq!(t.policy(5), FdPolicy::default_for(5));
+    // A type not in the table has its default.
+    assert_eq!(t.policy(0x13), FdPolicy::default_for(0x13));
+}
+
+#[test]
+fn fds_option_errors_name_the_whole_argument() {
+    let err = |s: &str| table(&[s]).unwrap_err().to_string();
+    assert_eq!(
+        err("2:/run/x.sock,fds=memory+bogus"),
+        "--channel '2:/run/x.sock,fds=memory+bogus': unknown fd kind 'bogus' (expected memory, \
+         pipe, eventfd, socket, or none alone)"
+    );
+    assert_eq!(
+        err("2:/a,fds=none,fds=none"),
+        "--channel '2:/a,fds=none,fds=none': the option 'fds=' is given twice"
+    );
+    assert_eq!(
+        err("2:/a,fds=pipe,mode=0"),
+        "--channel '2:/a,fds=pipe,mode=0': unknown channel option 'mode=0' (the one option is \
+         fds=LIST; a path that contains ',' can only be given with --channel)"
+    );
+    assert_eq!(
+        err("2:/a,fds="),
+        "--channel '2:/a,fds=': the fd list is empty (use 'none' for a channel without fds)"
+    );
+    assert_eq!(
+        err("2:,fds=none"),
+        "--channel '2:,fds=none': the socket path is empty"
+    );
+    assert!(err("bogus:/a,fds=none")
+        .starts_with("--channel 'bogus:/a,fds=none': unknown channel type 'bogus'"));
+    assert!(err("0:/a,fds=none").starts_with("--channel '0:/a,fds=none': "));
+    // A duplicate type names the argument with its option.
+    let e = table(&["2:/a", "2:/b,fds=none"]).unwrap_err().to_string();
+    assert!(
+        e.starts_with("--channel '2:/b,fds=none': channel type 2 is given twice"),
+        "{e}"
+    );
+}

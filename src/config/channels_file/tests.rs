@@ -72,14 +72,31 @@ fn errors_name_the_file_and_the_line() {
 }
 
 #[test]
-fn options_are_reserved() {
+fn options_give_the_fd_policy_and_nothing_else() {
     let s = sources(&[]);
+    let t = s
+        .table(b"2:/a,fds=memory+pipe\n0x12:/b,fds=none\n3:/c\n", any)
+        .unwrap();
+    assert_eq!(t.get(2), Some(Path::new("/a")));
+    assert_eq!(t.policy(2).to_string(), "memory+pipe");
+    assert_eq!(t.policy(0x12), crate::cross_domain::FdPolicy::NONE);
+    assert_eq!(t.policy(3), crate::cross_domain::FdPolicy::default_for(3));
     assert_eq!(
         error(&s, "2:/a,fds=memfd"),
-        "/etc/vucd/vm1.channels:1: '2:/a,fds=memfd': unknown channel option 'fds=memfd' (no \
-         per-channel option is defined yet; a path that contains ',' can only be given with \
-         --channel)"
+        "/etc/vucd/vm1.channels:1: '2:/a,fds=memfd': unknown fd kind 'memfd' (expected memory, \
+         pipe, eventfd, socket, or none alone)"
     );
+    assert_eq!(
+        error(&s, "2:/a,fds=none,fds=pipe"),
+        "/etc/vucd/vm1.channels:1: '2:/a,fds=none,fds=pipe': the option 'fds=' is given twice"
+    );
+    assert_eq!(
+        error(&s, "2:/a,x"),
+        "/etc/vucd/vm1.channels:1: '2:/a,x': unknown channel option 'x' (the one option is \
+         fds=LIST; a path that contains ',' can only be given with --channel)"
+    );
+    assert!(error(&s, "2:/a,fds=pipe,x").contains("unknown channel option 'x'"));
+    assert!(error(&s, "2:/a,").contains("unknown channel option ''"));
     // The channel part is checked first.
     assert!(error(&s, "bogus:/a,x").contains("unknown channel type 'bogus'"));
 }
