@@ -1476,3 +1476,88 @@ fn a_socket_on_a_channel_that_does_not_carry_sockets_hangs_the_client_up() {
     assert_eq!(fx.commands(CMD_ASSIGN_SOCKET_UUID), 0);
     fx.assert_no_host_errors();
 }
+
+/// A context the test drives itself on channel 0x12, as a guest that parks sockets and never
+/// adopts them would: the host passes `n` sockets and the context parks each under a uuid of
+/// its own. Returns the context (it must stay open) and the host ends.
+fn park_sockets(fx: &Fx, n: usize) -> (FakeGpu, UnixStream, Vec<UnixStream>) {
+    use cross_domain_proxy::wire::{self, ChannelMessage};
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut dev = FakeGpu::new(fx.kernel.clone());
+    dev.context_init(&[
+        (context_param::CAPSET_ID, 5),
+        (context_param::NUM_RINGS, 2),
+        (context_param::POLL_RINGS_MASK, 1 << 1),
+    ])
+    .unwrap();
+    let ring = BlobCreate {
+        blob_mem: BLOB_MEM_GUEST,
+        blob_flags: BLOB_FLAG_USE_MAPPABLE,
+        size: PAGE,
+        blob_id: 0,
+    };
+    let query = dev.create_blob(&ring).unwrap();
+    let channel = dev.create_blob(&ring).unwrap();
+    let map = dev.map(channel.bo_handle, PAGE as usize).unwrap();
+    let init = wire::init(query.res_handle, channel.res_handle, DBUS);
+    dev.execbuffer(&init, None, &[]).unwrap();
+    let host = accept_timeout(&fx.host_listener, T).expect("the test context's channel");
+    let mut remotes = Vec::new();
+    let mut parked = 0usize;
+    while parked < n {
+        let batch = (n - parked).min(28);
+        let pairs: Vec<_> = (0..batch).map(|_| UnixStream::pair().unwrap()).collect();
+        let fds: Vec<_> = pairs.iter().map(|(t, _)| t.as_raw_fd()).collect();
+        send_with_fds(&host, b"sockets", &fds);
+        remotes.extend(pairs.into_iter().map(|(_, r)| r));
+        map.write(0, &[0u8; 8]).unwrap();
+        dev.execbuffer(&wire::poll(), Some(1), &[]).unwrap();
+        let mut pfd = [PollFd::new(dev.event_fd(), PollFlags::POLLIN)];
+        poll(&mut pfd, PollTimeout::from(10_000u16)).unwrap();
+        let mut events = Vec::new();
+        dev.read_events(&mut events).unwrap();
+        assert_eq!(events, [0x9000_0000], "the POLL completes");
+        let mut msg = vec![0u8; PAGE as usize];
+        map.read(0, &mut msg).unwrap();
+        let Ok(ChannelMessage::Receive { ids, .. }) = wire::decode_channel(&msg) else {
+            panic!("expected a RECEIVE");
+        };
+        assert_eq!(ids.len(), batch);
+        for ident in ids {
+            assert_eq!(ident.kind, 7, "a socket identifier");
+            parked += 1;
+            let mut uuid = [0xa5; 16];
+            uuid[..8].copy_from_slice(&(parked as u64).to_le_bytes());
+            dev.execbuffer(&wire::assign_socket_uuid(uuid, ident.id), None, &[])
+                .unwrap();
+        }
+    }
+    (dev, host, remotes)
+}
+
+#[test]
+fn a_socket_the_host_will_not_park_hangs_the_client_up() {
+    let fx = setup(DBUS);
+    // The VM's table of parked sockets is full (64, docs/protocol.md §3.10).
+    let _parked = park_sockets(&fx, 64);
+    fx.assert_no_host_errors();
+    let (client, host) = fx.connect();
+    let (theirs, _remote) = UnixStream::pair().unwrap();
+    send_with_fds(&host, b"OpenPipeWireRemote reply", &[theirs.as_raw_fd()]);
+    let mut client = client;
+    set_timeout(&client);
+    assert_eq!(
+        read_to_eof(&mut client),
+        b"",
+        "hung up, the message not delivered"
+    );
+    let errors = fx.kernel.host_errors();
+    assert!(
+        errors.iter().any(|e| e.contains("(command 13)")),
+        "the ASSIGN was refused: {errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("(command 1)")),
+        "so was the INIT naming its uuid: {errors:?}"
+    );
+}
