@@ -1450,6 +1450,11 @@ fn a_socket_that_cannot_get_a_context_hangs_the_client_up() {
         b"",
         "the host service sees the hang-up"
     );
+    assert_eq!(
+        fx.commands(CMD_ASSIGN_SOCKET_UUID),
+        0,
+        "the new context failed before the socket was parked: nothing is left parked"
+    );
     // Other clients are unaffected, and sockets pass again.
     let (client, host) = fx.connect();
     let (theirs, remote) = UnixStream::pair().unwrap();

@@ -199,6 +199,14 @@ struct Ring<M> {
     map: M,
 }
 
+/// A context before its INIT (see [`Session::prepare`]).
+struct Prepared<D: VirtGpuDevice> {
+    dev: D,
+    info: DeviceInfo,
+    query: Ring<D::Mapping>,
+    channel: Ring<D::Mapping>,
+}
+
 /// Something `poll` reported.
 #[derive(Clone, Copy, Debug)]
 enum Source {
@@ -278,19 +286,15 @@ impl<D: VirtGpuDevice> Session<D> {
             client: client_id,
             socket: 0,
         };
-        Self::setup(id, cfg, dev, client, None)
+        let prepared = Self::prepare(&cfg, dev)?;
+        Self::start(prepared, id, cfg, client, None)
     }
 
-    /// Sets up a context on `dev` for `client`: on `cfg`'s channel, or with `adopt`, on the
-    /// socket the host parked under that uuid (`cfg` then names channel 0xFFFFFFFF).
-    fn setup(
-        client_id: ClientId,
-        cfg: ProxyConfig,
-        mut dev: D,
-        client: UnixStream,
-        adopt: Option<[u8; 16]>,
-    ) -> Result<Self, SessionError> {
-        let info = probe(&mut dev, &cfg)?;
+    /// The part of the setup that involves no host channel: the device checks, CONTEXT_INIT
+    /// and the rings. A passed socket's context gets this far before the socket is parked, so
+    /// that local failures never leave a parked socket behind.
+    fn prepare(cfg: &ProxyConfig, mut dev: D) -> Result<Prepared<D>, SessionError> {
+        let info = probe(&mut dev, cfg)?;
         dev.context_init(&[
             (context_param::CAPSET_ID, u64::from(CAPSET_CROSS_DOMAIN)),
             (context_param::NUM_RINGS, 2),
@@ -298,6 +302,29 @@ impl<D: VirtGpuDevice> Session<D> {
         ])?;
         let query = Self::ring(&mut dev)?;
         let channel = Self::ring(&mut dev)?;
+        Ok(Prepared {
+            dev,
+            info,
+            query,
+            channel,
+        })
+    }
+
+    /// The rest of the setup: INIT on `cfg`'s channel, or with `adopt` on the socket the host
+    /// parked under that uuid (`cfg` then names channel 0xFFFFFFFF), and its confirmation.
+    fn start(
+        prepared: Prepared<D>,
+        client_id: ClientId,
+        cfg: ProxyConfig,
+        client: UnixStream,
+        adopt: Option<[u8; 16]>,
+    ) -> Result<Self, SessionError> {
+        let Prepared {
+            mut dev,
+            info,
+            query,
+            channel,
+        } = prepared;
         let init = match adopt {
             None => wire::init(query.res, channel.res, cfg.channel_type),
             Some(uuid) => wire::init_adopt(query.res, channel.res, uuid),

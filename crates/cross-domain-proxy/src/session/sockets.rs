@@ -2,11 +2,13 @@
 //! its own.
 //!
 //! A socket cannot be handed to the client the way memory or a pipe can: the guest has no
-//! descriptor for the host's socket. The host can make it a channel instead: the proxy parks the
-//! socket item under a fresh random uuid (ASSIGN_SOCKET_UUID, docs/protocol.md §3.10), opens a
-//! new context on a new DRM file whose 36-byte INIT names channel 0xFFFFFFFF and that uuid
-//! (docs/protocol.md §3.3), and bridges that context to one end of a local
-//! `socketpair(AF_UNIX, SOCK_STREAM)`; the client gets the other end, in the identifier's place.
+//! descriptor for the host's socket. The host can make it a channel instead: the proxy prepares
+//! a new context on a new DRM file, parks the socket item under a fresh random uuid
+//! (ASSIGN_SOCKET_UUID, docs/protocol.md §3.10), sends the new context's 36-byte INIT naming
+//! channel 0xFFFFFFFF and that uuid (docs/protocol.md §3.3), and bridges that context to one end
+//! of a local `socketpair(AF_UNIX, SOCK_STREAM)`; the client gets the other end, in the
+//! identifier's place. Parking comes after everything that can fail locally, because the
+//! protocol cannot take a parked socket back.
 //! The new context is served by a [`Session`] like a client's connection (bytes, pipes, memory,
 //! eventfds and, recursively, further sockets), on a thread of its own, and lives until that
 //! socket's conversation ends, independently of the session that passed it (a PipeWire remote
@@ -128,9 +130,15 @@ struct Adoption {
     slot: Slot,
 }
 
-/// Starts a socket session on its own thread and returns once it is set up (or failed). Type
-/// erased, so that the session code needs no `Send`/`'static` bounds on its device.
-type Adopter = Arc<dyn Fn(Adoption) -> Result<(), SocketError> + Send + Sync>;
+/// Parks the socket (ASSIGN_SOCKET_UUID on the passing session's context), called by an
+/// [`Adopter`] once the new context is ready for its INIT.
+type Park<'a> = &'a mut dyn FnMut() -> Result<(), SocketError>;
+
+/// Starts a socket session on its own thread and returns once it is set up (or failed): the
+/// thread prepares the new context, the caller's [`Park`] parks the socket, the thread sends
+/// the INIT that adopts it. Type erased, so that the session code needs no `Send`/`'static`
+/// bounds on its device.
+type Adopter = Arc<dyn Fn(Adoption, Park<'_>) -> Result<(), SocketError> + Send + Sync>;
 
 /// A session's means to pass sockets: how to start a socket session, and where it is in its tree.
 pub(super) struct Sockets {
@@ -178,16 +186,6 @@ impl<D: VirtGpuDevice> Session<D> {
             .fetch_add(1, Ordering::AcqRel)
             .wrapping_add(1);
         let uuid = random_uuid().map_err(SocketError::Random)?;
-        // Fenced on the query ring and waited for: the host has handled the ASSIGN before the
-        // new context (another DRM file, not ordered with this one) sends its INIT. A refused
-        // ASSIGN is not reported; the INIT then names an unknown uuid, which the new session's
-        // setup detects.
-        self.dev.execbuffer(
-            &wire::assign_socket_uuid(uuid, ident.id),
-            Some(u32::from(QUERY_RING)),
-            &[self.query.bo],
-        )?;
-        self.dev.wait(self.query.bo)?;
         // Stream, as the sockets that matter are (D-Bus, PipeWire): a seqpacket socket from the
         // host arrives as a stream, as every channel does, without its message boundaries.
         let (ours, theirs) = UnixStream::pair().map_err(SocketError::SocketPair)?;
@@ -195,13 +193,29 @@ impl<D: VirtGpuDevice> Session<D> {
             client: self.client_id.client,
             socket: number,
         };
-        (child.adopt.clone())(Adoption {
+        let adopt = child.adopt.clone();
+        let (dev, query_bo) = (&mut self.dev, self.query.bo);
+        // Fenced on the query ring and waited for: the host has handled the ASSIGN before the
+        // new context (another DRM file, not ordered with this one) sends its INIT. A refused
+        // ASSIGN is not reported; the INIT then names an unknown uuid, which the new session's
+        // setup detects.
+        let mut park = || -> Result<(), SocketError> {
+            dev.execbuffer(
+                &wire::assign_socket_uuid(uuid, ident.id),
+                Some(u32::from(QUERY_RING)),
+                &[query_bo],
+            )?;
+            dev.wait(query_bo)?;
+            Ok(())
+        };
+        let job = Adoption {
             id,
             uuid,
             stream: ours,
             sockets: child,
             slot,
-        })?;
+        };
+        adopt(job, &mut park)?;
         self.stats.fds_to_client += 1;
         self.stats.sockets_to_client += 1;
         info!(
@@ -226,25 +240,38 @@ where
     D: VirtGpuDevice + 'static,
     F: Fn() -> Result<D, DeviceError> + Send + Sync + 'static,
 {
-    Arc::new(move |job: Adoption| {
+    Arc::new(move |job: Adoption, park: Park<'_>| {
         let open = open.clone();
-        let (tx, rx) = mpsc::sync_channel(1);
+        let (report, progress) = mpsc::sync_channel(1);
+        let (go, wait_go) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name(format!("client-{}-s{}", job.id.client, job.id.socket))
-            .spawn(move || run_adopted(&*open, job, tx))
+            .spawn(move || run_adopted(&*open, job, report, wait_go))
             .map_err(SocketError::Thread)?;
-        match rx.recv() {
+        let step = || match progress.recv() {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(SocketError::Setup(Box::new(e))),
             Err(mpsc::RecvError) => Err(SocketError::Gone),
-        }
+        };
+        // The new context is ready for its INIT; park the socket, then let the INIT go (or
+        // stop the thread if parking failed).
+        step()?;
+        let parked = park();
+        let _ = go.send(parked.is_ok());
+        parked?;
+        step()
     })
 }
 
-/// A socket session's thread: set up the context that adopts the parked socket, report the
-/// outcome to the passing session, then forward until the conversation ends.
-fn run_adopted<D, F>(open: &F, job: Adoption, setup: mpsc::SyncSender<Result<(), SessionError>>)
-where
+/// A socket session's thread: prepare the new context and say so on `report`, wait for the
+/// passing session to park the socket (`go`), send the INIT that adopts it and report the
+/// outcome, then forward until the conversation ends.
+fn run_adopted<D, F>(
+    open: &F,
+    job: Adoption,
+    report: mpsc::SyncSender<Result<(), SessionError>>,
+    go: mpsc::Receiver<bool>,
+) where
     D: VirtGpuDevice,
     F: Fn() -> Result<D, DeviceError>,
 {
@@ -260,19 +287,30 @@ where
         // 0xFFFFFFFF is never advertised: it is a parked socket, not a configured channel.
         skip_capset_check: true,
     };
-    let session = open()
+    // Errors go to the passing session, which logs them with the client it hangs up.
+    let prepared = open()
         .map_err(SessionError::from)
-        .and_then(|dev| Session::setup(id, cfg, dev, stream, Some(uuid)));
-    let mut session = match session {
+        .and_then(|dev| Session::prepare(&cfg, dev));
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = report.send(Err(e));
+            return;
+        }
+    };
+    let _ = report.send(Ok(()));
+    if go.recv() != Ok(true) {
+        return;
+    }
+    let mut session = match Session::start(prepared, id, cfg, stream, Some(uuid)) {
         Ok(s) => s,
         Err(e) => {
-            // The passing session logs it, with the client it hangs up.
-            let _ = setup.send(Err(e));
+            let _ = report.send(Err(e));
             return;
         }
     };
     session.sockets = Some(sockets);
-    let _ = setup.send(Ok(()));
+    let _ = report.send(Ok(()));
     info!("client {id}: connected to a socket the host passed");
     crate::report(id, session.run());
     drop(slot);
