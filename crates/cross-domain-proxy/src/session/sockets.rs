@@ -165,8 +165,9 @@ impl<D: VirtGpuDevice + 'static> Session<D> {
 }
 
 impl<D: VirtGpuDevice> Session<D> {
-    /// A type-7 identifier: park the host's socket, open a context on it on its own thread,
-    /// and return the client's end of the local socket pair bridged to it.
+    /// A type-7 identifier: prepare a new context on its own thread, park the host's socket,
+    /// let the new context adopt it, and return the client's end of the local socket pair
+    /// bridged to it.
     pub(super) fn host_socket(&mut self, ident: &Identifier) -> Result<OwnedFd, SocketError> {
         let Some(sockets) = &self.sockets else {
             return Err(SocketError::NotEnabled);
