@@ -105,6 +105,17 @@ pub enum SessionError {
         #[source]
         source: SocketError,
     },
+    #[error(
+        "cannot pass {what} to the {to}: {reason}; the client's connection is closed rather than \
+         the message delivered without it"
+    )]
+    FdRefused {
+        /// "host" or "client": where the message was going.
+        to: &'static str,
+        /// The descriptor or identifier, for the log.
+        what: String,
+        reason: String,
+    },
     #[error("malformed message from the host: {0}")]
     Wire(#[from] WireError),
     #[error(

@@ -123,11 +123,17 @@ impl<D: VirtGpuDevice> Session<D> {
             match r {
                 Ok(fd) => fds.push(fd),
                 Err(e) => {
+                    // Never the message without it: protocols that count descriptors by
+                    // position (PipeWire, D-Bus) would take the next one in its place.
                     self.stats.fds_refused += 1;
-                    warn!(
-                        "client {}: dropping host identifier {:#x} (type {}, size {}): {e}",
-                        self.client_id, ident.id, ident.kind, ident.size
-                    );
+                    return Err(SessionError::FdRefused {
+                        to: "client",
+                        what: format!(
+                            "host identifier {:#x} (type {}, size {})",
+                            ident.id, ident.kind, ident.size
+                        ),
+                        reason: e.to_string(),
+                    });
                 }
             }
         }

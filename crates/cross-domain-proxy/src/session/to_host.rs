@@ -42,11 +42,16 @@ impl<D: VirtGpuDevice> Session<D> {
                 }
                 Ok(r) => {
                     if r.fds_truncated {
-                        warn!(
-                            "client {}: sent more than {} descriptors in one message; the \
-                             kernel dropped the rest",
-                            self.client_id, MAX_FDS
-                        );
+                        // The kernel closed the ones past MAX_FDS: the message cannot be
+                        // passed whole.
+                        self.stats.fds_refused += 1;
+                        return Err(SessionError::FdRefused {
+                            to: "host",
+                            what: format!("a message with more than {MAX_FDS} descriptors"),
+                            reason: "one message crosses with at most that many (the channel \
+                                     protocol's limit), and the kernel dropped the rest"
+                                .to_owned(),
+                        });
                     }
                     buf.truncate(r.len);
                     return self.forward_to_host(&buf, r.fds);
@@ -69,8 +74,9 @@ impl<D: VirtGpuDevice> Session<D> {
         Ok(())
     }
 
-    /// One SEND of `data` with the identifiers `fds` become; refused descriptors are counted
-    /// and logged, the bytes go anyway.
+    /// One SEND of `data` with the identifiers `fds` become. A descriptor that cannot cross
+    /// ends the session (the client's connection is closed): the host never gets the message
+    /// without it.
     fn forward_to_host(&mut self, data: &[u8], fds: Vec<OwnedFd>) -> Result<(), SessionError> {
         if data.is_empty() {
             self.stats.fds_refused += fds.len() as u64;
@@ -83,12 +89,19 @@ impl<D: VirtGpuDevice> Session<D> {
         }
         let mut ids = Vec::with_capacity(fds.len());
         let mut close_after = Vec::new();
-        for fd in fds {
+        for (n, fd) in fds.into_iter().enumerate() {
             match self.client_fd(fd, &mut close_after) {
                 Ok(ident) => ids.push(ident),
                 Err(e) => {
                     self.stats.fds_refused += 1;
-                    warn!("client {}: refusing a file descriptor: {e}", self.client_id);
+                    for bo in close_after {
+                        self.close_bo(bo);
+                    }
+                    return Err(SessionError::FdRefused {
+                        to: "host",
+                        what: format!("the client's descriptor {n} of the message"),
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
