@@ -1,12 +1,12 @@
 //! The guest half of the end-to-end test (tests/e2e/run.sh): runs inside the test VM, statically
 //! linked, and talks to the host service (examples/e2e_host_service.rs) through two
 //! `cross-domain-proxy` instances, one per channel. The exchange is described in
-//! tests/e2e/protocol.rs (on channel 0x12 this includes a socket the host hands out, which
+//! tests/e2e/protocol.rs (on channel 0x13 this includes a socket the host hands out, which
 //! the proxy bridges through a context of its own); the host judges it, this program only does its part and reports
 //! errors on the console (lines starting with `E2E-GUEST:`).
 //!
 //! ```text
-//! e2e_guest_client --c2 /run/c2.sock --c12 /run/c12.sock
+//! e2e_guest_client --c2 /run/c2.sock --c13 /run/c13.sock
 //! e2e_guest_client --boot-only      # only check that the render node is virtio-gpu's
 //! ```
 
@@ -208,18 +208,18 @@ fn channel_2(path: &str) -> Result<()> {
     }
 }
 
-fn channel_0x12(path: &str) -> Result<()> {
+fn channel_0x13(path: &str) -> Result<()> {
     let mut conn = connect(path)?;
-    round_trip(&mut conn, "channel 0x12", SEED_C12, C12_BYTES)?;
+    round_trip(&mut conn, "channel 0x13", SEED_C13, C13_BYTES)?;
     let passed = passed_socket(&mut conn);
     if let Err(e) = &passed {
         say!("passed socket: {e}");
     }
-    finish(&mut conn, "channel 0x12")?;
+    finish(&mut conn, "channel 0x13")?;
     passed
 }
 
-/// The socket the host hands out on channel 0x12 (check (l)): what arrives in its place must be
+/// The socket the host hands out on channel 0x13 (check (l)): what arrives in its place must be
 /// a socket, which then carries bytes both ways and a descriptor each way.
 fn passed_socket(conn: &mut FdStream) -> Result<()> {
     conn.expect(SOCK)?;
@@ -330,18 +330,18 @@ fn main() {
     };
     let outcome = if args.iter().any(|a| a == "--boot-only") {
         boot_only()
-    } else if let (Some(c2), Some(c12)) = (arg("--c2"), arg("--c12")) {
+    } else if let (Some(c2), Some(c13)) = (arg("--c2"), arg("--c13")) {
         // Both channels at once: check (d) wants the two contexts busy at the same time.
-        let t = std::thread::spawn(move || channel_0x12(&c12));
+        let t = std::thread::spawn(move || channel_0x13(&c13));
         let r2 = channel_2(&c2);
-        let r12 = t.join().expect("channel 0x12 thread");
+        let r12 = t.join().expect("channel 0x13 thread");
         if let Err(e) = &r12 {
-            say!("channel 0x12 failed: {e}");
+            say!("channel 0x13 failed: {e}");
         }
         r2.map_err(|e| format!("channel 2 failed: {e}").into())
             .and(r12)
     } else {
-        eprintln!("usage: e2e_guest_client --c2 SOCKET --c12 SOCKET | --boot-only");
+        eprintln!("usage: e2e_guest_client --c2 SOCKET --c13 SOCKET | --boot-only");
         std::process::exit(2);
     };
     match outcome {

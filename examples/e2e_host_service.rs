@@ -1,5 +1,5 @@
 //! The host half of the end-to-end test (tests/e2e/run.sh): the services behind the daemon's
-//! channels 2 and 0x12. It plays its part of the exchange described in tests/e2e/protocol.rs
+//! channels 2 and 0x13. It plays its part of the exchange described in tests/e2e/protocol.rs
 //! with the guest client (examples/e2e_guest_client.rs), compares every byte that comes back
 //! from the guest, and prints one verdict per check on standard output:
 //!
@@ -8,7 +8,7 @@
 //! FAIL b: host pipe: byte 4096 differs (got 0x00, want 0x5e)
 //! ```
 //!
-//! Check (l) hands the guest a connected socket on channel 0x12 and judges the traffic across it
+//! Check (l) hands the guest a connected socket on channel 0x13 and judges the traffic across it
 //! (tests/e2e/protocol.rs). Progress goes to standard error. It serves one connection per socket and exits when both
 //! sessions are over.
 //!
@@ -18,7 +18,7 @@
 //! all the same.
 //!
 //! ```text
-//! e2e_host_service --c2 /tmp/c2.sock --c12 /tmp/c12.sock [--qmp /tmp/qmp.sock]
+//! e2e_host_service --c2 /tmp/c2.sock --c13 /tmp/c13.sock [--qmp /tmp/qmp.sock]
 //! ```
 
 use std::fs::File;
@@ -112,7 +112,7 @@ impl Overlap {
 }
 
 const SIDE_C2: usize = 0;
-const SIDE_C12: usize = 1;
+const SIDE_C13: usize = 1;
 
 /// One QMP command and its `return` (events before it are skipped); the reply line.
 fn qmp_command(conn: &mut std::io::BufReader<UnixStream>, cmd: &str) -> Result<String> {
@@ -429,24 +429,24 @@ fn session_c2(conn: &mut FdStream, overlap: &Overlap, step: &mut &'static str) -
     Ok(())
 }
 
-fn session_c12(conn: &mut FdStream, overlap: &Overlap, step: &mut &'static str) -> Result<()> {
+fn session_c13(conn: &mut FdStream, overlap: &Overlap, step: &mut &'static str) -> Result<()> {
     *step = "d";
-    let r = round_trip(conn, "channel 0x12", SEED_C12, C12_BYTES, SIDE_C12, overlap)?;
+    let r = round_trip(conn, "channel 0x13", SEED_C13, C13_BYTES, SIDE_C13, overlap)?;
     match (r, overlap.seen()) {
         (None, true) => verdict(
             "d",
             true,
             &format!(
-                "channel 0x12: {C12_BYTES} bytes echoed and returned intact, \
+                "channel 0x13: {C13_BYTES} bytes echoed and returned intact, \
                  while channel 2 was in the middle of its own transfer"
             ),
         ),
         (None, false) => verdict(
             "d",
             false,
-            "channel 0x12: intact, but channels 2 and 0x12 were never busy at the same time",
+            "channel 0x13: intact, but channels 2 and 0x13 were never busy at the same time",
         ),
-        (Some(d), _) => verdict("d", false, &format!("channel 0x12: {d}")),
+        (Some(d), _) => verdict("d", false, &format!("channel 0x13: {d}")),
     }
     *step = "l";
     socket_check(conn)?;
@@ -465,7 +465,7 @@ fn socket_check(conn: &mut FdStream) -> Result<()> {
     drop(theirs);
     let h = conn.read_header()?;
     match h.tag {
-        SOCK => log!("channel 0x12: the guest got the socket"),
+        SOCK => log!("channel 0x13: the guest got the socket"),
         GERR => {
             let why = conn.read_vec(h.len as usize)?;
             let why = String::from_utf8_lossy(&why);
@@ -540,7 +540,7 @@ fn socket_check(conn: &mut FdStream) -> Result<()> {
             "l",
             true,
             &format!(
-                "passed socket (channel 0x12): {SOCK_BYTES} bytes each way, a \
+                "passed socket (channel 0x13): {SOCK_BYTES} bytes each way, a \
                  {SOCK_MEMFD_BYTES}-byte guest memfd and a {SOCK_PIPE_BYTES}-byte host pipe \
                  across it intact"
             ),
@@ -597,8 +597,8 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let (Some(c2), Some(c12)) = (arg("--c2"), arg("--c12")) else {
-        eprintln!("usage: e2e_host_service --c2 SOCKET --c12 SOCKET [--qmp SOCKET]");
+    let (Some(c2), Some(c13)) = (arg("--c2"), arg("--c13")) else {
+        eprintln!("usage: e2e_host_service --c2 SOCKET --c13 SOCKET [--qmp SOCKET]");
         std::process::exit(2);
     };
     if let Some(qmp) = arg("--qmp") {
@@ -611,13 +611,13 @@ fn main() {
             std::process::exit(1);
         })
     };
-    // Channel 0x12's socket last: run.sh waits for it to know that both are listening.
+    // Channel 0x13's socket last: run.sh waits for it to know that both are listening.
     let l2 = bind(&c2);
-    let l12 = bind(&c12);
-    log!("listening on {c2} (channel 2) and {c12} (channel 0x12)");
+    let l12 = bind(&c13);
+    log!("listening on {c2} (channel 2) and {c13} (channel 0x13)");
     let overlap = Overlap::default();
     std::thread::scope(|s| {
         s.spawn(|| serve("channel 2", l2, session_c2, &overlap));
-        s.spawn(|| serve("channel 0x12", l12, session_c12, &overlap));
+        s.spawn(|| serve("channel 0x13", l12, session_c13, &overlap));
     });
 }

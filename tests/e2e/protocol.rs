@@ -29,21 +29,21 @@
 //!   maps. Check (g).
 //! - `DONE`: G answers `BYE!`; both close.
 //!
-//! Channel 0x12, at the same time as channel 2: G→H [`C12_BYTES`] of `pattern(SEED_C12)`, H
+//! Channel 0x13, at the same time as channel 2: G→H [`C13_BYTES`] of `pattern(SEED_C13)`, H
 //! echoes, G sends the echo back. Check (d): intact, and H saw both channels in the middle of
 //! their first transfer at once.
 //!
 //! Then H hands G a connected socket, as a portal hands out a PipeWire remote (check (l); the
 //! daemon passes it as identifier type 7, cross-domain-proxy bridges it through a context of its
 //! own):
-//! 1. H→G `SOCK` + one end of a host socket pair. G answers on the 0x12 connection `SOCK` (it
+//! 1. H→G `SOCK` + one end of a host socket pair. G answers on the 0x13 connection `SOCK` (it
 //!    got a socket) or `GERR` + why not; then, on the passed socket:
 //! 2. G→H and H→G at the same time [`SOCK_BYTES`] of `pattern(SEED_SOCK_UP)` and
 //!    `pattern(SEED_SOCK_DOWN)`; then G→H the [`SOCK_BYTES`] it received.
 //! 3. G→H `SMEM` + a guest memfd holding `pattern(SEED_SOCK_MEMFD, len)`, which H maps.
 //! 4. H→G `SPIP` + the write end of a host pipe: G writes `pattern(SEED_SOCK_PIPE, len)` into it
 //!    and closes it; H reads to end of file.
-//! 5. H→G `DONE`, G→H `BYE!`, both close the passed socket; then `DONE`/`BYE!` on 0x12.
+//! 5. H→G `DONE`, G→H `BYE!`, both close the passed socket; then `DONE`/`BYE!` on 0x13.
 //!
 //! H judges every byte at its end.
 //!
@@ -60,7 +60,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 pub const C2_BYTES: usize = 1 << 20;
-pub const C12_BYTES: usize = 256 << 10;
+pub const C13_BYTES: usize = 256 << 10;
 /// Odd sizes on purpose: neither a page nor a ring multiple.
 pub const PIPE_BYTES: usize = 200_000;
 pub const MEMFD_BYTES: usize = 64 << 10;
@@ -72,7 +72,7 @@ pub const SOCK_MEMFD_BYTES: usize = 30_000;
 pub const SOCK_PIPE_BYTES: usize = 100_000;
 
 pub const SEED_C2: u64 = 2;
-pub const SEED_C12: u64 = 0x12;
+pub const SEED_C13: u64 = 0x13;
 pub const SEED_PIPE: u64 = 0xb;
 pub const SEED_MEMFD: u64 = 0xc;
 pub const SEED_MEMFD_LIVE: u64 = 0x1c;

@@ -2,8 +2,10 @@
 # End-to-end test: an unmodified Linux guest, booted by QEMU 11 under TCG, reaches host services
 # through the daemon.
 #
-#   host: e2e_host_service ◀─ channel sockets ─ vhost-user-cross-domain ◀─ vhost-user ─ QEMU
-#   guest (initramfs):   e2e_guest_client ─ /run/c2.sock, /run/c12.sock ─▶ cross-domain-proxy ×2
+#   host: e2e_host_service ◀─ channel sockets (2, 0x13) ─┐
+#         dbus-daemon + dbus-test-tool echo ◀─ 0x12 ──────┼─ vhost-user-cross-domain ◀─ QEMU
+#         PipeWire (null sink) + WirePlumber ◀─ 0x10 ─────┘
+#   guest (initramfs): e2e_guest_client, dbus-send, pw-cat ─▶ cross-domain-proxy ×4
 #
 # Stages: a Debian trixie chroot with QEMU 11 from trixie-backports (debootstrap), guest kernels
 # unpacked from Debian packages, builds (the daemon with cargo; cross-domain-proxy with cargo,
@@ -186,6 +188,28 @@ fi
 in_root qemu-system-x86_64 --version | head -n 1
 stage_end
 
+# The real host services of the PipeWire and D-Bus checks, and the guest programs that reach
+# them, come from the same chroot: PipeWire 1.4 with WirePlumber (links the guest's stream to
+# the null sink) and pw-cat/pw-record, dbus-daemon with dbus-send, and dbus-test-tool (dbus-tests:
+# a service that answers every method call). Installed into an existing chroot without
+# rebuilding it; a stamp of their own says which list is in.
+stage_begin "host services (PipeWire, D-Bus)"
+SERVICE_PACKAGES="pipewire pipewire-bin wireplumber dbus-daemon dbus-bin dbus-tests"
+if [ "$(cat "$ROOT/.vucd-e2e-services" 2>/dev/null)" != "$SERVICE_PACKAGES" ]; then
+    mount_chroot_fs
+    in_root apt-get update -q
+    # shellcheck disable=SC2086 # a list of package names
+    in_root apt-get install -y -q --no-install-recommends $SERVICE_PACKAGES
+    in_root apt-get clean
+    unmount_all
+    echo "$SERVICE_PACKAGES" >"$ROOT/.vucd-e2e-services"
+else
+    echo "e2e: reusing the service packages"
+fi
+echo "e2e: $(in_root pipewire --version | grep -m1 -o 'libpipewire [0-9.]*'), $(
+    in_root dbus-daemon --version | head -n 1)"
+stage_end
+
 # === 2. guest kernels ===========================================================================
 
 # apt options that make apt inside the chroot see bookworm instead of trixie, with lists of its own
@@ -291,6 +315,8 @@ DAEMON="$REPO/target/release/vhost-user-cross-domain"
 # in seconds, without the package's dev-dependencies (cargo builds and lints them as examples).
 rustc --edition 2021 -O examples/e2e_host_service.rs -o "$BIN/e2e_host_service"
 HOST_SERVICE="$BIN/e2e_host_service"
+rustc --edition 2021 -O examples/e2e_audio.rs -o "$BIN/e2e_audio"
+AUDIO="$BIN/e2e_audio"
 rustc --edition 2021 -O -C target-feature=+crt-static --target "$TRIPLE" \
     examples/e2e_guest_client.rs -o "$BIN/e2e_guest_client"
 GUEST_CLIENT="$BIN/e2e_guest_client"
@@ -335,10 +361,41 @@ build_initramfs() {
     chmod 0755 "$ROOT$t/bin/busybox"
     install -m 0755 "$E2E_DIR/init.sh" "$ROOT$t/init"
     install -m 0755 "$GUEST_CLIENT" "$ROOT$t/bin/e2e-guest-client"
-    [ "$BOOT_ONLY" = 1 ] || install -m 0755 "$PROXY" "$ROOT$t/bin/cross-domain-proxy"
+    if [ "$BOOT_ONLY" = 0 ]; then
+        install -m 0755 "$PROXY" "$ROOT$t/bin/cross-domain-proxy"
+        add_guest_programs "$t"
+    fi
     in_root sh -c "cd $t && find . | cpio -o -H newc --quiet | gzip -1 >$SRV/initrd-$suite.gz"
     echo "e2e: $suite: initramfs $(du -h "$ROOT$SRV/initrd-$suite.gz" | cut -f1)"
 }
+
+# Real guest programs for the PipeWire and D-Bus checks, taken from the chroot with the shared
+# libraries they load (ldd) and the PipeWire modules and SPA plugins a client context opens
+# (client.conf). The guest's /init runs them with the chroot's paths.
+GUEST_PROGRAMS="/usr/bin/pw-cat /usr/bin/dbus-send"
+LIBDIR=/usr/lib/x86_64-linux-gnu
+GUEST_PLUGINS="$LIBDIR/spa-0.2/support/libspa-support.so
+$LIBDIR/spa-0.2/audioconvert/libspa-audioconvert.so
+$LIBDIR/pipewire-0.3/libpipewire-module-protocol-native.so
+$LIBDIR/pipewire-0.3/libpipewire-module-client-node.so
+$LIBDIR/pipewire-0.3/libpipewire-module-client-device.so
+$LIBDIR/pipewire-0.3/libpipewire-module-adapter.so
+$LIBDIR/pipewire-0.3/libpipewire-module-metadata.so
+$LIBDIR/pipewire-0.3/libpipewire-module-session-manager.so"
+add_guest_programs() { # T: the initramfs tree (as seen inside ROOT)
+    local t=$1 files
+    # Each file and every library any of them needs, symlinks resolved (tar -h).
+    # shellcheck disable=SC2086 # lists of paths
+    files=$(in_root sh -c 'for f in "$@"; do echo "$f"; ldd "$f" |
+        awk "/=> \// { print \$3 } /^[[:space:]]*\/lib64/ { print \$1 }"; done | sort -u' \
+        sh $GUEST_PROGRAMS $GUEST_PLUGINS)
+    # shellcheck disable=SC2086
+    in_root tar -C / -chf - $files usr/share/pipewire/client.conf | in_root tar -C "$t" -xf -
+    echo "e2e: guest programs: $(echo "$files" | wc -l) files, $(du -sh "$ROOT$t/usr" | cut -f1)"
+    "$AUDIO" sine "$ROOT$t/sine.wav" "$SINE_SECONDS" "$SINE_HZ"
+}
+SINE_SECONDS=3
+SINE_HZ=997
 
 stage_begin "initramfs"
 mount_chroot_fs
@@ -358,6 +415,132 @@ wait_for_socket() { # PATH PID WHAT
     return 1
 }
 
+# in_root_bg CMD...: in_root for a background service, as one process ($! is the service itself:
+# the subshell, chroot and env all exec), so that stop_pid reaches it.
+in_root_bg() {
+    (exec chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "$@") \
+        9>&- &
+}
+
+# start_real_services LOGS RUN_IN: the real host services behind channels 0x12 (a D-Bus session
+# bus with dbus-test-tool's echo service on it) and 0x10 (PipeWire with a null sink, and
+# WirePlumber, which links the guest's stream to it), all from the chroot; sets `services` to the
+# daemon's --channel options for them. Where the host has a udmabuf device (the one way to share
+# PipeWire's sealed activation records with QEMU 11; docs/pipewire.md) a recorder captures the
+# sink's monitor for the full audio check.
+start_real_services() {
+    local logs=$1 run_in=$2 i
+    mkdir -p "$RUN/pw"
+    local bus="unix:path=$run_in/bus.sock"
+    in_root_bg dbus-daemon --session --nofork --address="$bus" --print-address=1 \
+        >"$logs/dbus-daemon.out" 2>"$logs/dbus-daemon.log"
+    PIDS+=("$!")
+    wait_for_socket "$RUN/bus.sock" "$!" || die "dbus-daemon did not start ($logs/dbus-daemon.log)"
+    in_root_bg env DBUS_SESSION_BUS_ADDRESS="$bus" dbus-test-tool echo --name=org.vucd.E2E.Echo \
+        >"$logs/dbus-echo.log" 2>&1
+    PIDS+=("$!")
+    for i in $(seq 100); do
+        in_root env DBUS_SESSION_BUS_ADDRESS="$bus" dbus-send --session --print-reply \
+            --dest=org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus.GetNameOwner \
+            string:org.vucd.E2E.Echo >"$logs/dbus-echo.owner" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -q 'string ":' "$logs/dbus-echo.owner" ||
+        die "dbus-test-tool did not take its name on the bus ($logs/dbus-echo.log)"
+    # The bus's id, as a host client sees it: the guest must get the same answer.
+    in_root env DBUS_SESSION_BUS_ADDRESS="$bus" dbus-send --session --print-reply \
+        --dest=org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus.GetId \
+        >"$logs/dbus-bus.id"
+
+    cp "$E2E_DIR/pipewire.conf" "$RUN/pw/pipewire.conf"
+    local pw_env=(env XDG_RUNTIME_DIR="$run_in/pw" HOME="$run_in/pw")
+    # conn.protocol-native at debug level logs every message with its count of descriptors.
+    in_root_bg "${pw_env[@]}" PIPEWIRE_DEBUG="3,conn.protocol-native:4,mod.client-node:5" \
+        pipewire -c "$run_in/pw/pipewire.conf" >"$logs/pipewire.log" 2>&1
+    PIDS+=("$!")
+    wait_for_socket "$RUN/pw/pipewire-0" "$!" || die "PipeWire did not start ($logs/pipewire.log)"
+    in_root_bg "${pw_env[@]}" wireplumber >"$logs/wireplumber.log" 2>&1
+    PIDS+=("$!")
+    if [ -c /dev/udmabuf ]; then
+        in_root_bg "${pw_env[@]}" pw-record --target e2e-sink -P '{ stream.capture.sink = true }' \
+            "$run_in/pw/recorded.wav" >"$logs/pw-record.log" 2>&1
+        PIDS+=("$!")
+        RECORDER=$!
+    fi
+    services=(--channel "0x12:$RUN/bus.sock" --channel "0x10:$RUN/pw/pipewire-0")
+}
+RECORDER=""
+
+# real_service_checks TAG LOGS: the checks of the real programs (after the boot).
+#   m  D-Bus: the guest's dbus-send reached the host's bus: its GetId answer is the one a host
+#      client gets.
+#   n  D-Bus: a method call from the guest answered by the host service on that bus.
+#   o  PipeWire: every descriptor the host's PipeWire sent the guest client arrived, each as
+#      what it is (memory as memory, eventfds as eventfds), none refused or dropped.
+#   p  PipeWire without udmabuf: the activation record (memory that is not whole pages, sealed
+#      against growing) is refused with the documented error, never copied, and the client
+#      is told by its connection closing (pw-cat fails).
+#   p  PipeWire with udmabuf: the guest's pw-cat played the sine, recorded on the host.
+real_service_checks() {
+    local tag=$1 logs=$2 guid owner
+    guid=$(sed -n 's/.*string "\([0-9a-f]*\)".*/\1/p' "$logs/dbus-bus.id" | head -n 1)
+    if [ -n "$guid" ] && grep -q "^E2E-DBUS-GETID: *string \"$guid\"" "$logs/serial.log"; then
+        result PASS "$tag m: D-Bus: the guest's dbus-send reached the host bus (GetId $guid)"
+    else
+        result FAIL "$tag m: D-Bus: no GetId answer '$guid' from the host bus in the guest's output"
+    fi
+    owner=$(sed -n 's/.*string "\(:[0-9.]*\)".*/\1/p' "$logs/dbus-echo.owner" | head -n 1)
+    if [ -n "$owner" ] &&
+        grep -q "^E2E-DBUS-CALL: method return .* sender=$owner " "$logs/serial.log" &&
+        grep -q '^E2E-DBUS: call exit status 0$' "$logs/serial.log"; then
+        result PASS "$tag n: D-Bus: the guest's method call answered by the host service ($owner)"
+    else
+        result FAIL "$tag n: D-Bus: no answer from the host service '$owner' to the guest's call"
+    fi
+
+    # What PipeWire sent the guest client (it is the only client that gets descriptors: the
+    # session manager gets none): Core.AddMem (id 0, opcode 6) carries memory, the client
+    # node's SetActivation and Transport carry eventfds.
+    local sent_mem sent_evt counters got_mem got_pipe got_evt got_refused
+    sent_mem=$(sed -n 's/.* out: id:0 op:6 .* fds:\([0-9]*\)$/\1/p' "$logs/pipewire.log" |
+        awk '{ n += $1 } END { print n + 0 }')
+    sent_evt=$(grep -v ' out: id:0 op:6 ' "$logs/pipewire.log" |
+        sed -n 's/.* out: .* fds:\([0-9]*\)$/\1/p' | awk '{ n += $1 } END { print n + 0 }')
+    counters=$(grep -o 'counters: channel 16 .*' "$logs/daemon.log" | tail -n 1 || true)
+    read -r got_mem got_pipe got_evt got_refused < <(echo "$counters" |
+        sed -n 's/.*host to guest .* fds \([0-9]*\) memory, \([0-9]*\) pipe, \([0-9]*\) eventfd, \([0-9]*\) refused.*/\1 \2 \3 \4/p') || true
+    if [ "$sent_mem" -gt 0 ] && [ "$sent_evt" -gt 0 ] && [ "${got_mem:-x}" = "$sent_mem" ] &&
+        [ "${got_evt:-x}" = "$sent_evt" ] && [ "$got_pipe" = 0 ] && [ "$got_refused" = 0 ]; then
+        result PASS "$tag o: PipeWire: all $((sent_mem + sent_evt)) descriptors it sent arrived: \
+$sent_mem memory, $sent_evt eventfds, none refused"
+    else
+        result FAIL "$tag o: PipeWire sent $sent_mem memory and $sent_evt eventfds; the daemon \
+received memory ${got_mem:-?}, pipe ${got_pipe:-?}, eventfd ${got_evt:-?}, refused ${got_refused:-?}"
+    fi
+
+    local pw_status
+    pw_status=$(sed -n 's/^E2E-PW: pw-cat exit status \([0-9]*\)$/\1/p' "$logs/serial.log")
+    if [ -n "$RECORDER" ]; then
+        local verdict
+        verdict=$("$AUDIO" judge "$logs/recorded.wav" "$SINE_HZ" "$((SINE_SECONDS - 1))" || true)
+        if [ "$pw_status" = 0 ] && [ "${verdict%% *}" = PASS ]; then
+            result PASS "$tag p: PipeWire (udmabuf): the guest's pw-cat played; recorded ${verdict#* }"
+        else
+            result FAIL "$tag p: PipeWire (udmabuf): pw-cat exit status ${pw_status:-?}; recorded: ${verdict#* }"
+        fi
+    else
+        if grep -q 'of 2312 bytes is not a page multiple, cannot grow and is not write-sealed' \
+            "$logs/daemon.log" && ! grep -q 'gets a copy' "$logs/daemon.log" &&
+            [ -n "$pw_status" ] && [ "$pw_status" != 0 ]; then
+            result PASS "$tag p: PipeWire (no udmabuf): the 2312-byte activation record was \
+refused, not copied; pw-cat was told (exit status $pw_status)"
+        else
+            result FAIL "$tag p: PipeWire (no udmabuf): no refusal of the 2312-byte activation \
+record in the daemon's log, a copy, or pw-cat did not fail (exit status ${pw_status:-?})"
+        fi
+    fi
+}
+
 # boot SUITE RELEASE: one daemon, one host service, one guest boot; prints the checks.
 boot() {
     local suite=$1 release=$2 logs="$LOGS/$1"
@@ -369,16 +552,18 @@ boot() {
 
     local service_pid=""
     if [ "$BOOT_ONLY" = 0 ]; then
-        "$HOST_SERVICE" --c2 "$RUN/c2-host.sock" --c12 "$RUN/c12-host.sock" \
+        "$HOST_SERVICE" --c2 "$RUN/c2-host.sock" --c13 "$RUN/c13-host.sock" \
             --qmp "$RUN/qmp.sock" >"$logs/host-service.out" 2>"$logs/host-service.log" 9>&- &
         service_pid=$!
         PIDS+=("$service_pid")
-        wait_for_socket "$RUN/c12-host.sock" "$service_pid" ||
+        wait_for_socket "$RUN/c13-host.sock" "$service_pid" ||
             die "the host service did not start (log: $logs/host-service.log)"
     fi
+    local services=()
+    [ "$BOOT_ONLY" = 1 ] || start_real_services "$logs" "$run_in"
     RUST_LOG=${RUST_LOG:-info} "$DAEMON" --socket-path "$RUN/vgpu.sock" \
-        --channel "2:$RUN/c2-host.sock" --channel "0x12:$RUN/c12-host.sock" --shm-size 1G \
-        >"$logs/daemon.log" 2>&1 9>&- &
+        --channel "2:$RUN/c2-host.sock" --channel "0x13:$RUN/c13-host.sock" "${services[@]}" \
+        --shm-size 1G >"$logs/daemon.log" 2>&1 9>&- &
     local daemon_pid=$!
     PIDS+=("$daemon_pid")
     wait_for_socket "$RUN/vgpu.sock" "$daemon_pid" ||
@@ -395,7 +580,7 @@ boot() {
         -nographic -no-reboot -vga none -nodefaults -serial stdio \
         -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
         -kernel "$SRV/kernels/$suite/vmlinuz" -initrd "$SRV/initrd-$suite.gz" \
-        -append 'console=ttyS0 panic=-1 loglevel=4' \
+        -append 'console=ttyS0 panic=-1 loglevel=4 no_timer_check' \
         -chardev "socket,id=vgpu,path=$run_in/vgpu.sock" \
         -device vhost-user-test-device-pci,chardev=vgpu,virtio-id=16,num_vqs=2,config_size=24 \
         "${monitor[@]}" </dev/null >"$logs/serial.raw" 2>"$logs/qemu.log" 9>&- &
@@ -416,8 +601,14 @@ boot() {
         for i in $(seq 50); do kill -0 "$service_pid" 2>/dev/null || break; sleep 0.1; done
     fi
     local daemon_alive=0
-    kill -0 "$daemon_pid" 2>/dev/null && daemon_alive=1
+    if kill -0 "$daemon_pid" 2>/dev/null; then
+        daemon_alive=1
+        # Its per-channel counters (SIGUSR1), for the PipeWire check.
+        kill -USR1 "$daemon_pid"
+        sleep 0.5
+    fi
     stop_all
+    [ ! -f "$RUN/pw/recorded.wav" ] || cp "$RUN/pw/recorded.wav" "$logs/"
     rm -rf --one-file-system "$RUN"
     RUN=""
 
@@ -466,6 +657,7 @@ boot() {
             result FAIL "$tag $id: no verdict from the host service (log: $logs/host-service.log)"
         fi
     done
+    [ "$BOOT_ONLY" = 1 ] || real_service_checks "$tag" "$logs"
     # (k) QEMU's stop/cont was a pause to the daemon: it kept its state, no guest reset.
     if grep -q 'restarted where it stopped' "$logs/daemon.log" &&
         ! grep -q 'restarted anew' "$logs/daemon.log"; then
