@@ -58,7 +58,7 @@ elif [ -x /bin/cross-domain-proxy ]; then
     sed 's/^/E2E-DBUS-CALL: /' /tmp/dbus-call.out
 
     PIPEWIRE_REMOTE=/run/pw/pipewire-0 PIPEWIRE_DEBUG=2 HOME=/tmp XDG_RUNTIME_DIR=/run/pw \
-        timeout 45 pw-cat --playback --target e2e-sink /sine.wav >/tmp/pw-cat.log 2>&1
+        timeout 25 pw-cat --playback --target e2e-sink /sine.wav >/tmp/pw-cat.log 2>&1
     echo "E2E-PW: pw-cat exit status $?"
     sed 's/^/E2E-PW-CAT: /' /tmp/pw-cat.log
     unset LD_LIBRARY_PATH
