@@ -79,7 +79,7 @@ fn resolve_with(
         PartialPagesMode::Auto => match open() {
             Ok(dev) => PartialPages::Udmabuf(dev.leak()),
             Err(e) => {
-                info!("--partial-pages auto: cannot open {UDMABUF_PATH} ({e}); using 'refuse'");
+                info!("--partial-pages auto: cannot open {UDMABUF_PATH}: {e}; using 'refuse'");
                 PartialPages::Refuse
             }
         },
