@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::io as stdio;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
 
 use log::{debug, warn};
 
@@ -22,6 +24,7 @@ use super::items::{Item, ItemTable};
 use super::protocol::GetImageRequirements;
 use super::udmabuf::UdmabufDevice;
 use crate::guest_mem::{GuestMem, SgList};
+use crate::ratelimit::RateLimiter;
 
 /// Most distinct image requirements (GET_IMAGE_REQUIREMENTS replies, kept for any number of
 /// CREATE_BLOBs) one context may hold. Identical queries share one entry; a guest allocator
@@ -200,6 +203,10 @@ pub(super) fn take_blob(
     }
 }
 
+/// Rate limit of the "kernel refused a udmabuf" line.
+static UDMABUF_LOG: LazyLock<Mutex<RateLimiter>> =
+    LazyLock::new(|| Mutex::new(RateLimiter::new(Duration::from_secs(1), 1)));
+
 /// What a blob made from received memory maps.
 enum Backing {
     /// The received fd itself (shared), writable or not.
@@ -291,14 +298,32 @@ fn udmabuf(
 ) -> Result<Backing, CtxError> {
     match dev.create(fd, rounded) {
         Ok(buf) => {
-            debug!("ctx {ctx_id}: received memory {id} of {size} bytes shared as a udmabuf of {rounded}");
+            debug!(
+                "ctx {ctx_id}: received memory {id:#x} of {size} bytes shared as a udmabuf of \
+                 {rounded}"
+            );
             Ok(Backing::Udmabuf(buf))
         }
         Err(e) => {
-            warn!(
-                "ctx {ctx_id}: the kernel refused a udmabuf over received memory {id} of {size}                  bytes (seals {:#x}): {e}; refused",
-                cdio::seals(fd)
-            );
+            // The guest may retry CREATE_BLOB on the item it keeps: one line per second at
+            // most for the whole process (the refusal itself is logged with the error
+            // response, rate-limited by the GPU layer).
+            let allowed = UDMABUF_LOG
+                .lock()
+                .map(|mut l| l.allow(std::time::Instant::now()))
+                .unwrap_or(None);
+            if let Some(suppressed) = allowed {
+                let more = if suppressed > 0 {
+                    format!(" ({suppressed} more such refusals not logged)")
+                } else {
+                    String::new()
+                };
+                warn!(
+                    "ctx {ctx_id}: the kernel refused a udmabuf over received memory {id:#x} of \
+                     {size} bytes (seals {:#x}): {e}; refused{more}",
+                    cdio::seals(fd)
+                );
+            }
             Err(CtxError::UnshareableMemory { id, size })
         }
     }
