@@ -197,7 +197,8 @@ Example: --max-mappings 4096"
     )]
     pub max_mappings: usize,
 
-    /// What received memory that is not whole pages becomes: refuse (default) or map.
+    /// What received memory that is not whole pages becomes: refuse (default), map, udmabuf
+    /// or auto.
     #[arg(
         long,
         value_name = "MODE",
@@ -211,10 +212,14 @@ exact (write-sealed, or handed over read-only), otherwise refused with an error
 response: QEMU refuses a mapping that runs past the end of a file, so the pages could
 not be shared. map: the original file is mapped in whole pages, its last page running
 past the end; only for VMMs that accept that (crosvm, libkrun), since a refused
-mapping ends a crosvm VM. See docs/pipewire.md.
-Example: --partial-pages map"
+mapping ends a crosvm VM. udmabuf: as refuse, but memory that cannot grow is shared
+through a udmabuf over its pages (whole pages, so QEMU accepts it); /dev/udmabuf is
+opened at start-up and must exist (CONFIG_UDMABUF), or the daemon exits with status 2.
+auto: udmabuf when /dev/udmabuf opens at start-up, refuse otherwise.
+See docs/pipewire.md.
+Example: --partial-pages udmabuf"
     )]
-    pub partial_pages: crate::cross_domain::PartialPages,
+    pub partial_pages: crate::config::PartialPagesMode,
 
     /// Confine the daemon after start-up: on (default), or none to debug.
     #[arg(

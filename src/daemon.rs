@@ -189,6 +189,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         channels: &config.channels.load(),
         sources: &config.channel_sources,
         socket_path: socket.as_ref().map(SocketClaim::path),
+        udmabuf: config.partial_pages.udmabuf_fd(),
     })
     .map_err(Error::Sandbox)?;
     sandbox::self_test();

@@ -15,8 +15,8 @@ use clap::Parser;
 use log::warn;
 use vhost_user_cross_domain::cli::{self, Args};
 use vhost_user_cross_domain::config::{
-    describe_activated, select_listen, unusable_fd, ConfigError, Listen, LiveChannels, SandboxMode,
-    SocketGroup, ACTIVATION_SOURCE, CHANNELS_FILE_FLAG,
+    describe_activated, resolve_partial_pages, select_listen, unusable_fd, ConfigError, Listen,
+    LiveChannels, SandboxMode, SocketGroup, ACTIVATION_SOURCE, CHANNELS_FILE_FLAG,
 };
 use vhost_user_cross_domain::inherited::{self, FdError, SocketKind};
 use vhost_user_cross_domain::reload::read_channels_file;
@@ -116,7 +116,7 @@ fn config_from_args(args: &Args) -> Result<Config, ConfigError> {
         seccomp: args.seccomp.unwrap_or_default(),
         socket_group,
         max_mappings: args.max_mappings,
-        partial_pages: args.partial_pages,
+        partial_pages: resolve_partial_pages(args.partial_pages)?,
     })
 }
 

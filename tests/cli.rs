@@ -565,3 +565,44 @@ fn bad_max_mappings_and_partial_pages() {
         "{err}"
     );
 }
+
+/// `--partial-pages udmabuf` needs `/dev/udmabuf` at start-up: without it (as on these build
+/// machines, whose kernel lacks CONFIG_UDMABUF) the configuration is rejected, naming the flag,
+/// the value, the device and the errno. `auto` is never rejected for it.
+#[test]
+fn partial_pages_udmabuf_without_the_device() {
+    let err = assert_rejected(
+        &["--partial-pages", "map,udmabuf"],
+        "--partial-pages",
+        "map,udmabuf",
+    );
+    assert!(err.contains("'udmabuf'") && err.contains("'auto'"), "{err}");
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/udmabuf");
+    let Err(open_error) = opened else {
+        eprintln!("skipped: /dev/udmabuf opens on this host, so 'udmabuf' is accepted");
+        return;
+    };
+    let err = assert_rejected(
+        &["--partial-pages", "udmabuf"],
+        "--partial-pages",
+        "udmabuf",
+    );
+    assert!(
+        err.contains(&format!(
+            "--partial-pages 'udmabuf': cannot open /dev/udmabuf: {open_error}"
+        )),
+        "{err}"
+    );
+    // auto falls back to refuse: the daemon gets as far as the socket path.
+    let out = run(&["--socket-path", SOCKET, "--partial-pages", "auto"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("partial pages: refuse (auto)")
+            && out.stderr.contains("error: --socket-path"),
+        "{}",
+        out.stderr
+    );
+}

@@ -4,7 +4,9 @@
 //! with two, then wake-ups both ways. Mostly through the test frontend mapping like QEMU 11 (no
 //! mapping past the end of a file), with the daemon's default `PartialPages::Refuse`; and
 //! through the frontend mapping like crosvm (the last page may run past the end of a file)
-//! with `--partial-pages map`, where the activation record is shared for real.
+//! with `--partial-pages map`, where the activation record is shared for real; and, where the
+//! host has `/dev/udmabuf`, through the frontend mapping like QEMU with `--partial-pages
+//! udmabuf`, where it is shared through a udmabuf (skipped, and saying so, elsewhere).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -394,4 +396,136 @@ fn partial_pages_map_under_qemu_fails_the_mapping_not_the_device() {
         fx.ctx.recv(&mut fx.vm, T),
         ChannelMsg::Receive { data, .. } if data == b"next"
     ));
+}
+
+/// The start-up log says which partial-page mode is in effect.
+#[test]
+fn the_start_up_log_names_the_partial_page_mode() {
+    let fx = setup();
+    assert_log(&fx, "partial pages: refuse: ");
+    let fx = setup_with(VmmKind::Crosvm, &["--partial-pages", "map"]);
+    assert_log(&fx, "partial pages: map: ");
+    let fx = setup_with(VmmKind::Qemu, &["--partial-pages", "auto"]);
+    if udmabuf_unavailable().is_some() {
+        assert_log(&fx, "partial pages: refuse (auto): ");
+    } else {
+        assert_log(&fx, "partial pages: udmabuf (auto): ");
+    }
+}
+
+fn assert_log(fx: &Fx, needle: &str) {
+    assert!(
+        fx.daemon.wait_for_log(needle, T),
+        "{needle:?} missing from:\n{}",
+        fx.daemon.log()
+    );
+}
+
+/// Why `/dev/udmabuf` cannot be used here, if it cannot.
+fn udmabuf_unavailable() -> Option<std::io::Error> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/udmabuf")
+        .err()
+}
+
+/// With `--partial-pages udmabuf` and a VMM that refuses mappings past the end of a file
+/// (QEMU 11), the sealed 2312-byte activation record reaches the guest as a udmabuf over its
+/// page: whole pages, so the mapping is accepted, and the memfd's own page, so for thousands of
+/// rounds each side reads what the other wrote. Never grown, never copied. Runs only where
+/// the host kernel has the udmabuf device (these build machines have none: CONFIG_UDMABUF is
+/// unset), and otherwise says why it skipped.
+#[test]
+fn the_activation_record_is_shared_both_ways_under_qemu_through_a_udmabuf() {
+    if let Some(e) = udmabuf_unavailable() {
+        eprintln!(
+            "skipped: /dev/udmabuf cannot be opened ({e}); the host kernel needs CONFIG_UDMABUF"
+        );
+        return;
+    }
+    let mut fx = setup_with(VmmKind::Qemu, &["--partial-pages", "udmabuf"]);
+    assert_log(&fx, "partial pages: udmabuf: ");
+    let record = activation_record();
+    let add_mem = message(&mut fx, b"Core.AddMem", &[record.as_raw_fd()]);
+    assert_eq!(
+        add_mem,
+        [(2, CD_ID_TYPE_VIRTGPU_BLOB, ACTIVATION_SIZE as u32)]
+    );
+    let (readfd, writefd) = (eventfd(), eventfd());
+    let transport = message(
+        &mut fx,
+        b"ClientNode.Transport",
+        &[readfd.as_raw_fd(), writefd.as_raw_fd()],
+    );
+    assert_eq!(transport, [(3, EVENTFD, 0), (4, EVENTFD, 0)]);
+    let (mem_id, read_id, write_id) = (2u32, 3u32, 4u32);
+    let res = fx.vm.next_resource_id();
+    assert_ok(
+        &fx.vm.create_host_blob(
+            fx.ctx.ctx_id,
+            res,
+            mem_id.into(),
+            PAGE,
+            BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
+        ),
+        "CREATE_BLOB from the activation record",
+    );
+    let base = 5 * PAGE;
+    assert_resp(
+        &fx.vm.resource_map_blob(res, base),
+        RESP_OK_MAP_INFO,
+        "MAP_BLOB of the activation record (a udmabuf QEMU accepts)",
+    );
+    let m = fx.vm.shm_mapping_at(base).expect("mapped");
+    assert_eq!((m.len, m.writable), (PAGE, true));
+    assert_eq!(
+        fx.vm.shm_read(base, ACTIVATION_SIZE),
+        pattern(ACTIVATION_SIZE, 3)
+    );
+    watch(&mut fx, read_id);
+    for round in 1..=ROUNDS {
+        // Host → guest: the server writes its memfd and wakes the client ...
+        let value = round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        record.write_all_at(&value.to_le_bytes(), SLOT).unwrap();
+        nix::unistd::write(&readfd, &1u64.to_ne_bytes()).unwrap();
+        match fx.ctx.recv(&mut fx.vm, T) {
+            ChannelMsg::Read { id, hang_up, data } => {
+                assert_eq!(
+                    (id, hang_up, data),
+                    (read_id, false, 1u64.to_le_bytes().to_vec())
+                );
+            }
+            other => panic!("round {round}: expected READ, got {other:?}"),
+        }
+        let seen = u64::from_le_bytes(fx.vm.shm_read(base + SLOT, 8).try_into().unwrap());
+        assert_eq!(
+            seen, value,
+            "round {round}: the guest sees the host's write"
+        );
+        // ... guest → host: the client answers in place and wakes the server.
+        let answer = value.wrapping_add(1);
+        fx.vm.shm_write(base + SLOT, &answer.to_le_bytes());
+        fx.ctx
+            .write(&mut fx.vm, write_id, &1u64.to_le_bytes(), false);
+        assert_eq!(counter(&writefd), Some(1), "round {round}");
+        let mut got = [0u8; 8];
+        record.read_exact_at(&mut got, SLOT).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(got),
+            answer,
+            "round {round}: the host sees the guest's write"
+        );
+    }
+    assert_eq!(
+        record.metadata().unwrap().len(),
+        ACTIVATION_SIZE as u64,
+        "never grown"
+    );
+    assert!(!fx.daemon.log().contains("the guest gets a copy"));
+    assert_eq!(fx.vm.shm_fatal(), None);
+    let st = fx.vm.shm_stats();
+    assert_eq!((st.maps, st.refused, st.violations), (1, 0, 0));
+    assert_ok(&fx.vm.resource_unmap_blob(res), "UNMAP_BLOB");
+    assert_ok(&fx.vm.resource_unref(res), "UNREF");
 }

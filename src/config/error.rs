@@ -154,10 +154,19 @@ pub enum ConfigError {
 
     /// `--partial-pages` is not one of its modes.
     #[error(
-        "{flag} '{value}': expected 'refuse' (the default, for QEMU) or 'map' (the VMM maps a \
-         file's last page past its end: crosvm, libkrun)"
+        "{flag} '{value}': expected 'refuse' (the default), 'map' (the VMM maps a file's last \
+         page past its end: crosvm, libkrun), 'udmabuf' (share through the host's \
+         /dev/udmabuf: QEMU) or 'auto' (udmabuf when /dev/udmabuf opens, refuse otherwise)"
     )]
     InvalidPartialPages { flag: &'static str, value: String },
+
+    /// `--partial-pages udmabuf`, but `/dev/udmabuf` cannot be opened.
+    #[error("{flag} '{value}': {reason} (is CONFIG_UDMABUF set, and may this user open it?)")]
+    UdmabufUnavailable {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
 
     /// `--sandbox` neither `on` nor `none`.
     #[error("{flag} '{value}': expected 'on' (the default) or 'none' (no sandbox, for debugging)")]
@@ -242,6 +251,7 @@ impl ConfigError {
             | Self::InvalidSandbox { flag, value }
             | Self::InvalidMaxMappings { flag, value, .. }
             | Self::InvalidPartialPages { flag, value }
+            | Self::UdmabufUnavailable { flag, value, .. }
             | Self::InvalidSeccomp { flag, value }
             | Self::InvalidLogLevel { flag, value }
             | Self::EmptyFileName { flag, value }

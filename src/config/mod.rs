@@ -23,6 +23,7 @@ pub mod channels;
 pub mod channels_file;
 pub mod error;
 pub mod live;
+pub mod partial_pages;
 pub mod values;
 
 use std::fmt;
@@ -40,9 +41,10 @@ pub use channels::{
 pub use channels_file::{ChannelSources, ChannelsFileError, MAX_CHANNELS_FILE};
 pub use error::ConfigError;
 pub use live::{ChannelView, LiveChannels};
+pub use partial_pages::{parse_partial_pages, resolve_partial_pages, PartialPagesMode};
 pub use values::{
-    parse_channels_file, parse_fd, parse_max_mappings, parse_partial_pages, parse_sandbox,
-    parse_scanouts, parse_seccomp, parse_shm_size, parse_socket_path, unusable_fd, ShmSizeProblem,
+    parse_channels_file, parse_fd, parse_max_mappings, parse_sandbox, parse_scanouts,
+    parse_seccomp, parse_shm_size, parse_socket_path, unusable_fd, ShmSizeProblem,
     DEFAULT_SHM_SIZE, MAX_MAPPINGS_LIMIT, MAX_SHM_SIZE,
 };
 

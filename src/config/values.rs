@@ -1,6 +1,6 @@
 //! The parsers of the flag values other than channels: `--sandbox`, `--seccomp`, `--scanouts`,
-//! `--socket-path`, `--fd`, `--shm-size`, `--max-mappings` and `--partial-pages`, each into its
-//! typed value.
+//! `--socket-path`, `--fd`, `--shm-size` and `--max-mappings`, each into its typed value
+//! (`--partial-pages` is in `partial_pages.rs`).
 //!
 //! Each parser takes the text as given and either returns the value or a [`ConfigError`]
 //! naming the flag and the text; none touches the file system, and none panics on any input.
@@ -11,10 +11,8 @@ use std::path::{Path, PathBuf};
 
 use super::{
     ConfigError, SandboxMode, SeccompMode, CHANNELS_FILE_FLAG, FD_FLAG, MAX_MAPPINGS_FLAG,
-    MAX_SCANOUTS, PARTIAL_PAGES_FLAG, SANDBOX_FLAG, SCANOUTS_FLAG, SECCOMP_FLAG, SHM_SIZE_FLAG,
-    SOCKET_PATH_FLAG,
+    MAX_SCANOUTS, SANDBOX_FLAG, SCANOUTS_FLAG, SECCOMP_FLAG, SHM_SIZE_FLAG, SOCKET_PATH_FLAG,
 };
-use crate::cross_domain::PartialPages;
 use crate::inherited::FdError;
 
 /// Parses `--sandbox MODE`: `on` or `none`.
@@ -69,18 +67,6 @@ pub fn parse_max_mappings(s: &str) -> Result<usize, ConfigError> {
             value: s.to_owned(),
             max: MAX_MAPPINGS_LIMIT,
         })
-}
-
-/// Parses `--partial-pages MODE`: `refuse` or `map`.
-pub fn parse_partial_pages(s: &str) -> Result<PartialPages, ConfigError> {
-    match s {
-        "refuse" => Ok(PartialPages::Refuse),
-        "map" => Ok(PartialPages::MapPastEnd),
-        _ => Err(ConfigError::InvalidPartialPages {
-            flag: PARTIAL_PAGES_FLAG,
-            value: s.to_owned(),
-        }),
-    }
 }
 
 /// Checks the `--socket-path PATH` value (present and non-empty; the daemon creates the socket).

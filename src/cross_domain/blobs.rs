@@ -4,13 +4,16 @@
 //!
 //! This module owns the stored image requirements (one [`super::items::Item::Image`] each,
 //! plus the query → id cache) and the rules for turning an item into blob memory: a fresh
-//! memfd for image requirements, the received fd itself for received memory (grown, copied or
-//! refused when it is not whole pages and the VMM cannot map past its end, [`PartialPages`]).
-//! It never maps anything; the virtio-gpu layer does.
+//! memfd for image requirements, the received fd itself for received memory (grown, copied,
+//! wrapped in a udmabuf or refused when it is not whole pages and the VMM cannot map past its
+//! end, [`PartialPages`]). It never maps anything (the virtio-gpu layer does), and it never
+//! hands out a copy of memory both sides may write.
 
 use std::collections::HashMap;
 use std::io as stdio;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
 
 use log::{debug, warn};
 
@@ -19,7 +22,9 @@ use super::image;
 use super::io as cdio;
 use super::items::{Item, ItemTable};
 use super::protocol::GetImageRequirements;
+use super::udmabuf::UdmabufDevice;
 use crate::guest_mem::{GuestMem, SgList};
+use crate::ratelimit::RateLimiter;
 
 /// Most distinct image requirements (GET_IMAGE_REQUIREMENTS replies, kept for any number of
 /// CREATE_BLOBs) one context may hold. Identical queries share one entry; a guest allocator
@@ -47,6 +52,30 @@ pub enum PartialPages {
     /// file (crosvm, libkrun): every received memory fd is shared as it is, never grown or
     /// copied.
     MapPastEnd,
+    /// As [`PartialPages::Refuse`], except that shared read-write memory that cannot grow is
+    /// handed to the VMM as a udmabuf over its whole pages (the memfd's own pages, so still
+    /// shared, and whole pages, so QEMU's size check passes). Where the kernel refuses the
+    /// udmabuf (wrong seals, not a memfd), the memory is refused as with `Refuse`.
+    Udmabuf(&'static UdmabufDevice),
+}
+
+impl PartialPages {
+    /// The opened `/dev/udmabuf` the sandbox must let the daemon use, if any.
+    pub fn udmabuf_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Self::Udmabuf(dev) => Some(dev.raw_fd()),
+            Self::Refuse | Self::MapPastEnd => None,
+        }
+    }
+
+    /// The mode's name as `--partial-pages` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Refuse => "refuse",
+            Self::MapPastEnd => "map",
+            Self::Udmabuf(_) => "udmabuf",
+        }
+    }
 }
 
 /// A stored GET_IMAGE_REQUIREMENTS reply: any number of blobs of exactly `size` bytes.
@@ -146,10 +175,18 @@ pub(super) fn take_blob(
                 return Err(CtxError::UnknownBlob(blob_id));
             };
             let writable = cdio::memory_writable(fd.as_fd());
-            let backing = if have == limit || pages == PartialPages::MapPastEnd {
-                Backing::Original { writable }
-            } else {
-                whole_pages(ctx_id, fd.as_fd(), blob_id, have, limit, writable)?
+            let seals = cdio::seals(fd.as_fd());
+            let backing = match route(have, limit, writable, seals, pages) {
+                Route::Original => Backing::Original { writable },
+                Route::Grow => grow(ctx_id, fd.as_fd(), blob_id, have, limit, pages)?,
+                Route::Udmabuf(dev) => udmabuf(ctx_id, dev, fd.as_fd(), blob_id, have, limit)?,
+                Route::Copy => copy(ctx_id, fd.as_fd(), have, limit, seals)?,
+                Route::Refuse => {
+                    return Err(CtxError::UnshareableMemory {
+                        id: blob_id,
+                        size: have,
+                    })
+                }
             };
             // Consumed only now: a refusal leaves the item as it was.
             let Some(Item::Memory { fd, .. }) = items.remove(blob_id) else {
@@ -158,11 +195,17 @@ pub(super) fn take_blob(
             Ok(match backing {
                 Backing::Original { writable } => (fd, image::MAP_CACHE_CACHED, writable),
                 Backing::Copy(copy) => (copy, image::MAP_CACHE_CACHED, false),
+                // The received fd is dropped: the dma-buf holds its pages.
+                Backing::Udmabuf(buf) => (buf, image::MAP_CACHE_CACHED, true),
             })
         }
         _ => Err(CtxError::UnknownBlob(blob_id)),
     }
 }
+
+/// Rate limit of the "kernel refused a udmabuf" line.
+static UDMABUF_LOG: LazyLock<Mutex<RateLimiter>> =
+    LazyLock::new(|| Mutex::new(RateLimiter::new(Duration::from_secs(1), 1)));
 
 /// What a blob made from received memory maps.
 enum Backing {
@@ -170,40 +213,133 @@ enum Backing {
     Original { writable: bool },
     /// A copy of its contents in a new memfd of whole pages, mapped read-only.
     Copy(OwnedFd),
+    /// A udmabuf over its pages, rounded up to whole pages: shared, writable.
+    Udmabuf(OwnedFd),
 }
 
-/// Make received memory `id` of `size` bytes, not whole host pages, hold `rounded` bytes for
-/// a VMM that refuses mappings past the end of a file ([`PartialPages::Refuse`]; a Wayland
-/// keymap is rarely a page multiple, docs/protocol.md §5.5.1):
+/// How received memory of `size` bytes (`rounded` up to whole host pages) becomes blob memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Map the received fd as it is: whole pages already, or a VMM that maps past the end.
+    Original,
+    /// Grow it in place with zeros to whole pages, then map it (still shared).
+    Grow,
+    /// Map a udmabuf over its pages.
+    Udmabuf(&'static UdmabufDevice),
+    /// Map a read-only copy (exact for write-sealed memory; for a read-only view, later host
+    /// writes do not reach the guest, which is logged).
+    Copy,
+    /// Refuse it: shared read-write memory that could only be handed out as a snapshot.
+    Refuse,
+}
+
+/// The decision for received memory that is `size` bytes (`rounded` up to whole pages),
+/// writable or not, with `seals`, under `pages` (docs/pipewire.md has the table):
 ///
-/// - writable and not sealed against growing: grown in place with zeros, still shared;
-/// - writable otherwise (a PipeWire activation record, sealed with `F_SEAL_GROW`): refused,
-///   as a copy would be a snapshot where both sides expect to share state;
-/// - read-only: copied once into a new memfd mapped read-only. Exact for write-sealed memory
-///   (it cannot change); for a read-only view the host handed over (wlroots sends keymaps as
-///   `O_RDONLY` shm files) later host writes would not reach the guest, which is logged.
-fn whole_pages(
+/// - whole pages, or [`PartialPages::MapPastEnd`]: the original;
+/// - writable and not sealed against growing: grown (every mode but `MapPastEnd`);
+/// - writable and sealed against growing (a PipeWire activation record): a udmabuf under
+///   [`PartialPages::Udmabuf`], refused otherwise, as a copy would be a snapshot where both
+///   sides expect to share state;
+/// - read-only (write-sealed, or a read-only view the host handed over): a copy.
+fn route(size: u64, rounded: u64, writable: bool, seals: i32, pages: PartialPages) -> Route {
+    if size == rounded || pages == PartialPages::MapPastEnd {
+        return Route::Original;
+    }
+    if !writable {
+        return Route::Copy;
+    }
+    if seals & libc::F_SEAL_GROW == 0 {
+        return Route::Grow;
+    }
+    match pages {
+        PartialPages::Udmabuf(dev) => Route::Udmabuf(dev),
+        PartialPages::Refuse | PartialPages::MapPastEnd => Route::Refuse,
+    }
+}
+
+/// [`Route::Grow`]: received memory `id` of `size` bytes grown in place to `rounded`. If the
+/// kernel refuses (a seal added since, an odd file), a udmabuf is tried under
+/// [`PartialPages::Udmabuf`], and otherwise the memory is refused.
+fn grow(
     ctx_id: u32,
     fd: BorrowedFd<'_>,
     id: u32,
     size: u64,
     rounded: u64,
-    writable: bool,
+    pages: PartialPages,
 ) -> Result<Backing, CtxError> {
-    let seals = cdio::seals(fd);
-    if writable {
-        if seals & libc::F_SEAL_GROW == 0 {
-            let len = i64::try_from(rounded)
-                .map_err(|_| CtxError::HostIo(stdio::ErrorKind::InvalidInput.into()))?;
-            match nix::unistd::ftruncate(fd, len) {
-                Ok(()) => return Ok(Backing::Original { writable: true }),
-                Err(e) => {
-                    debug!("ctx {ctx_id}: cannot grow received memory to {rounded} bytes: {e}")
+    let len = i64::try_from(rounded)
+        .map_err(|_| CtxError::HostIo(stdio::ErrorKind::InvalidInput.into()))?;
+    match nix::unistd::ftruncate(fd, len) {
+        Ok(()) => Ok(Backing::Original { writable: true }),
+        Err(e) => {
+            debug!("ctx {ctx_id}: cannot grow received memory to {rounded} bytes: {e}");
+            match pages {
+                PartialPages::Udmabuf(dev) => udmabuf(ctx_id, dev, fd, id, size, rounded),
+                PartialPages::Refuse | PartialPages::MapPastEnd => {
+                    Err(CtxError::UnshareableMemory { id, size })
                 }
             }
         }
-        return Err(CtxError::UnshareableMemory { id, size });
     }
+}
+
+/// [`Route::Udmabuf`]: a udmabuf over the `rounded` bytes of received memory `id` (`size`
+/// bytes). Never a copy: if the kernel refuses, the memory is refused exactly as under
+/// [`PartialPages::Refuse`], and the log says why.
+fn udmabuf(
+    ctx_id: u32,
+    dev: &UdmabufDevice,
+    fd: BorrowedFd<'_>,
+    id: u32,
+    size: u64,
+    rounded: u64,
+) -> Result<Backing, CtxError> {
+    match dev.create(fd, rounded) {
+        Ok(buf) => {
+            debug!(
+                "ctx {ctx_id}: received memory {id:#x} of {size} bytes shared as a udmabuf of \
+                 {rounded}"
+            );
+            Ok(Backing::Udmabuf(buf))
+        }
+        Err(e) => {
+            // The guest may retry CREATE_BLOB on the item it keeps: one line per second at
+            // most for the whole process (the refusal itself is logged with the error
+            // response, rate-limited by the GPU layer).
+            let allowed = UDMABUF_LOG
+                .lock()
+                .map(|mut l| l.allow(std::time::Instant::now()))
+                .unwrap_or(None);
+            if let Some(suppressed) = allowed {
+                let more = if suppressed > 0 {
+                    format!(" ({suppressed} more such refusals not logged)")
+                } else {
+                    String::new()
+                };
+                warn!(
+                    "ctx {ctx_id}: the kernel refused a udmabuf over received memory {id:#x} of \
+                     {size} bytes (seals {:#x}): {e}; refused{more}",
+                    cdio::seals(fd)
+                );
+            }
+            Err(CtxError::UnshareableMemory { id, size })
+        }
+    }
+}
+
+/// [`Route::Copy`]: read-only received memory of `size` bytes copied once into a new memfd of
+/// `rounded` bytes, mapped read-only. Exact for write-sealed memory (it cannot change); for a
+/// read-only view the host handed over (wlroots sends keymaps as `O_RDONLY` shm files) later
+/// host writes would not reach the guest, which is logged.
+fn copy(
+    ctx_id: u32,
+    fd: BorrowedFd<'_>,
+    size: u64,
+    rounded: u64,
+    seals: i32,
+) -> Result<Backing, CtxError> {
     if seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) == 0 {
         warn!(
             "ctx {ctx_id}: received read-only memory of {size} bytes is not a page multiple; \
@@ -342,7 +478,12 @@ mod tests {
             )
         };
         assert_eq!(r, 0);
-        let Backing::Copy(copy) = whole_pages(1, fd.as_fd(), 2, 10, page, false).unwrap() else {
+        let seals = cdio::seals(fd.as_fd());
+        assert_eq!(
+            route(10, page, false, seals, PartialPages::Refuse),
+            Route::Copy
+        );
+        let Backing::Copy(copy) = copy(1, fd.as_fd(), 10, page, seals).unwrap() else {
             panic!("write-sealed memory is copied");
         };
         assert_eq!(size_of(&copy), page);
@@ -427,5 +568,117 @@ mod tests {
             .unwrap();
         let (got, _, writable) = take_blob(1, &mut items, id, page, PartialPages::Refuse).unwrap();
         assert_eq!((size_of(&got), writable, size_of(&rw)), (page, false, 100));
+    }
+
+    /// Which received memory goes which way in each mode (docs/pipewire.md's table).
+    #[test]
+    fn each_mode_routes_memory_as_documented() {
+        let dev = UdmabufDevice::for_tests();
+        let modes = [
+            PartialPages::Refuse,
+            PartialPages::MapPastEnd,
+            PartialPages::Udmabuf(dev),
+        ];
+        let (grow_sealed, write_sealed) = (
+            libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
+            libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK,
+        );
+        for mode in modes {
+            // Whole pages: always the original, writable or not, sealed or not.
+            for (writable, seals) in [(true, 0), (true, grow_sealed), (false, write_sealed)] {
+                assert_eq!(route(8192, 8192, writable, seals, mode), Route::Original);
+            }
+            let expect = |r: Route| {
+                if mode == PartialPages::MapPastEnd {
+                    Route::Original
+                } else {
+                    r
+                }
+            };
+            // Not whole pages, writable and free to grow: grown (the original, under map).
+            assert_eq!(route(100, 4096, true, 0, mode), expect(Route::Grow));
+            assert_eq!(
+                route(100, 4096, true, libc::F_SEAL_SHRINK, mode),
+                expect(Route::Grow)
+            );
+            // Read-only (write-sealed, or a read-only view): copied, exact or logged.
+            assert_eq!(
+                route(100, 4096, false, write_sealed, mode),
+                expect(Route::Copy)
+            );
+            assert_eq!(route(100, 4096, false, 0, mode), expect(Route::Copy));
+        }
+        // The PipeWire activation record: writable, sealed against growing.
+        assert_eq!(
+            route(2312, 4096, true, grow_sealed, PartialPages::Refuse),
+            Route::Refuse
+        );
+        assert_eq!(
+            route(2312, 4096, true, grow_sealed, PartialPages::MapPastEnd),
+            Route::Original
+        );
+        assert_eq!(
+            route(2312, 4096, true, grow_sealed, PartialPages::Udmabuf(dev)),
+            Route::Udmabuf(dev)
+        );
+        // Sealed against growing without F_SEAL_SHRINK: the kernel refuses the udmabuf, and
+        // the daemon then refuses the memory (tested below); the route is still tried.
+        assert_eq!(
+            route(
+                2312,
+                4096,
+                true,
+                libc::F_SEAL_GROW,
+                PartialPages::Udmabuf(dev)
+            ),
+            Route::Udmabuf(dev)
+        );
+    }
+
+    /// A kernel that refuses the udmabuf (here: the "device" is not /dev/udmabuf, as these
+    /// machines have none) leaves the memory refused exactly as `refuse` does: the same error,
+    /// the item kept, nothing copied, the host's memfd untouched.
+    #[test]
+    fn a_refused_udmabuf_refuses_the_memory_never_copies_it() {
+        let page = image::host_page_size();
+        let mut items = ItemTable::default();
+        let fd = activation_record();
+        let id = items
+            .add_received(|_| Item::Memory { fd, size: 2312 })
+            .unwrap();
+        let mode = PartialPages::Udmabuf(UdmabufDevice::for_tests());
+        let r = take_blob(1, &mut items, id, page, mode);
+        assert!(
+            matches!(r, Err(CtxError::UnshareableMemory { id: i, size: 2312 }) if i == id),
+            "{r:?}"
+        );
+        let Some(Item::Memory { fd, .. }) = items.get(id) else {
+            panic!("a refusal leaves the item");
+        };
+        assert_eq!(size_of(fd), 2312, "never grown");
+        // Memory that may grow is still grown in udmabuf mode: no udmabuf needed.
+        let fd = memfd(&[1u8; 100], nix::sys::memfd::MFdFlags::MFD_CLOEXEC);
+        let id = items
+            .add_received(|_| Item::Memory { fd, size: 100 })
+            .unwrap();
+        let (got, _, writable) = take_blob(1, &mut items, id, page, mode).unwrap();
+        assert_eq!((size_of(&got), writable), (page, true));
+    }
+
+    #[test]
+    fn the_mode_names_its_udmabuf_fd() {
+        let dev = UdmabufDevice::for_tests();
+        assert_eq!(PartialPages::Refuse.udmabuf_fd(), None);
+        assert_eq!(PartialPages::MapPastEnd.udmabuf_fd(), None);
+        assert_eq!(PartialPages::Udmabuf(dev).udmabuf_fd(), Some(dev.raw_fd()));
+        assert_eq!(
+            [
+                PartialPages::Refuse,
+                PartialPages::MapPastEnd,
+                PartialPages::Udmabuf(dev)
+            ]
+            .map(|p| p.name()),
+            ["refuse", "map", "udmabuf"]
+        );
     }
 }

@@ -15,8 +15,8 @@
 //! kinds of fd a channel carries),
 //! `blobs.rs` (blob memory, image requirements), `delivery.rs` (the rotation over sources,
 //! epoll tokens), `env.rs` (what the device lends a context), `unserved.rs` (what the daemon
-//! cannot serve, logged once per context), `error.rs`, and the leaf modules [`image`], [`io`]
-//! and [`protocol`].
+//! cannot serve, logged once per context), `error.rs`, and the leaf modules [`image`], [`io`],
+//! [`protocol`] and [`udmabuf`].
 
 mod backlog;
 mod blobs;
@@ -34,6 +34,7 @@ mod pipes;
 mod policy;
 pub mod protocol;
 mod sockets;
+pub mod udmabuf;
 mod unserved;
 
 pub use backlog::HoldToken;
@@ -46,4 +47,5 @@ pub use items::MAX_ITEMS;
 pub use peer::{MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER};
 pub use policy::{FdClass, FdPolicy, FdPolicyError};
 pub use sockets::{ParkedSockets, SocketUuid, MAX_PARKED_SOCKETS};
+pub use udmabuf::UdmabufDevice;
 pub use unserved::Unserved;

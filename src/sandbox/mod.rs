@@ -12,7 +12,8 @@
 //!    no TCP; abstract Unix sockets and signals scoped to the sandbox. A kernel without
 //!    Landlock gets a warning, not an error.
 //! 4. [`seccomp`]: the allow-list, on every thread (TSYNC), last because it forbids the calls
-//!    the steps before it make.
+//!    the steps before it make; with `/dev/udmabuf` open, [`udmabuf`] widens its `ioctl`
+//!    rule by exactly `UDMABUF_CREATE` on that fd.
 //!
 //! Threads started later inherit all of it. Any failure but a missing Landlock is an error
 //! that stops the daemon (exit status 1). `--sandbox none` skips everything (and there is then
@@ -27,9 +28,11 @@ pub mod broker;
 pub mod caps;
 pub mod landlock;
 pub mod seccomp;
+pub mod udmabuf;
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -71,6 +74,9 @@ pub struct Plan<'a> {
     pub sources: &'a ChannelSources,
     /// The `--socket-path` socket, removed at shutdown.
     pub socket_path: Option<&'a Path>,
+    /// The `/dev/udmabuf` fd opened at start-up (`--partial-pages`), on which the daemon may
+    /// make `UDMABUF_CREATE` ([`udmabuf`]).
+    pub udmabuf: Option<RawFd>,
 }
 
 /// Why the sandbox could not be set up.
@@ -126,7 +132,10 @@ pub fn enter(plan: &Plan<'_>) -> Result<(), SandboxError> {
     caps::no_new_privs().map_err(SandboxError::NoNewPrivs)?;
     let dropped = caps::drop_all().map_err(SandboxError::Capabilities)?;
     let landlock = landlock::restrict_daemon(plan.socket_path)?;
-    let allowed = seccomp::daemon_syscalls();
+    let mut allowed = seccomp::daemon_syscalls();
+    if let Some(fd) = plan.udmabuf {
+        udmabuf::allow_udmabuf(&mut allowed, fd);
+    }
     let programs = seccomp::build(
         &allowed,
         seccomp::DAEMON_REFUSED,
@@ -156,9 +165,13 @@ pub fn enter(plan: &Plan<'_>) -> Result<(), SandboxError> {
         Some(pid) => format!("channel sockets connected by the broker (pid {pid})"),
         None => "no channels, no broker".to_owned(),
     };
+    let udmabuf_text = match plan.udmabuf {
+        Some(fd) => format!(", ioctl UDMABUF_CREATE on /dev/udmabuf (fd {fd})"),
+        None => String::new(),
+    };
     info!(
-        "sandbox: seccomp allow-list of {} system calls ({seccomp_text}); {landlock_text}; no \
-         new privileges; {caps_text}; {broker_text}",
+        "sandbox: seccomp allow-list of {} system calls{udmabuf_text} ({seccomp_text}); \
+         {landlock_text}; no new privileges; {caps_text}; {broker_text}",
         seccomp::allowed_count(&allowed)
     );
     if landlock.enforced == landlock::Enforced::None {

@@ -580,7 +580,7 @@ fn mismatch_action(mode: SeccompMode) -> SeccompAction {
     }
 }
 
-fn build_with(
+pub(super) fn build_with(
     allowed: &[Syscall],
     refused: &[Refused],
     mismatch: SeccompAction,

@@ -567,7 +567,7 @@ boot() {
     [ "$BOOT_ONLY" = 1 ] || start_real_services "$logs" "$run_in"
     RUST_LOG=${RUST_LOG:-info} "$DAEMON" --socket-path "$RUN/vgpu.sock" \
         --channel "2:$RUN/c2-host.sock" --channel "0x13:$RUN/c13-host.sock" "${services[@]}" \
-        --shm-size 1G >"$logs/daemon.log" 2>&1 9>&- &
+        --partial-pages auto --shm-size 1G >"$logs/daemon.log" 2>&1 9>&- &
     local daemon_pid=$!
     PIDS+=("$daemon_pid")
     wait_for_socket "$RUN/vgpu.sock" "$daemon_pid" ||
