@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 
 use cross_domain_protocol::channel::CHANNEL_TYPE_INTERNAL_SOCKET;
 use log::{debug, info};
-use nix::sys::epoll::{Epoll, EpollFlags};
+use nix::sys::epoll::EpollFlags;
 use vm_memory::ByteValued;
 
 use super::backlog::HoldToken;
@@ -23,6 +23,7 @@ use super::delivery::{Rotation, Source, Turn, CHANNEL_TOKEN};
 use super::env::{Env, Lookup, ResourceView, Submission};
 use super::error::CtxError;
 use super::eventfds;
+use super::hostpoll::HostPoll;
 use super::items::{next_read_pipe_id, Item, ItemTable, MAX_ITEMS};
 use super::peer::PeerError;
 use super::pipes::ReadPipe;
@@ -511,7 +512,7 @@ impl Context {
     }
 
     /// Remove item `id`, take it out of the rotation, stop watching it and close it.
-    fn remove_item(&mut self, epoll: &Epoll, id: u32, released: &mut Vec<HoldToken>) {
+    fn remove_item(&mut self, epoll: &HostPoll, id: u32, released: &mut Vec<HoldToken>) {
         if let Some(item) = self.items.remove(id) {
             if let Some(src) = item.source(id) {
                 self.delivery.remove(src);
@@ -548,6 +549,7 @@ impl Context {
         let ctx_id = self.id;
         if src == CHANNEL_TOKEN {
             if let Some(chan) = self.conn.as_mut().and_then(|c| c.channel.as_mut()) {
+                chan.note_events(events);
                 chan.on_event(env, ctx_id, readable, writable);
             }
             return;
@@ -616,7 +618,7 @@ impl Context {
     /// output go to `released`. Stored image requirements stay (they hold no host resource)
     /// for [`Context::image_count`], which the device reads afterwards to return them to the
     /// VM's budget.
-    pub fn teardown(&mut self, epoll: &Epoll, released: &mut Vec<HoldToken>) -> Option<u64> {
+    pub fn teardown(&mut self, epoll: &HostPoll, released: &mut Vec<HoldToken>) -> Option<u64> {
         if let Some(conn) = self.conn.take() {
             if let Some(mut chan) = conn.channel {
                 chan.close(epoll, released, self.who());
@@ -634,7 +636,7 @@ impl Context {
 
 /// Stop watching a removed item and close it (its queued output is dropped, releasing the
 /// requests it held).
-fn close_item(mut item: Item, epoll: &Epoll, released: &mut Vec<HoldToken>) {
+fn close_item(mut item: Item, epoll: &HostPoll, released: &mut Vec<HoldToken>) {
     match &mut item {
         Item::WritePipe(pipe) => pipe.close(epoll, released),
         Item::ReadPipe(pipe) => pipe.close(epoll),

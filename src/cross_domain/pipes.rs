@@ -13,13 +13,14 @@ use std::io as stdio;
 use std::os::fd::{AsFd, OwnedFd};
 
 use log::debug;
-use nix::sys::epoll::{Epoll, EpollEvent};
+use nix::sys::epoll::EpollEvent;
 
 use super::backlog::Flush;
 use super::backlog::HoldToken;
 use super::delivery::{token, Turn, SOURCE_EVENTS};
 use super::env::{Env, Submission};
 use super::error::CtxError;
+use super::hostpoll::HostPoll;
 use super::io as cdio;
 use super::peer::{Peer, PeerError};
 use super::protocol::{CmdHeader, ReadWrite, CHANNEL_RING_MIN_SIZE, CMD_READ};
@@ -85,7 +86,7 @@ impl WritePipe {
     }
 
     /// Drop what waits and stop watching the pipe (it closes when dropped).
-    pub fn close(&mut self, epoll: &Epoll, released: &mut Vec<HoldToken>) {
+    pub fn close(&mut self, epoll: &HostPoll, released: &mut Vec<HoldToken>) {
         self.peer.close(epoll, released);
     }
 }
@@ -107,7 +108,7 @@ impl ReadPipe {
     }
 
     /// Start watching the read end `fd` of item `id` of context `ctx_id`.
-    pub fn watch(epoll: &Epoll, ctx_id: u32, id: u32, fd: OwnedFd) -> Result<Self, CtxError> {
+    pub fn watch(epoll: &HostPoll, ctx_id: u32, id: u32, fd: OwnedFd) -> Result<Self, CtxError> {
         epoll
             .add(&fd, EpollEvent::new(SOURCE_EVENTS, token(ctx_id, id)))
             .map_err(|e| CtxError::HostIo(e.into()))?;
@@ -168,7 +169,7 @@ impl ReadPipe {
     }
 
     /// Stop watching the pipe (it closes when dropped).
-    pub fn close(&mut self, epoll: &Epoll) {
+    pub fn close(&mut self, epoll: &HostPoll) {
         let _ = epoll.delete(&self.fd);
     }
 }
