@@ -34,8 +34,8 @@ use super::peer::{Peer, PeerError};
 use super::pipes::WritePipe;
 use super::policy::{FdClass, FdPolicy};
 use super::protocol::{
-    SendReceive, CMD_RECEIVE, ID_TYPE_SOCKET, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE,
-    MAX_IDENTIFIERS, MAX_RECEIVE_DATA,
+    SendReceive, CHANNEL_RING_MIN_SIZE, CMD_RECEIVE, ID_TYPE_SOCKET, ID_TYPE_VIRTGPU_BLOB,
+    ID_TYPE_WRITE_PIPE, MAX_IDENTIFIERS,
 };
 use super::sockets::{Parked, SocketUuid};
 use crate::counters::{self, ChannelCounters, OpenContext};
@@ -340,7 +340,9 @@ impl Channel {
     /// Its turn in the rotation: `recvmsg` one message straight into the channel `ring` as a
     /// RECEIVE, its fds stored in `items`. At end of file (or on an error, or when the message
     /// cannot be delivered whole) the RECEIVE is the one empty message of docs/protocol.md
-    /// §4.5 and the channel is done.
+    /// §4.5 and the channel is done. The message fills at most a 4096-byte ring, as every
+    /// peer's: [`Channel::deliver_up_to`] for a large ring.
+    #[cfg(test)]
     pub fn deliver(
         &mut self,
         env: &mut Env<'_>,
@@ -348,12 +350,25 @@ impl Channel {
         items: &mut ItemTable,
         ring: &SgList,
     ) -> Turn {
+        self.deliver_up_to(env, who, items, ring, CHANNEL_RING_MIN_SIZE)
+    }
+
+    /// [`Channel::deliver`] into at most `limit` bytes of the ring (a context with a large
+    /// ring, docs/protocol.md "Large channel rings"; never less than 4096).
+    pub fn deliver_up_to(
+        &mut self,
+        env: &mut Env<'_>,
+        who: Who<'_>,
+        items: &mut ItemTable,
+        ring: &SgList,
+        limit: usize,
+    ) -> Turn {
         let ctx_id = who.ctx_id;
         if !self.readable || self.eof {
             return Turn::Idle;
         }
         let hdr_len = std::mem::size_of::<SendReceive>();
-        let cap = MAX_RECEIVE_DATA.min(ring.len() - hdr_len);
+        let cap = ring.len().min(limit.max(CHANNEL_RING_MIN_SIZE)) - hdr_len;
         let scratch = &mut *env.scratch;
         scratch.iov.clear();
         if let Err(e) = ring.iovecs(env.mem, hdr_len, cap, &mut scratch.iov) {
@@ -409,7 +424,9 @@ impl Channel {
                 Turn::ServedLast
             }
         };
-        msg.hdr.cmd_size = (hdr_len + msg.opaque_data_size as usize) as u16;
+        // Past 64 KiB (large rings only) `cmd_size` saturates: `opaque_data_size` counts.
+        msg.hdr.cmd_size =
+            u16::try_from(hdr_len + msg.opaque_data_size as usize).unwrap_or(u16::MAX);
         if let Err(e) = ring.write_obj(env.mem, 0, &msg) {
             guest_warn!(env.limiter, "ctx {ctx_id}: channel ring write failed: {e}");
         }

@@ -86,6 +86,10 @@ struct Connection {
     query_ring: SgList,
     /// Receives RECEIVE and READ messages (the query ring again for a query-only context).
     channel_ring: SgList,
+    /// The most of `channel_ring` one message fills: 4096 bytes, as every peer, unless the
+    /// guest asked for a large ring and the channel offers one (docs/protocol.md "Large
+    /// channel rings").
+    ring_limit: usize,
     channel: Option<Channel>,
 }
 
@@ -263,6 +267,8 @@ impl Context {
             }
             _ => return Err(cmd.bad_size()),
         };
+        let hdr: CmdHeader = cmd.read(env)?;
+        let large = hdr.pad & INIT_FLAG_LARGE_RING != 0;
         let query_ring = ring(res, query_id, std::mem::size_of::<ImageRequirements>())?;
         if channel_type == 0 {
             info!(
@@ -272,6 +278,7 @@ impl Context {
             self.conn = Some(Connection {
                 channel_ring: query_ring.clone(),
                 query_ring,
+                ring_limit: CHANNEL_RING_MIN_SIZE,
                 channel: None,
             });
             return Ok(());
@@ -305,8 +312,21 @@ impl Context {
                 policy,
             )?
         };
+        // The guest asks in the header's padding word; the channel (the one the socket came
+        // from, for an adopted socket) must offer it; the ring's size bounds it.
+        let ring_limit = match (large, env.channels.large_ring(channel.origin())) {
+            (true, Some(max)) => max.min(channel_ring.len()).max(CHANNEL_RING_MIN_SIZE),
+            _ => CHANNEL_RING_MIN_SIZE,
+        };
+        let ring_note = if ring_limit > CHANNEL_RING_MIN_SIZE {
+            format!(", large ring: {ring_limit} bytes")
+        } else if large {
+            ", large ring asked for, not offered".to_owned()
+        } else {
+            String::new()
+        };
         info!(
-            "ctx {} ({}): INIT channel {:#x} -> {} (fds: {})",
+            "ctx {} ({}): INIT channel {:#x} -> {} (fds: {}{ring_note})",
             self.id,
             self.name,
             channel_type,
@@ -316,6 +336,7 @@ impl Context {
         self.conn = Some(Connection {
             query_ring,
             channel_ring,
+            ring_limit,
             channel: Some(channel),
         });
         self.pages = env.partial_pages;
@@ -588,12 +609,15 @@ impl Context {
         let mut finished_pipe = None;
         let served = self.delivery.serve(|src| match src {
             Source::Channel => match conn.channel.as_mut() {
-                Some(chan) => chan.deliver(env, who, items, &conn.channel_ring),
+                Some(chan) => {
+                    chan.deliver_up_to(env, who, items, &conn.channel_ring, conn.ring_limit)
+                }
                 None => Turn::Idle,
             },
             Source::ReadPipe(id) => match items.get_mut(id) {
                 Some(Item::ReadPipe(pipe)) => {
-                    let turn = pipe.deliver(env, &conn.channel_ring, who.ctx_id, id);
+                    let ring = &conn.channel_ring;
+                    let turn = pipe.deliver_up_to(env, ring, conn.ring_limit, who.ctx_id, id);
                     if turn == Turn::ServedLast {
                         finished_pipe = Some(id);
                     }

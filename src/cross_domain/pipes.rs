@@ -118,13 +118,28 @@ impl ReadPipe {
     /// Its turn in the rotation: read what the pipe holds into the channel `ring` as one READ
     /// for item `id`. A pipe that is empty (`EAGAIN`) stays idle until epoll says otherwise; at
     /// end of file (or on an error) it writes the READ with `hang_up` and is done.
+    #[cfg(test)]
     pub fn deliver(&mut self, env: &mut Env<'_>, ring: &SgList, ctx_id: u32, id: u32) -> Turn {
+        self.deliver_up_to(env, ring, CHANNEL_RING_MIN_SIZE, ctx_id, id)
+    }
+
+    /// [`ReadPipe::deliver`] into at most `limit` bytes of the ring (a context with a large
+    /// ring, docs/protocol.md "Large channel rings"; never less than 4096).
+    pub fn deliver_up_to(
+        &mut self,
+        env: &mut Env<'_>,
+        ring: &SgList,
+        limit: usize,
+        ctx_id: u32,
+        id: u32,
+    ) -> Turn {
         if !self.readable {
             return Turn::Idle;
         }
         let hdr_len = std::mem::size_of::<ReadWrite>();
-        // A READ fills at most a minimum-size ring, whatever the ring's real size.
-        let cap = (ring.len() - hdr_len).min(CHANNEL_RING_MIN_SIZE - hdr_len);
+        // A READ fills at most a minimum-size ring, whatever the ring's real size, unless the
+        // context has a large ring.
+        let cap = ring.len().min(limit.max(CHANNEL_RING_MIN_SIZE)) - hdr_len;
         let scratch = &mut *env.scratch;
         scratch.iov.clear();
         if let Err(e) = ring.iovecs(env.mem, hdr_len, cap, &mut scratch.iov) {
@@ -150,7 +165,8 @@ impl ReadPipe {
             hdr: CmdHeader {
                 cmd: CMD_READ,
                 ring_idx: 0,
-                cmd_size: (hdr_len + len) as u16,
+                // Past 64 KiB (large rings only) `cmd_size` saturates.
+                cmd_size: u16::try_from(hdr_len + len).unwrap_or(u16::MAX),
                 pad: 0,
             },
             identifier: id,

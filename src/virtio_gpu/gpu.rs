@@ -56,6 +56,11 @@ pub struct Gpu {
     held: HeldRequests,
     /// Image requirements stored by all contexts (see `MAX_IMAGE_REQUIREMENTS_PER_VM`).
     images: usize,
+    /// Whether the capset has its fifth word (`large_ring_channels`): fixed when the device is
+    /// made, from the channels configured then, because a guest sizes its capset buffer once
+    /// (GET_CAPSET_INFO at probe). A reload that adds `ring=` to a device made without one
+    /// takes effect for contexts that ask, but cannot be advertised.
+    large_ring_capset: bool,
 }
 
 impl Gpu {
@@ -68,12 +73,15 @@ impl Gpu {
         shm_size: u64,
         limits: Limits,
     ) -> std::io::Result<Self> {
+        let mut cd = Shared::new(channels, connector, limits.partial_pages)?;
+        let large_ring_capset = cd.channels().has_large_rings();
         Ok(Gpu {
+            large_ring_capset,
             resources: Resources::new(shm_size, image::host_page_size(), limits),
             contexts: Contexts::new(limits),
             scanouts: Scanouts::new(num_scanouts),
             fences: Fences::default(),
-            cd: Shared::new(channels, connector, limits.partial_pages)?,
+            cd,
             events: vec![EpollEvent::empty(); EVENTS_PER_POLL],
             deferred: Vec::new(),
             limiter: GuestLog::new(limits.max_contexts),
@@ -245,7 +253,10 @@ impl Gpu {
             Ok(h) => h,
             Err(_) => return Some(0),
         };
-        let need = response_size(hdr.type_);
+        let mut need = response_size(hdr.type_);
+        if hdr.type_ == CMD_GET_CAPSET && self.large_ring_capset {
+            need += cd::CAPSET_SIZE_LARGE_RINGS - std::mem::size_of::<cd::Capabilities>();
+        }
         // Only SUBMIT_3D queues output. It may be held unless it is fenced on a context ring,
         // whose timeline fixes when it completes. Unfenced (Linux >= 6.6) and globally fenced
         // (older kernels fence every execbuffer) ones may: a global fence is signalled at once
@@ -410,7 +421,11 @@ impl Gpu {
                 Ok(Resp::CapsetInfo(RespCapsetInfo {
                     capset_id: CAPSET_CROSS_DOMAIN,
                     capset_max_version: 0,
-                    capset_max_size: std::mem::size_of::<cd::Capabilities>() as u32,
+                    capset_max_size: if self.large_ring_capset {
+                        cd::CAPSET_SIZE_LARGE_RINGS as u32
+                    } else {
+                        std::mem::size_of::<cd::Capabilities>() as u32
+                    },
                     ..Default::default()
                 }))
             }
@@ -418,7 +433,10 @@ impl Gpu {
                 if b.capset_id != CAPSET_CROSS_DOMAIN {
                     return Err(GpuError::InvalidParameter("unknown capset id"));
                 }
-                Ok(Resp::Capset(cross_domain::capabilities(self.cd.channels())))
+                let large = self.large_ring_capset;
+                let channels = self.cd.channels();
+                let mask = large.then(|| channels.large_ring_mask());
+                Ok(Resp::Capset(cross_domain::capabilities(channels), mask))
             }
             Command::ResourceAssignUuid(b) => {
                 self.resources.check_exists(b.resource_id)?;
