@@ -1,7 +1,8 @@
 //! The guest half of the end-to-end test (tests/e2e/run.sh): runs inside the test VM, statically
 //! linked, and talks to the host service (examples/e2e_host_service.rs) through two
 //! `cross-domain-proxy` instances, one per channel. The exchange is described in
-//! tests/e2e/protocol.rs; the host judges it, this program only does its part and reports
+//! tests/e2e/protocol.rs (on channel 0x12 this includes a socket the host hands out, which
+//! the proxy bridges through a context of its own); the host judges it, this program only does its part and reports
 //! errors on the console (lines starting with `E2E-GUEST:`).
 //!
 //! ```text
@@ -12,6 +13,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -209,7 +211,64 @@ fn channel_2(path: &str) -> Result<()> {
 fn channel_0x12(path: &str) -> Result<()> {
     let mut conn = connect(path)?;
     round_trip(&mut conn, "channel 0x12", SEED_C12, C12_BYTES)?;
-    finish(&mut conn, "channel 0x12")
+    let passed = passed_socket(&mut conn);
+    if let Err(e) = &passed {
+        say!("passed socket: {e}");
+    }
+    finish(&mut conn, "channel 0x12")?;
+    passed
+}
+
+/// The socket the host hands out on channel 0x12 (check (l)): what arrives in its place must be
+/// a socket, which then carries bytes both ways and a descriptor each way.
+fn passed_socket(conn: &mut FdStream) -> Result<()> {
+    conn.expect(SOCK)?;
+    let sock = match conn.take_fd() {
+        None => Err("no file descriptor came with SOCK".to_string()),
+        Some(fd) => match File::from(fd.try_clone()?).metadata() {
+            Ok(m) if m.file_type().is_socket() => Ok(UnixStream::from(fd)),
+            Ok(m) => Err(format!(
+                "the descriptor is not a socket ({:?})",
+                m.file_type()
+            )),
+            Err(e) => Err(format!("fstat: {e}")),
+        },
+    };
+    let sock = match sock {
+        Ok(s) => s,
+        Err(e) => {
+            conn.send_header(GERR, e.len(), None)?;
+            conn.send(e.as_bytes(), None)?;
+            return Err(e.into());
+        }
+    };
+    conn.send_header(SOCK, 0, None)?;
+    sock.set_read_timeout(Some(Duration::from_secs(200)))?;
+    // Dropped on every path out, so that the host sees end of file instead of waiting.
+    let mut s = FdStream::new(sock);
+    let t = Instant::now();
+    let down = send_and_read_echo(&mut s, &pattern(SEED_SOCK_UP, SOCK_BYTES))?;
+    if let Some(d) = first_difference(&down, &pattern(SEED_SOCK_DOWN, SOCK_BYTES)) {
+        say!("passed socket: the host's bytes differ: {d} (the host compares too)");
+    }
+    s.send(&down, None)?;
+    say!(
+        "passed socket: {SOCK_BYTES} bytes each way and returned in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let mut f = File::from(sys::memfd(c"e2e-guest-socket")?);
+    f.write_all(&pattern(SEED_SOCK_MEMFD, SOCK_MEMFD_BYTES))?;
+    s.send_header(SMEM, SOCK_MEMFD_BYTES, Some(f.as_fd()))?;
+    let h = s.expect(SPIP)?;
+    match s.take_fd() {
+        // Dropping the file closes the write end: the host sees end of file.
+        Some(fd) => File::from(fd).write_all(&pattern(SEED_SOCK_PIPE, h.len as usize))?,
+        None => say!("passed socket: SPIP came without a descriptor"),
+    }
+    s.expect(DONE)?;
+    s.send_header(BYE, 0, None)?;
+    say!("passed socket: done");
+    Ok(())
 }
 
 /// `DRM_IOCTL_VERSION`: the name of the driver behind `fd`.

@@ -8,7 +8,8 @@
 //! FAIL b: host pipe: byte 4096 differs (got 0x00, want 0x5e)
 //! ```
 //!
-//! Progress goes to standard error. It serves one connection per socket and exits when both
+//! Check (l) hands the guest a connected socket on channel 0x12 and judges the traffic across it
+//! (tests/e2e/protocol.rs). Progress goes to standard error. It serves one connection per socket and exits when both
 //! sessions are over.
 //!
 //! With `--qmp SOCKET` (QEMU's monitor) it also pauses the VM in the middle of channel 2's first
@@ -447,9 +448,110 @@ fn session_c12(conn: &mut FdStream, overlap: &Overlap, step: &mut &'static str) 
         ),
         (Some(d), _) => verdict("d", false, &format!("channel 0x12: {d}")),
     }
+    *step = "l";
+    socket_check(conn)?;
     *step = "end";
     conn.send_header(DONE, 0, None)?;
     conn.expect(BYE)?;
+    Ok(())
+}
+
+/// Check (l): hands the guest one end of a connected socket pair, as a portal hands out a
+/// PipeWire remote, then moves bytes both ways and a descriptor each way across it.
+fn socket_check(conn: &mut FdStream) -> Result<()> {
+    let (ours, theirs) = UnixStream::pair()?;
+    conn.send_header(SOCK, SOCK_BYTES, Some(theirs.as_fd()))?;
+    // Only the guest's copy may keep the socket open.
+    drop(theirs);
+    let h = conn.read_header()?;
+    match h.tag {
+        SOCK => log!("channel 0x12: the guest got the socket"),
+        GERR => {
+            let why = conn.read_vec(h.len as usize)?;
+            let why = String::from_utf8_lossy(&why);
+            verdict(
+                "l",
+                false,
+                &format!("passed socket: the guest got none: {why}"),
+            );
+            return Ok(());
+        }
+        _ => return Err(format!("expected SOCK or GERR, got {}", h.tag_text()).into()),
+    }
+    ours.set_read_timeout(Some(STEP_TIMEOUT))?;
+    ours.set_write_timeout(Some(STEP_TIMEOUT))?;
+    let mut sock = FdStream::new(ours);
+    let mut failures = Vec::new();
+
+    // Bytes both ways at once, then the guest returns what it received.
+    let down = pattern(SEED_SOCK_DOWN, SOCK_BYTES);
+    let mut writer = sock.sock.try_clone()?;
+    let up = std::thread::scope(|s| {
+        let w = s.spawn(|| writer.write_all(&down));
+        let up = sock.read_vec(SOCK_BYTES);
+        let sent = w.join().expect("writer thread");
+        sent?;
+        up
+    })?;
+    let back = sock.read_vec(SOCK_BYTES)?;
+    log!("passed socket: {SOCK_BYTES} bytes each way, and returned");
+    if let Some(d) = first_difference(&up, &pattern(SEED_SOCK_UP, SOCK_BYTES)) {
+        failures.push(format!("guest to host: {d}"));
+    }
+    if let Some(d) = first_difference(&back, &down) {
+        failures.push(format!("host to guest: {d}"));
+    }
+
+    // A guest memfd across it.
+    let h = sock.expect(SMEM)?;
+    match sock.take_fd() {
+        None => failures.push("SMEM came without a descriptor".to_string()),
+        Some(fd) => {
+            let size = File::from(fd.try_clone()?).metadata()?.len();
+            if size < u64::from(h.len) {
+                failures.push(format!("guest memfd: {size} bytes, fewer than {}", h.len));
+            } else {
+                let got = sys::read_mapped(fd.as_fd(), h.len as usize)?;
+                let want = pattern(SEED_SOCK_MEMFD, SOCK_MEMFD_BYTES);
+                if let Some(d) = first_difference(&got, &want) {
+                    failures.push(format!("guest memfd: {d}"));
+                }
+            }
+        }
+    }
+
+    // A host pipe across it, the other way.
+    let (r, w) = sys::pipe()?;
+    sock.send_header(SPIP, SOCK_PIPE_BYTES, Some(w.as_fd()))?;
+    drop(w);
+    match read_to_eof(r) {
+        Ok(got) => {
+            if let Some(d) = first_difference(&got, &pattern(SEED_SOCK_PIPE, SOCK_PIPE_BYTES)) {
+                failures.push(format!("host pipe: {d}"));
+            }
+        }
+        Err(e) => failures.push(format!("host pipe: {e}")),
+    }
+
+    sock.send_header(DONE, 0, None)?;
+    sock.expect(BYE)?;
+    if failures.is_empty() {
+        verdict(
+            "l",
+            true,
+            &format!(
+                "passed socket (channel 0x12): {SOCK_BYTES} bytes each way, a \
+                 {SOCK_MEMFD_BYTES}-byte guest memfd and a {SOCK_PIPE_BYTES}-byte host pipe \
+                 across it intact"
+            ),
+        );
+    } else {
+        verdict(
+            "l",
+            false,
+            &format!("passed socket: {}", failures.join("; ")),
+        );
+    }
     Ok(())
 }
 

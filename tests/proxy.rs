@@ -858,7 +858,12 @@ fn a_channel_the_host_refuses_is_detected_at_setup() {
     };
     let (client, server) = UnixStream::pair().unwrap();
     let k = fx.kernel.clone();
-    proxy::handle_client(7, config, server, &move || Ok(FakeGpu::new(k.clone())));
+    proxy::handle_client(
+        7,
+        config,
+        server,
+        Arc::new(move || Ok(FakeGpu::new(k.clone()))),
+    );
     let mut client = client;
     set_timeout(&client);
     assert_eq!(read_to_eof(&mut client), b"");
@@ -1228,4 +1233,336 @@ fn an_eventfd_the_host_and_the_client_both_signal_is_turned_to_the_host() {
     assert_eq!(counter_of(c_sink), Some(0), "nothing left for the client");
     assert_eq!(collect(&sink, 1, Duration::ZERO), 0);
     fx.assert_no_host_errors();
+}
+
+// ---- sockets (docs/guest-proxy.md, "Sockets the host passes") -------------------------------
+
+const DBUS: u32 = 0x12;
+const CMD_ASSIGN_SOCKET_UUID: u8 = 13;
+
+/// The host service passes `theirs` with `data`; the client receives the message and its one
+/// descriptor, which must be a socket.
+#[track_caller]
+fn pass_socket(
+    host: &UnixStream,
+    client: &UnixStream,
+    data: &[u8],
+    theirs: UnixStream,
+) -> UnixStream {
+    send_with_fds(host, data, &[theirs.as_raw_fd()]);
+    drop(theirs);
+    let (got, mut fds) = recv_with_fds(client, 4096, T);
+    assert_eq!(got, data, "the message arrives whole");
+    assert_eq!(fds.len(), 1, "the socket arrives in the identifier's place");
+    let fd = fds.pop().unwrap();
+    let st = nix::sys::stat::fstat(&fd).unwrap();
+    assert_eq!(
+        st.st_mode & libc::S_IFMT,
+        libc::S_IFSOCK,
+        "the client gets a socket"
+    );
+    let s = UnixStream::from(fd);
+    set_timeout(&s);
+    s
+}
+
+/// `n` bytes each way at once between `a` and `b`, checked byte for byte at both ends.
+#[track_caller]
+fn exchange(a: &UnixStream, b: &UnixStream, n: usize, seed: u32) {
+    let ab = pattern(n, seed);
+    let ba = pattern(n + 13, seed + 1);
+    let writers = [
+        (a.try_clone().unwrap(), ab.clone()),
+        (b.try_clone().unwrap(), ba.clone()),
+    ]
+    .map(|(mut s, data)| thread::spawn(move || s.write_all(&data).expect("write")));
+    let reader = {
+        let mut b = b.try_clone().unwrap();
+        let n = ab.len();
+        thread::spawn(move || read_exact_timeout(&mut b, n, T))
+    };
+    let got_ba = read_exact_timeout(&mut a.try_clone().unwrap(), ba.len(), T);
+    let got_ab = reader.join().unwrap();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(got_ab == ab, "bytes differ one way");
+    assert!(got_ba == ba, "bytes differ the other way");
+}
+
+#[test]
+fn a_socket_the_host_passes_reaches_the_client_and_carries_bytes_both_ways() {
+    let fx = setup(DBUS);
+    let (client, host) = fx.connect();
+    let (theirs, remote) = UnixStream::pair().unwrap();
+    set_timeout(&remote);
+    let passed = pass_socket(&host, &client, b"OpenPipeWireRemote reply", theirs);
+    exchange(&passed, &remote, 256 * 1024, 20);
+    // The first connection goes on, independently.
+    exchange(&client, &host, 10_000, 22);
+    // Each socket ends on its own: the host end closing is end of file for the client's copy,
+    // and the client's connection still works.
+    (&remote).write_all(b"bye").unwrap();
+    drop(remote);
+    let mut passed = passed;
+    assert_eq!(read_to_eof(&mut passed), b"bye");
+    exchange(&client, &host, 100, 24);
+    assert_eq!(fx.commands(CMD_ASSIGN_SOCKET_UUID), 1);
+    fx.assert_no_host_errors();
+}
+
+#[test]
+fn descriptors_cross_a_passed_socket_both_ways() {
+    let fx = setup(DBUS);
+    let (client, host) = fx.connect();
+    let (theirs, remote) = UnixStream::pair().unwrap();
+    set_timeout(&remote);
+    // Memory next to the socket, in position.
+    let before = memfd_with(b"before");
+    send_with_fds(&host, b"two", &[before.as_raw_fd(), theirs.as_raw_fd()]);
+    drop(theirs);
+    let (data, fds) = recv_with_fds(&client, 4096, T);
+    assert_eq!(data, b"two");
+    assert_eq!(fds.len(), 2);
+    let mut head = [0u8; 6];
+    File::from(fds[0].try_clone().unwrap())
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert_eq!(&head, b"before", "memory first");
+    let passed = UnixStream::from(fds.into_iter().nth(1).unwrap());
+    set_timeout(&passed);
+
+    // Host → client over the passed socket: memory and a pipe write end.
+    let content = pattern(5000, 30);
+    let mem = memfd_with(&content);
+    let (mut host_r, host_w) = pipe();
+    send_with_fds(&remote, b"node", &[mem.as_raw_fd(), host_w.as_raw_fd()]);
+    drop(host_w);
+    let (data, mut fds) = recv_with_fds(&passed, 4096, T);
+    assert_eq!(data, b"node");
+    assert_eq!(fds.len(), 2, "memory and a pipe");
+    let mut w = File::from(fds.pop().unwrap());
+    let mut got = vec![0u8; content.len()];
+    File::from(fds.pop().unwrap())
+        .read_exact_at(&mut got, 0)
+        .unwrap();
+    assert!(got == content, "memory content over the passed socket");
+    w.write_all(b"into the host's pipe").unwrap();
+    drop(w);
+    assert_eq!(read_to_eof(&mut host_r), b"into the host's pipe");
+
+    // Client → host over the passed socket: memory and a pipe write end.
+    let content = pattern(3000, 31);
+    let mem = memfd_with(&content);
+    let (mut client_r, client_w) = pipe();
+    send_with_fds(
+        &passed,
+        b"buffers",
+        &[mem.as_raw_fd(), client_w.as_raw_fd()],
+    );
+    drop(client_w);
+    let (data, mut fds) = recv_with_fds(&remote, 4096, T);
+    assert_eq!(data, b"buffers");
+    assert_eq!(fds.len(), 2, "memory and a pipe");
+    let mut w = File::from(fds.pop().unwrap());
+    let mut got = vec![0u8; content.len()];
+    File::from(fds.pop().unwrap())
+        .read_exact_at(&mut got, 0)
+        .unwrap();
+    assert!(got == content, "memory content to the host");
+    w.write_all(b"into the client's pipe").unwrap();
+    drop(w);
+    assert_eq!(read_to_eof(&mut client_r), b"into the client's pipe");
+    fx.assert_no_host_errors();
+}
+
+#[test]
+fn a_socket_passed_over_a_passed_socket_works_too() {
+    let fx = setup(DBUS);
+    let (client, host) = fx.connect();
+    let (theirs, remote) = UnixStream::pair().unwrap();
+    set_timeout(&remote);
+    let passed = pass_socket(&host, &client, b"level 1", theirs);
+    let (theirs2, remote2) = UnixStream::pair().unwrap();
+    set_timeout(&remote2);
+    let passed2 = pass_socket(&remote, &passed, b"level 2", theirs2);
+    exchange(&passed2, &remote2, 64 * 1024, 40);
+    exchange(&passed, &remote, 1000, 42);
+    exchange(&client, &host, 1000, 44);
+    // The first-level connections may go; the nested one lives on.
+    drop((client, host, passed, remote));
+    exchange(&passed2, &remote2, 1000, 46);
+    assert_eq!(fx.commands(CMD_ASSIGN_SOCKET_UUID), 2);
+    fx.assert_no_host_errors();
+}
+
+#[test]
+fn sockets_nest_at_most_max_socket_depth_deep() {
+    let fx = setup(DBUS);
+    let (client, host) = fx.connect();
+    let mut chain = vec![(client, host)];
+    for level in 1..=proxy::session::MAX_SOCKET_DEPTH {
+        let (c, h) = chain.last().unwrap();
+        let (theirs, remote) = UnixStream::pair().unwrap();
+        set_timeout(&remote);
+        let passed = pass_socket(h, c, format!("level {level}").as_bytes(), theirs);
+        chain.push((passed, remote));
+    }
+    // One more level is refused: that connection is hung up, not given the message without it.
+    let (c, h) = chain.last().unwrap();
+    let (theirs, _remote) = UnixStream::pair().unwrap();
+    send_with_fds(h, b"too deep", &[theirs.as_raw_fd()]);
+    let mut c = c.try_clone().unwrap();
+    set_timeout(&c);
+    assert_eq!(
+        read_to_eof(&mut c),
+        b"",
+        "hung up, the message not delivered"
+    );
+    let mut h = h.try_clone().unwrap();
+    set_timeout(&h);
+    assert_eq!(read_to_eof(&mut h), b"", "the host end sees the hang-up");
+    // The levels above are unaffected.
+    let (c, h) = &chain[chain.len() - 2];
+    exchange(c, h, 100, 50);
+    fx.assert_no_host_errors();
+}
+
+#[test]
+fn a_socket_that_cannot_get_a_context_hangs_the_client_up() {
+    let fx = setup(DBUS);
+    let (client, host) = fx.connect();
+    // The passed socket's context cannot be created.
+    fx.kernel.lock().fail_context_init = 1;
+    let (theirs, _remote) = UnixStream::pair().unwrap();
+    send_with_fds(&host, b"OpenPipeWireRemote reply", &[theirs.as_raw_fd()]);
+    let mut client = client;
+    set_timeout(&client);
+    assert_eq!(
+        read_to_eof(&mut client),
+        b"",
+        "hung up, the message not delivered"
+    );
+    let mut host = host;
+    set_timeout(&host);
+    assert_eq!(
+        read_to_eof(&mut host),
+        b"",
+        "the host service sees the hang-up"
+    );
+    assert_eq!(
+        fx.commands(CMD_ASSIGN_SOCKET_UUID),
+        0,
+        "the new context failed before the socket was parked: nothing is left parked"
+    );
+    // Other clients are unaffected, and sockets pass again.
+    let (client, host) = fx.connect();
+    let (theirs, remote) = UnixStream::pair().unwrap();
+    set_timeout(&remote);
+    let passed = pass_socket(&host, &client, b"again", theirs);
+    exchange(&passed, &remote, 100, 60);
+    fx.assert_no_host_errors();
+}
+
+#[test]
+fn a_socket_on_a_channel_that_does_not_carry_sockets_hangs_the_client_up() {
+    // Channel 2's fd policy leaves sockets out: the daemon hangs the channel up itself.
+    let fx = setup(2);
+    let (client, host) = fx.connect();
+    let (theirs, _remote) = UnixStream::pair().unwrap();
+    send_with_fds(&host, b"no sockets here", &[theirs.as_raw_fd()]);
+    let mut client = client;
+    set_timeout(&client);
+    assert_eq!(
+        read_to_eof(&mut client),
+        b"",
+        "hung up, the message not delivered"
+    );
+    assert_eq!(fx.commands(CMD_ASSIGN_SOCKET_UUID), 0);
+    fx.assert_no_host_errors();
+}
+
+/// A context the test drives itself on channel 0x12, as a guest that parks sockets and never
+/// adopts them would: the host passes `n` sockets and the context parks each under a uuid of
+/// its own. Returns the context (it must stay open) and the host ends.
+fn park_sockets(fx: &Fx, n: usize) -> (FakeGpu, UnixStream, Vec<UnixStream>) {
+    use cross_domain_proxy::wire::{self, ChannelMessage};
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut dev = FakeGpu::new(fx.kernel.clone());
+    dev.context_init(&[
+        (context_param::CAPSET_ID, 5),
+        (context_param::NUM_RINGS, 2),
+        (context_param::POLL_RINGS_MASK, 1 << 1),
+    ])
+    .unwrap();
+    let ring = BlobCreate {
+        blob_mem: BLOB_MEM_GUEST,
+        blob_flags: BLOB_FLAG_USE_MAPPABLE,
+        size: PAGE,
+        blob_id: 0,
+    };
+    let query = dev.create_blob(&ring).unwrap();
+    let channel = dev.create_blob(&ring).unwrap();
+    let map = dev.map(channel.bo_handle, PAGE as usize).unwrap();
+    let init = wire::init(query.res_handle, channel.res_handle, DBUS);
+    dev.execbuffer(&init, None, &[]).unwrap();
+    let host = accept_timeout(&fx.host_listener, T).expect("the test context's channel");
+    let mut remotes = Vec::new();
+    let mut parked = 0usize;
+    while parked < n {
+        let batch = (n - parked).min(28);
+        let pairs: Vec<_> = (0..batch).map(|_| UnixStream::pair().unwrap()).collect();
+        let fds: Vec<_> = pairs.iter().map(|(t, _)| t.as_raw_fd()).collect();
+        send_with_fds(&host, b"sockets", &fds);
+        remotes.extend(pairs.into_iter().map(|(_, r)| r));
+        map.write(0, &[0u8; 8]).unwrap();
+        dev.execbuffer(&wire::poll(), Some(1), &[]).unwrap();
+        let mut pfd = [PollFd::new(dev.event_fd(), PollFlags::POLLIN)];
+        poll(&mut pfd, PollTimeout::from(10_000u16)).unwrap();
+        let mut events = Vec::new();
+        dev.read_events(&mut events).unwrap();
+        assert_eq!(events, [0x9000_0000], "the POLL completes");
+        let mut msg = vec![0u8; PAGE as usize];
+        map.read(0, &mut msg).unwrap();
+        let Ok(ChannelMessage::Receive { ids, .. }) = wire::decode_channel(&msg) else {
+            panic!("expected a RECEIVE");
+        };
+        assert_eq!(ids.len(), batch);
+        for ident in ids {
+            assert_eq!(ident.kind, 7, "a socket identifier");
+            parked += 1;
+            let mut uuid = [0xa5; 16];
+            uuid[..8].copy_from_slice(&(parked as u64).to_le_bytes());
+            dev.execbuffer(&wire::assign_socket_uuid(uuid, ident.id), None, &[])
+                .unwrap();
+        }
+    }
+    (dev, host, remotes)
+}
+
+#[test]
+fn a_socket_the_host_will_not_park_hangs_the_client_up() {
+    let fx = setup(DBUS);
+    // The VM's table of parked sockets is full (64, docs/protocol.md §3.10).
+    let _parked = park_sockets(&fx, 64);
+    fx.assert_no_host_errors();
+    let (client, host) = fx.connect();
+    let (theirs, _remote) = UnixStream::pair().unwrap();
+    send_with_fds(&host, b"OpenPipeWireRemote reply", &[theirs.as_raw_fd()]);
+    let mut client = client;
+    set_timeout(&client);
+    assert_eq!(
+        read_to_eof(&mut client),
+        b"",
+        "hung up, the message not delivered"
+    );
+    let errors = fx.kernel.host_errors();
+    assert!(
+        errors.iter().any(|e| e.contains("(command 13)")),
+        "the ASSIGN was refused: {errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("(command 1)")),
+        "so was the INIT naming its uuid: {errors:?}"
+    );
 }

@@ -30,8 +30,22 @@
 //! - `DONE`: G answers `BYE!`; both close.
 //!
 //! Channel 0x12, at the same time as channel 2: G→H [`C12_BYTES`] of `pattern(SEED_C12)`, H
-//! echoes, G sends the echo back; `DONE`/`BYE!`. Check (d): intact, and H saw both channels in
-//! the middle of their first transfer at once.
+//! echoes, G sends the echo back. Check (d): intact, and H saw both channels in the middle of
+//! their first transfer at once.
+//!
+//! Then H hands G a connected socket, as a portal hands out a PipeWire remote (check (l); the
+//! daemon passes it as identifier type 7, cross-domain-proxy bridges it through a context of its
+//! own):
+//! 1. H→G `SOCK` + one end of a host socket pair. G answers on the 0x12 connection `SOCK` (it
+//!    got a socket) or `GERR` + why not; then, on the passed socket:
+//! 2. G→H and H→G at the same time [`SOCK_BYTES`] of `pattern(SEED_SOCK_UP)` and
+//!    `pattern(SEED_SOCK_DOWN)`; then G→H the [`SOCK_BYTES`] it received.
+//! 3. G→H `SMEM` + a guest memfd holding `pattern(SEED_SOCK_MEMFD, len)`, which H maps.
+//! 4. H→G `SPIP` + the write end of a host pipe: G writes `pattern(SEED_SOCK_PIPE, len)` into it
+//!    and closes it; H reads to end of file.
+//! 5. H→G `DONE`, G→H `BYE!`, both close the passed socket; then `DONE`/`BYE!` on 0x12.
+//!
+//! H judges every byte at its end.
 //!
 //! The programs use only the standard library (the few system calls it lacks are declared in
 //! [`sys`]), so run.sh builds them with a plain `rustc` in seconds; as examples of the package
@@ -53,6 +67,9 @@ pub const MEMFD_BYTES: usize = 64 << 10;
 pub const ODD_MEMFD_BYTES: usize = 70_000;
 pub const GUEST_PIPE_BYTES: usize = 150_000;
 pub const GUEST_MEMFD_BYTES: usize = 50_000;
+pub const SOCK_BYTES: usize = 256 << 10;
+pub const SOCK_MEMFD_BYTES: usize = 30_000;
+pub const SOCK_PIPE_BYTES: usize = 100_000;
 
 pub const SEED_C2: u64 = 2;
 pub const SEED_C12: u64 = 0x12;
@@ -62,6 +79,10 @@ pub const SEED_MEMFD_LIVE: u64 = 0x1c;
 pub const SEED_ODD_MEMFD: u64 = 0x2c;
 pub const SEED_GUEST_PIPE: u64 = 0xf;
 pub const SEED_GUEST_MEMFD: u64 = 0x6;
+pub const SEED_SOCK_UP: u64 = 0x51;
+pub const SEED_SOCK_DOWN: u64 = 0x52;
+pub const SEED_SOCK_MEMFD: u64 = 0x53;
+pub const SEED_SOCK_PIPE: u64 = 0x54;
 
 pub const PIPE: [u8; 4] = *b"PIPE";
 pub const MEMF: [u8; 4] = *b"MEMF";
@@ -71,6 +92,9 @@ pub const GERR: [u8; 4] = *b"GERR";
 pub const GPIP: [u8; 4] = *b"GPIP";
 pub const GPDT: [u8; 4] = *b"GPDT";
 pub const GMEM: [u8; 4] = *b"GMEM";
+pub const SOCK: [u8; 4] = *b"SOCK";
+pub const SMEM: [u8; 4] = *b"SMEM";
+pub const SPIP: [u8; 4] = *b"SPIP";
 pub const DONE: [u8; 4] = *b"DONE";
 pub const BYE: [u8; 4] = *b"BYE!";
 

@@ -458,7 +458,7 @@ boot() {
     # (a)–(d) and the extra fd checks: the host service's verdicts, one line per check; a check
     # with no verdict never got that far.
     local id line
-    for id in a b c d f g h i j; do
+    for id in a b c d f g h i j l; do
         line=$(grep -E "^(PASS|FAIL) $id: " "$logs/host-service.out" | head -n 1 || true)
         if [ -n "$line" ]; then
             result "${line%% *}" "$tag ${line#* }"

@@ -16,8 +16,8 @@
 //! - [`activation`]: the listening socket systemd passes (socket activation).
 //! - [`wire`]: the cross-domain commands the guest writes and the ring messages it reads.
 //! - [`session`]: one client: context setup (feature and capset checks, CONTEXT_INIT, rings,
-//!   INIT) and the forwarding loop, with each direction, the relayed pipes, the eventfds and
-//!   the blobs in files of their own.
+//!   INIT) and the forwarding loop, with each direction, the relayed pipes, the eventfds, the
+//!   blobs and the sockets the host passes (each a nested session) in files of their own.
 //!
 //! [`serve`] accepts clients and runs each session on its own thread, so one client's failure
 //! (or its slowness) never affects another.
@@ -40,10 +40,13 @@ use log::{error, info};
 
 pub use device::{BlobMapping, DeviceError, VirtGpuDevice};
 pub use kernel::KernelDevice;
-pub use session::{probe, DeviceInfo, End, ProxyConfig, Session, SessionError, Stats};
+pub use session::{
+    probe, ClientId, DeviceInfo, End, ProxyConfig, Session, SessionError, SocketError, Stats,
+};
 
 /// Accepts clients on `listener` forever; each gets a thread that opens a device with `open`
-/// and runs a [`Session`]. Errors are logged, per client.
+/// and runs a [`Session`] (and each socket the host passes to a client gets another thread and
+/// device, see [`Session::pass_sockets`]). Errors are logged, per client.
 pub fn serve<F, D>(listener: UnixListener, config: ProxyConfig, open: F) -> !
 where
     F: Fn() -> Result<D, DeviceError> + Send + Sync + 'static,
@@ -59,7 +62,7 @@ where
                 let open = open.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("client-{id}"))
-                    .spawn(move || handle_client(id, config, stream, &*open));
+                    .spawn(move || handle_client(id, config, stream, open));
                 if let Err(e) = spawned {
                     error!("client {id}: cannot start a thread: {e}; connection closed");
                 }
@@ -73,11 +76,12 @@ where
     }
 }
 
-/// Runs one client's session to its end and logs the outcome.
-pub fn handle_client<F, D>(id: u64, config: ProxyConfig, stream: UnixStream, open: &F)
+/// Runs one client's session to its end and logs the outcome; `open` also serves the sessions
+/// of the sockets the host passes to the client.
+pub fn handle_client<F, D>(id: u64, config: ProxyConfig, stream: UnixStream, open: Arc<F>)
 where
-    F: Fn() -> Result<D, DeviceError>,
-    D: VirtGpuDevice,
+    F: Fn() -> Result<D, DeviceError> + Send + Sync + 'static,
+    D: VirtGpuDevice + 'static,
 {
     let dev = match open() {
         Ok(dev) => dev,
@@ -86,25 +90,31 @@ where
             return;
         }
     };
-    let session = match Session::open(id, config, dev, stream) {
+    let mut session = match Session::open(id, config, dev, stream) {
         Ok(s) => s,
         Err(e) => {
             error!("client {id}: cannot set up a cross-domain context: {e}; connection closed");
             return;
         }
     };
+    session.pass_sockets(open);
     info!(
         "client {id}: connected to channel {:#x}",
         config.channel_type
     );
-    let (result, stats) = session.run();
+    report(id, session.run());
+}
+
+/// Logs how a session (a client's, or a passed socket's) ended, with its traffic.
+fn report(id: impl std::fmt::Display, (result, stats): (Result<End, SessionError>, Stats)) {
     let traffic = format!(
-        "{} bytes and {} fds to the host, {} bytes and {} fds to the client, {} fds refused, \
-         {} eventfd wake-ups to the host and {} to the client",
+        "{} bytes and {} fds to the host, {} bytes and {} fds ({} sockets) to the client, {} \
+         fds refused, {} eventfd wake-ups to the host and {} to the client",
         stats.bytes_to_host,
         stats.fds_to_host,
         stats.bytes_to_client,
         stats.fds_to_client,
+        stats.sockets_to_client,
         stats.fds_refused,
         stats.wakeups_to_host,
         stats.wakeups_to_client

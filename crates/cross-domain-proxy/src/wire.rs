@@ -1,6 +1,7 @@
-//! The guest side of the cross-domain wire format: the commands the proxy submits (INIT, POLL,
-//! SEND, WRITE, GET_IMAGE_REQUIREMENTS, and for eventfds READ_EVENTFD_NEW and libkrun's
-//! READ_EVENTFD_DESTROY) and the channel-ring messages it reads (RECEIVE, READ).
+//! The guest side of the cross-domain wire format: the commands the proxy submits (INIT in its
+//! 20-byte form and the 36-byte form that adopts a parked socket, POLL, SEND, WRITE,
+//! GET_IMAGE_REQUIREMENTS, for eventfds READ_EVENTFD_NEW and libkrun's READ_EVENTFD_DESTROY, and
+//! magma's ASSIGN_SOCKET_UUID) and the channel-ring messages it reads (RECEIVE, READ).
 //!
 //! Layouts are the [`cross_domain_protocol::wire`] structs the daemon uses too (28 identifiers
 //! per SEND/RECEIVE, docs/protocol.md §3), so both sides share one pinned definition. Everything
@@ -11,12 +12,14 @@ use std::mem::size_of;
 
 use vm_memory::ByteValued;
 
+use cross_domain_protocol::channel::CHANNEL_TYPE_INTERNAL_SOCKET;
 use cross_domain_protocol::wire::{
-    CmdHeader, GetImageRequirements, ImageRequirements, Init, ReadEventfd, ReadWrite, SendReceive,
+    AssignSocketUuid, CmdHeader, GetImageRequirements, ImageRequirements, Init, ReadEventfd,
+    ReadWrite, SendReceive, ASSIGN_SOCKET_UUID_SIZE, CMD_ASSIGN_SOCKET_UUID,
     CMD_GET_IMAGE_REQUIREMENTS, CMD_INIT, CMD_POLL, CMD_READ, CMD_READ_EVENTFD_DESTROY,
     CMD_READ_EVENTFD_NEW, CMD_RECEIVE, CMD_SEND, CMD_WRITE, EVENTFD_COUNTER_MAX,
-    EVENTFD_VALUE_SIZE, ID_TYPE_EVENTFD_LIBKRUN, ID_TYPE_EVENT_MAGMA, MAX_IDENTIFIERS,
-    READ_PIPE_ID_BASE,
+    EVENTFD_VALUE_SIZE, ID_TYPE_EVENTFD_LIBKRUN, ID_TYPE_EVENT_MAGMA, INIT_SIZE_UUID,
+    INIT_UUID_OFFSET, MAX_IDENTIFIERS, READ_PIPE_ID_BASE,
 };
 
 /// Size of each ring (a guest blob of one 4096-byte page, as every guest uses).
@@ -86,6 +89,34 @@ pub fn init(query_ring: u32, channel_ring: u32, channel_type: u32) -> Vec<u8> {
         query_ring_id: query_ring,
         channel_ring_id: channel_ring,
         channel_type,
+    };
+    cmd.as_slice().to_vec()
+}
+
+/// INIT in magma's 36-byte form with channel type 0xFFFFFFFF (docs/protocol.md §3.3): the
+/// context's channel is the socket parked under `uuid` by ASSIGN_SOCKET_UUID.
+pub fn init_adopt(query_ring: u32, channel_ring: u32, uuid: [u8; 16]) -> Vec<u8> {
+    let cmd = Init {
+        hdr: fixed_header(CMD_INIT, INIT_SIZE_UUID as u16),
+        query_ring_id: query_ring,
+        channel_ring_id: channel_ring,
+        channel_type: CHANNEL_TYPE_INTERNAL_SOCKET,
+    };
+    let mut v = cmd.as_slice().to_vec();
+    v.extend_from_slice(&uuid);
+    debug_assert_eq!(v.len(), INIT_SIZE_UUID);
+    debug_assert_eq!(&v[INIT_UUID_OFFSET..], &uuid);
+    v
+}
+
+/// ASSIGN_SOCKET_UUID (command 13, 32 bytes, docs/protocol.md §3.10): park the socket item `id`
+/// (a RECEIVE identifier of type 7) under `uuid`, for a new context's [`init_adopt`].
+pub fn assign_socket_uuid(uuid: [u8; 16], id: u32) -> Vec<u8> {
+    let cmd = AssignSocketUuid {
+        hdr: fixed_header(CMD_ASSIGN_SOCKET_UUID, ASSIGN_SOCKET_UUID_SIZE as u16),
+        uuid,
+        id,
+        pad: 0,
     };
     cmd.as_slice().to_vec()
 }
@@ -383,6 +414,21 @@ mod tests {
         assert!(send(&[], &[0; MAX_SEND_DATA]).is_ok());
         assert!(send(&[], &[0; MAX_SEND_DATA + 1]).is_err());
         assert!(send(&[ids[0]; 29], b"x").is_err());
+    }
+
+    #[test]
+    fn socket_commands_encode_as_the_spec_says() {
+        let uuid: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
+        let a = assign_socket_uuid(uuid, 0x0203);
+        assert_eq!(a.len(), 32);
+        assert_eq!(&a[..4], &[13, 0, 32, 0]);
+        assert_eq!(&a[8..24], &uuid);
+        assert_eq!((le32(&a, 24), le32(&a, 28)), (0x0203, 0));
+        let i = init_adopt(7, 8, uuid);
+        assert_eq!(i.len(), 36);
+        assert_eq!(&i[..4], &[1, 0, 36, 0]);
+        assert_eq!((le32(&i, 8), le32(&i, 12), le32(&i, 16)), (7, 8, u32::MAX));
+        assert_eq!(&i[20..], &uuid);
     }
 
     #[test]

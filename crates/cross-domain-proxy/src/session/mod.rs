@@ -18,7 +18,9 @@
 //! - `pipes.rs`: the pipes relayed in either direction (READ and WRITE);
 //! - `eventfds.rs`: the eventfds the host passes, and which way each carries wake-ups;
 //! - `blobs.rs`: memory (HOST3D blobs from host identifiers, snapshots of client files, image
-//!   requirements).
+//!   requirements);
+//! - `sockets.rs`: sockets the host passes, each served by a session of its own on a new
+//!   context that adopts it, and the limits on their nesting.
 //!
 //! Nothing in the session touches the kernel directly: every device operation goes through
 //! [`VirtGpuDevice`], so the tests run it against the daemon through a fake device.
@@ -27,8 +29,11 @@
 mod blobs;
 mod eventfds;
 mod pipes;
+mod sockets;
 mod to_client;
 mod to_host;
+
+pub use sockets::{ClientId, SocketError, MAX_SOCKET_DEPTH, MAX_SOCKET_SESSIONS};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -46,6 +51,7 @@ use super::device::{
     BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST, CAPSET_CROSS_DOMAIN,
 };
 use super::wire::{self, WireError};
+use cross_domain_protocol::channel::CHANNEL_TYPE_INTERNAL_SOCKET;
 use cross_domain_protocol::wire::{Capabilities, CHANNEL_RING};
 
 /// What the proxy serves: one channel type for every client.
@@ -85,6 +91,20 @@ pub enum SessionError {
          service is not listening (the host's log says which)"
     )]
     ChannelRefused(u32),
+    #[error(
+        "the host did not adopt the parked socket: it refused ASSIGN_SOCKET_UUID or the 36-byte \
+         INIT (the host's log says why)"
+    )]
+    SocketNotAdopted,
+    #[error(
+        "cannot pass host socket {id:#x} to the client: {source}; the client's connection is \
+         closed rather than given the message without it"
+    )]
+    Socket {
+        id: u32,
+        #[source]
+        source: SocketError,
+    },
     #[error("malformed message from the host: {0}")]
     Wire(#[from] WireError),
     #[error(
@@ -155,6 +175,8 @@ pub struct Stats {
     pub fds_to_host: u64,
     pub fds_to_client: u64,
     pub fds_refused: u64,
+    /// Host sockets passed to the client (each also counts in `fds_to_client`).
+    pub sockets_to_client: u64,
     /// Counter values the client added to an eventfd, sent to the host.
     pub wakeups_to_host: u64,
     /// Counter values the host's eventfds produced, added for the client.
@@ -175,6 +197,14 @@ struct Ring<M> {
     bo: u32,
     res: u32,
     map: M,
+}
+
+/// A context before its INIT (see [`Session::prepare`]).
+struct Prepared<D: VirtGpuDevice> {
+    dev: D,
+    info: DeviceInfo,
+    query: Ring<D::Mapping>,
+    channel: Ring<D::Mapping>,
 }
 
 /// Something `poll` reported.
@@ -211,7 +241,7 @@ enum Refusal {
 
 /// One client's cross-domain context and forwarding state.
 pub struct Session<D: VirtGpuDevice> {
-    client_id: u64,
+    client_id: ClientId,
     cfg: ProxyConfig,
     dev: D,
     info: DeviceInfo,
@@ -239,6 +269,8 @@ pub struct Session<D: VirtGpuDevice> {
     client_shut: bool,
     page_size: u64,
     stats: Stats,
+    /// How to pass the host's sockets on; `None` until [`Session::pass_sockets`].
+    sockets: Option<sockets::Sockets>,
 }
 
 impl<D: VirtGpuDevice> Session<D> {
@@ -247,10 +279,22 @@ impl<D: VirtGpuDevice> Session<D> {
     pub fn open(
         client_id: u64,
         cfg: ProxyConfig,
-        mut dev: D,
+        dev: D,
         client: UnixStream,
     ) -> Result<Self, SessionError> {
-        let info = probe(&mut dev, &cfg)?;
+        let id = ClientId {
+            client: client_id,
+            socket: 0,
+        };
+        let prepared = Self::prepare(&cfg, dev)?;
+        Self::start(prepared, id, cfg, client, None)
+    }
+
+    /// The part of the setup that involves no host channel: the device checks, CONTEXT_INIT
+    /// and the rings. A passed socket's context gets this far before the socket is parked, so
+    /// that local failures never leave a parked socket behind.
+    fn prepare(cfg: &ProxyConfig, mut dev: D) -> Result<Prepared<D>, SessionError> {
+        let info = probe(&mut dev, cfg)?;
         dev.context_init(&[
             (context_param::CAPSET_ID, u64::from(CAPSET_CROSS_DOMAIN)),
             (context_param::NUM_RINGS, 2),
@@ -258,11 +302,34 @@ impl<D: VirtGpuDevice> Session<D> {
         ])?;
         let query = Self::ring(&mut dev)?;
         let channel = Self::ring(&mut dev)?;
-        dev.execbuffer(
-            &wire::init(query.res, channel.res, cfg.channel_type),
-            None,
-            &[],
-        )?;
+        Ok(Prepared {
+            dev,
+            info,
+            query,
+            channel,
+        })
+    }
+
+    /// The rest of the setup: INIT on `cfg`'s channel, or with `adopt` on the socket the host
+    /// parked under that uuid (`cfg` then names channel 0xFFFFFFFF), and its confirmation.
+    fn start(
+        prepared: Prepared<D>,
+        client_id: ClientId,
+        cfg: ProxyConfig,
+        client: UnixStream,
+        adopt: Option<[u8; 16]>,
+    ) -> Result<Self, SessionError> {
+        let Prepared {
+            mut dev,
+            info,
+            query,
+            channel,
+        } = prepared;
+        let init = match adopt {
+            None => wire::init(query.res, channel.res, cfg.channel_type),
+            Some(uuid) => wire::init_adopt(query.res, channel.res, uuid),
+        };
+        dev.execbuffer(&init, None, &[])?;
         client
             .set_nonblocking(true)
             .map_err(|e| DeviceError::new("client socket", e))?;
@@ -288,6 +355,7 @@ impl<D: VirtGpuDevice> Session<D> {
             client_shut: false,
             page_size: cross_domain_protocol::page_size(),
             stats: Stats::default(),
+            sockets: None,
         };
         session.confirm_channel()?;
         Ok(session)
@@ -300,6 +368,9 @@ impl<D: VirtGpuDevice> Session<D> {
         let width = u32::try_from(self.page_size).unwrap_or(4096);
         let r = self.query_requirements(width)?;
         if r.blob_id == 0 || r.size == 0 {
+            if self.cfg.channel_type == CHANNEL_TYPE_INTERNAL_SOCKET {
+                return Err(SessionError::SocketNotAdopted);
+            }
             return Err(SessionError::ChannelRefused(self.cfg.channel_type));
         }
         self.image_requirements.insert(width, (r.blob_id, r.size));

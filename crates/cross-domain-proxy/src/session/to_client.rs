@@ -5,7 +5,8 @@
 //! channel message means (data, the host's hang-up, a pipe's or an eventfd's READ, or nothing).
 //! It must never buffer more than that one message: the next POLL waits until it is handed on,
 //! which is how a slow client holds the host back. Host identifiers become client descriptors in
-//! [`super::blobs`] (memory), [`super::pipes`] (pipes) and [`super::eventfds`] (eventfds).
+//! [`super::blobs`] (memory), [`super::pipes`] (pipes), [`super::eventfds`] (eventfds) and
+//! [`super::sockets`] (sockets, whose failure ends the session rather than drop one).
 #![forbid(unsafe_code)]
 
 use std::io::{self, IoSlice};
@@ -19,7 +20,7 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use super::{Refusal, Session, SessionError};
 use crate::device::{BlobMapping, DeviceError, VirtGpuDevice, EVENT_FENCE_SIGNALED};
 use crate::wire::{self, ChannelMessage, Identifier};
-use cross_domain_protocol::wire::{ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE};
+use cross_domain_protocol::wire::{ID_TYPE_SOCKET, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE};
 
 /// A RECEIVE on its way to the client.
 pub(super) struct Outgoing {
@@ -73,7 +74,7 @@ impl<D: VirtGpuDevice> Session<D> {
                 );
                 self.host_closed = true;
             }
-            ChannelMessage::Receive { ids, data } => self.on_receive(&ids, data),
+            ChannelMessage::Receive { ids, data } => self.on_receive(&ids, data)?,
             ChannelMessage::Read { id, hang_up, data } if self.eventfds.contains_key(&id) => {
                 self.on_eventfd_read(id, hang_up, &data)?
             }
@@ -87,18 +88,30 @@ impl<D: VirtGpuDevice> Session<D> {
     }
 
     /// A RECEIVE: its identifiers become descriptors, and bytes and descriptors go to the
-    /// client together.
-    fn on_receive(&mut self, ids: &[Identifier], data: Vec<u8>) {
+    /// client together. A socket that cannot be passed ends the session (the client is hung
+    /// up): a socket is what D-Bus and PipeWire clients count on by position, so the message
+    /// must not arrive without it.
+    fn on_receive(&mut self, ids: &[Identifier], data: Vec<u8>) -> Result<(), SessionError> {
         if self.client_gone {
             debug!(
                 "client {}: dropping {} bytes from the host: the client is gone",
                 self.client_id,
                 data.len()
             );
-            return;
+            return Ok(());
         }
         let mut fds = Vec::with_capacity(ids.len());
         for ident in ids {
+            if ident.kind == ID_TYPE_SOCKET {
+                let fd = self
+                    .host_socket(ident)
+                    .map_err(|source| SessionError::Socket {
+                        id: ident.id,
+                        source,
+                    })?;
+                fds.push(fd);
+                continue;
+            }
             let r = match ident.kind {
                 ID_TYPE_VIRTGPU_BLOB => self.host_memory(ident),
                 ID_TYPE_WRITE_PIPE => self.host_write_pipe(ident.id),
@@ -128,10 +141,11 @@ impl<D: VirtGpuDevice> Session<D> {
                     fds.len()
                 );
             }
-            return;
+            return Ok(());
         }
         self.to_client = Some(Outgoing { data, fds, sent: 0 });
         self.flush_to_client();
+        Ok(())
     }
 
     /// Sends as much of the pending RECEIVE to the client as its socket takes.
