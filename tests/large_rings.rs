@@ -219,3 +219,28 @@ fn reads_of_a_pipe_fill_a_large_ring_too() {
         "some READ used more than a 4096-byte ring: {largest}"
     );
 }
+
+#[test]
+fn a_large_ring_context_gets_read_pipes_that_hold_a_ring_full() {
+    let mut s = setup("1M");
+    let (ctx, host) = s.open(1, LARGE, 1 << 20, true);
+    let pipe_id = CD_READ_PIPE_ID_BASE + 1;
+    ctx.send(&mut s.vm, b"pipe", &[(pipe_id, CD_ID_TYPE_READ_PIPE)]);
+    let (_, mut fds) = recv_with_fds(&host, 4096, T);
+    // 200 000 bytes fit the pipe at once (a default pipe holds 64 KiB: the writer would block).
+    let payload = pattern(200_000, 5);
+    let mut w = std::fs::File::from(fds.pop().expect("the write end"));
+    w.write_all(&payload).unwrap();
+    drop(w);
+    match s.recv(&ctx).0 {
+        ChannelMsg::Read { id, data, .. } => {
+            assert_eq!(id, pipe_id);
+            assert_eq!(data, payload, "one READ carries everything the pipe held");
+        }
+        other => panic!("expected READ, got {other:?}"),
+    }
+    match s.recv(&ctx).0 {
+        ChannelMsg::Read { hang_up, data, .. } => assert!(hang_up && data.is_empty()),
+        other => panic!("expected the READ with hang_up, got {other:?}"),
+    }
+}

@@ -264,7 +264,8 @@ fn fd_memfd(n: usize) -> RepResult {
 
 /// The bulk host→guest limits, in the order of the case's metrics: a socketpair streamed by a
 /// writer thread and read in pieces of what one RECEIVE carries (a 4 KiB ring, then a 1 MiB
-/// one), and a pipe read in pieces of what one READ carries.
+/// one), and a pipe read in pieces of what one READ carries (the second with a 1 MiB buffer,
+/// as the daemon gives a large-ring context's read pipes).
 fn bulk_to_guest(bytes: usize) -> RepResult {
     let mut values = Vec::new();
     for read in [MSG, LARGE_RING - 352] {
@@ -286,6 +287,15 @@ fn bulk_to_guest(bytes: usize) -> RepResult {
     }
     for read in [PIPE_CHUNK, LARGE_RING - 24] {
         let (mut r, w) = pipe();
+        if read > PIPE_CHUNK {
+            // As the daemon does for a large-ring context's read pipe: a buffer the size of
+            // the ring, so that the comparison is with the same pipe.
+            // SAFETY: F_SETPIPE_SZ takes an int, no pointer; `r` is an open pipe.
+            let set = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETPIPE_SZ, LARGE_RING as i32) };
+            if set < 0 {
+                return Err(format!("F_SETPIPE_SZ: {}", std::io::Error::last_os_error()));
+            }
+        }
         let writer = std::thread::spawn(move || -> std::io::Result<()> {
             let mut w = w;
             w.write_all(&vec![0x5au8; bytes])

@@ -417,6 +417,7 @@ impl Context {
         let Some(conn) = self.conn.as_mut() else {
             return Err(CtxError::NotInitialized);
         };
+        let ring_limit = conn.ring_limit;
         let Some(chan) = conn.channel.as_mut() else {
             return Err(CtxError::NoChannel);
         };
@@ -443,7 +444,7 @@ impl Context {
                         return Err(CtxError::TooManyItems);
                     }
                     last_pipe = expected;
-                    let (r, w) = ReadPipe::create()?;
+                    let (r, w) = ReadPipe::create_for_ring(ring_limit)?;
                     fds.push(w);
                     pipes.push((id, r));
                 }

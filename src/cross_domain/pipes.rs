@@ -107,6 +107,21 @@ impl ReadPipe {
         Ok((r, w))
     }
 
+    /// [`ReadPipe::create`] for a context whose READs fill up to `ring_limit` bytes of its
+    /// ring: past the 4096 bytes of every peer (a large ring), the pipe's buffer is asked to
+    /// hold as much, so that one READ can carry it, where a default pipe holds 64 KiB. Best
+    /// effort: the host's limits (`pipe-max-size`, the user's pipe quota) may refuse it, and
+    /// the pipe then works as any other.
+    pub fn create_for_ring(ring_limit: usize) -> Result<(OwnedFd, OwnedFd), CtxError> {
+        let (r, w) = Self::create()?;
+        if ring_limit > CHANNEL_RING_MIN_SIZE {
+            if let Err(e) = cdio::set_pipe_size(r.as_fd(), ring_limit) {
+                debug!("read pipe buffer of {ring_limit} bytes refused: {e}");
+            }
+        }
+        Ok((r, w))
+    }
+
     /// Start watching the read end `fd` of item `id` of context `ctx_id`.
     pub fn watch(epoll: &HostPoll, ctx_id: u32, id: u32, fd: OwnedFd) -> Result<Self, CtxError> {
         epoll
