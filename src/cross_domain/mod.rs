@@ -12,9 +12,9 @@
 //! peer), `backlog.rs` (its queue), `items.rs` (the item table and id ranges), `pipes.rs`
 //! (READ and WRITE), `eventfds.rs` (eventfds: commands 11 and 12, their READ and WRITE),
 //! `sockets.rs` (received sockets, command 13 and the VM's parked sockets), `policy.rs` (which
-//! kinds of fd a channel carries),
+//! kinds of fd a channel carries), `hostpoll.rs` (where host fds are watched),
 //! `blobs.rs` (blob memory, image requirements), `delivery.rs` (the rotation over sources,
-//! epoll tokens), `env.rs` (what the device lends a context), `hostpoll.rs` (where host fds are watched), `unserved.rs` (what the daemon
+//! epoll tokens), `env.rs` (what the device lends a context), `unserved.rs` (what the daemon
 //! cannot serve, logged once per context), `error.rs`, and the leaf modules [`image`], [`io`]
 //! and [`protocol`].
 
