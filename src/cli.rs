@@ -345,8 +345,15 @@ or none for a channel of bytes only. The default is memory+pipe+eventfd, and
 memory+pipe+eventfd+socket on dbus-session and dbus-system (0x12, 0x13): sockets reach
 the guest as identifier type 7, which only D-Bus guests are known to read. A host fd
 the channel does not carry closes the guest's connection; a guest blob or read pipe
-it does not carry fails that SEND. The path ends at the first ',fds='; another ','
-stays in the path. The start-up log shows each channel's fds.
+it does not carry fails that SEND.
+TYPE:PATH,ring=SIZE offers large channel rings (a project extension, no other host has
+it): a guest program that asks for them in INIT and attaches a channel ring larger
+than 4096 bytes gets RECEIVE and READ messages that fill its ring, up to SIZE bytes
+(4096 to 1M; a number of bytes, or with K or M), instead of at most 3744 and 4072
+bytes; the capset's fifth word names these channels. Others (sommelier, muvm) never
+ask and are never sent more. For bulk channels served by cross-domain-proxy.
+The path ends at the first ',fds=' or ',ring='; another ',' stays in the path. The
+start-up log shows each channel's fds and large rings.
 Example: --channel 2:/run/portal.sock (a guest program that asks for channel 2
 reaches the service listening on /run/portal.sock)",
         names.join(",\n  ")
@@ -359,8 +366,8 @@ fn channels_file_long_help() -> String {
 Read channels from FILE as well as from --channel and --wayland-sock: one TYPE:PATH
 a line, TYPE and PATH as in --channel. Blank lines and lines starting with # are
 ignored, and blanks around a line are dropped. In the file a ',' ends the path and
-per-channel options follow it, as in --channel (TYPE:PATH,fds=LIST), so a path that
-contains ',' must be given with --channel. Each type may be given
+per-channel options follow it, as in --channel (TYPE:PATH,fds=LIST,ring=SIZE), so a
+path that contains ',' must be given with --channel. Each type may be given
 once: in the file twice, or in the file and by a flag, is an error naming the line.
 At most {MAX_CHANNELS_FILE} bytes.
 On SIGHUP (systemctl reload) the daemon reads FILE again: contexts opened from then

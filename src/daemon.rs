@@ -25,6 +25,7 @@
 //! thread (the signal mask is inherited from the calling thread).
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -300,6 +301,12 @@ impl Session {
         )
         .map_err(Error::VhostUser)?;
         let handlers = daemon.get_epoll_handlers();
+        if let [only] = handlers.as_slice() {
+            // One worker: host fds go straight into its epoll set.
+            backend
+                .attach_event_loop(only.as_raw_fd())
+                .map_err(Error::Device)?;
+        }
         for h in &handlers {
             h.register_listener(backend.host_epoll_fd(), EventSet::IN, u64::from(HOST_EVENT))
                 .map_err(Error::Device)?;

@@ -14,9 +14,13 @@
 //! overlaps it.
 //!
 //! Threads: `vhost-user-backend` runs one worker thread that receives queue kicks, the readiness
-//! of the device's own epoll set (channel sockets, pipes; behind a gate that is closed while the
-//! device is stopped) and control events (shutdown); all device work happens there, under the
-//! `state` mutex. The vhost-user request thread also calls into the backend (memory table
+//! of host fds (channel sockets, pipes, eventfds) and control events (shutdown); all device
+//! work happens there, under the `state` mutex. Host fds are registered straight in the
+//! worker's epoll set under event ids from [`FIRST_HOST_SLOT`] up (one `epoll_wait` serves
+//! kicks and host fds; events that come while the device is stopped are kept for the next
+//! start); past the last id, or before [`Backend::attach_event_loop`], they go into the
+//! device's own epoll set, watched as one fd behind a gate that is closed while the device is
+//! stopped. The vhost-user request thread also calls into the backend (memory table
 //! updates, queue stops, resets, the backend channel); those callbacks never take `state`.
 //! That matters: the worker holds `state` while it waits for the VMM to acknowledge a
 //! SHMEM_MAP, and the VMM may send SET_MEM_TABLE (and wait for its reply) before it
@@ -69,6 +73,9 @@ pub const MAX_QUEUE_SIZE: usize = 32768;
 pub const HOST_EVENT: u16 = NUM_QUEUES as u16 + 1;
 /// Event id of control requests to the worker: shutdown (see [`Backend::quiesce`]).
 pub const SHUTDOWN_EVENT: u16 = HOST_EVENT + 1;
+/// The first event id of a host fd watched directly in the worker's epoll set; the ids up to
+/// `u16::MAX` are the device's (the event loop passes 16 bits of an event's data on).
+pub const FIRST_HOST_SLOT: u16 = SHUTDOWN_EVENT + 1;
 /// Shared memory region id of the host-visible region (`VIRTIO_GPU_SHM_ID_HOST_VISIBLE`).
 pub const SHMID_HOST_VISIBLE: u8 = 1;
 
@@ -218,6 +225,18 @@ impl Backend {
     /// device runs and a channel socket or pipe has work.
     pub fn host_epoll_fd(&self) -> i32 {
         self.gate.0.as_raw_fd()
+    }
+
+    /// Watch host fds directly in the worker's epoll set, whose fd is `worker_epoll` (borrowed:
+    /// it is duplicated). Call before the worker runs; with several workers, do not call it
+    /// (host fds then stay in the device's own set, which every worker watches).
+    pub fn attach_event_loop(&self, worker_epoll: RawFd) -> io::Result<()> {
+        // SAFETY: the caller passes the fd of a live epoll set (the handler keeps it open for
+        // the session); it is only borrowed for the duplication.
+        let fd =
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(worker_epoll) }.try_clone_to_owned()?;
+        lock(&self.state).gpu.attach_event_loop(fd, FIRST_HOST_SLOT);
+        Ok(())
     }
 
     /// Drop all device state (contexts, resources, host sockets). Called by the serve loop
@@ -415,6 +434,49 @@ impl Backend {
         self.publish_completions(st, vrings);
     }
 
+    /// A host fd watched directly in the worker's epoll set (event id `slot`) has work; while
+    /// the device is stopped its events are kept for the next start. Ordered with stops as
+    /// [`Backend::handle_host_events`] is.
+    fn handle_host_slot(
+        &self,
+        st: &mut State,
+        vrings: &[VringRwLock],
+        mem: &GuestMemAtomic,
+        slot: u16,
+        evset: EventSet,
+    ) {
+        let events = EpollFlags::from_bits_truncate(evset.bits() as i32);
+        let Some(ctrl) = vrings.get(CONTROL_QUEUE as usize) else {
+            st.gpu.defer_host_slot(slot, events);
+            return;
+        };
+        {
+            let vr = ctrl.get_ref();
+            if !vr.get_queue().ready() || !self.started.load(Ordering::Acquire) {
+                st.gpu.defer_host_slot(slot, events);
+                return;
+            }
+            st.gpu.handle_host_slot(&mem.memory(), slot, events);
+        }
+        self.publish_completions(st, vrings);
+    }
+
+    /// The events of directly watched host fds kept while the device was stopped, once it
+    /// runs again.
+    fn handle_deferred(&self, st: &mut State, vrings: &[VringRwLock], mem: &GuestMemAtomic) {
+        let Some(ctrl) = vrings.get(CONTROL_QUEUE as usize) else {
+            return;
+        };
+        {
+            let vr = ctrl.get_ref();
+            if !vr.get_queue().ready() || !self.started.load(Ordering::Acquire) {
+                return;
+            }
+            st.gpu.handle_deferred(&mem.memory());
+        }
+        self.publish_completions(st, vrings);
+    }
+
     fn signal(vring: &VringRwLock, event_idx: bool) {
         let needed = !event_idx || vring.needs_notification().unwrap_or(true);
         if needed {
@@ -561,7 +623,7 @@ impl VhostUserBackend for Backend {
     fn handle_event(
         &self,
         device_event: u16,
-        _evset: EventSet,
+        evset: EventSet,
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
@@ -583,11 +645,18 @@ impl VhostUserBackend for Backend {
             CONTROL_QUEUE | CURSOR_QUEUE => {
                 // The first event after a (re)start of the control queue decides what the
                 // start is. The cursor queue holds no state: it is served regardless.
-                if self.ensure_running(&mut st, vrings) || device_event == CURSOR_QUEUE {
+                let running = self.ensure_running(&mut st, vrings);
+                if running && st.gpu.has_deferred() {
+                    self.handle_deferred(&mut st, vrings, &mem);
+                }
+                if running || device_event == CURSOR_QUEUE {
                     self.process_queue(&mut st, &mem, vrings, device_event);
                 }
             }
             HOST_EVENT => self.handle_host_events(&mut st, vrings, &mem),
+            slot if slot >= FIRST_HOST_SLOT => {
+                self.handle_host_slot(&mut st, vrings, &mem, slot, evset)
+            }
             other => warn!("unexpected device event {other}"),
         }
         Ok(())

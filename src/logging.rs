@@ -199,8 +199,13 @@ fn log_channels(channels: &ChannelTable, from_file: bool) {
     }
     for (t, path) in channels.iter() {
         let about = channel_label(t);
+        // `ring=` shows only where given, so that the line reads as before without it.
+        let ring = match channels.large_ring(t) {
+            Some(size) => format!(", large rings up to {} KiB", size >> 10),
+            None => String::new(),
+        };
         info!(
-            "channel {t}{about}: {} (fds: {})",
+            "channel {t}{about}: {} (fds: {}{ring})",
             path.display(),
             channels.policy(t)
         );
@@ -209,6 +214,13 @@ fn log_channels(channels: &ChannelTable, from_file: bool) {
         }
     }
     info!("capset channel mask {:#x}", channels.capset_mask());
+    if channels.has_large_rings() {
+        info!(
+            "capset large-ring channel mask {:#x} (a fifth capset word: docs/protocol.md, \
+             \"Large channel rings\")",
+            channels.large_ring_mask()
+        );
+    }
     for t in channels.unadvertised() {
         log::warn!(
             "channel type {t} ({t:#x}) cannot be advertised in the capset's 32-bit channel mask; \

@@ -13,6 +13,15 @@ pub const PIPE_CHUNK: usize = 4072;
 pub const MEMFD_SIZE: u64 = 4096;
 /// Channel type the benchmark uses (any configured number works the same).
 pub const CHANNEL: u32 = 2;
+/// Channel type of the bulk cases' large-ring contexts: configured with `ring=1M`
+/// (docs/protocol.md, "Large channel rings"), on the same host listener as [`CHANNEL`].
+pub const LARGE_CHANNEL: u32 = 3;
+/// Size of a large channel ring (the most `ring=` allows).
+pub const LARGE_RING: usize = 1 << 20;
+/// Message size of the bulk guest→host cases' "large" column: SEND and WRITE are not bounded by
+/// any ring, so a guest that moves bulk data may send larger pieces, up to what the u16
+/// `cmd_size` of a command allows (65535 bytes with the 352- or 24-byte header).
+pub const BULK_MSG: usize = 63 << 10;
 /// Contexts opened for the memory case.
 pub const RSS_CONTEXTS: usize = 64;
 
@@ -24,6 +33,8 @@ pub struct Params {
     pub pipe_bytes: usize,
     pub fd_msgs: usize,
     pub memfd_msgs: usize,
+    /// Bytes of each bulk transfer.
+    pub bulk_bytes: usize,
     /// Count the device process's system calls in this repetition (the separate counted
     /// pass, see `counters.rs`); set by the bench, not by the mode.
     pub count_syscalls: bool,
@@ -37,6 +48,7 @@ impl Params {
             pipe_bytes: 16 << 20,
             fd_msgs: 5_000,
             memfd_msgs: 2_000,
+            bulk_bytes: 64 << 20,
             count_syscalls: false,
         }
     }
@@ -48,6 +60,7 @@ impl Params {
             pipe_bytes: 4 << 20,
             fd_msgs: 500,
             memfd_msgs: 300,
+            bulk_bytes: 8 << 20,
             count_syscalls: false,
         }
     }
@@ -63,10 +76,12 @@ pub enum Case {
     FdPipeToGuest,
     FdPipeToHost,
     FdMemfd,
+    BulkToGuest,
+    BulkToHost,
     Memory,
 }
 
-pub const ALL: [Case; 9] = [
+pub const ALL: [Case; 11] = [
     Case::GuestToHost,
     Case::HostToGuest,
     Case::RoundTrip,
@@ -75,6 +90,8 @@ pub const ALL: [Case; 9] = [
     Case::FdPipeToGuest,
     Case::FdPipeToHost,
     Case::FdMemfd,
+    Case::BulkToGuest,
+    Case::BulkToHost,
     Case::Memory,
 ];
 
@@ -105,12 +122,19 @@ impl Case {
             Case::FdPipeToGuest => "fd-pipe-h2g",
             Case::FdPipeToHost => "fd-pipe-g2h",
             Case::FdMemfd => "fd-memfd",
+            Case::BulkToGuest => "bulk-h2g",
+            Case::BulkToHost => "bulk-g2h",
             Case::Memory => "rss",
         }
     }
 
     pub fn from_key(k: &str) -> Option<Case> {
         ALL.into_iter().find(|c| c.key() == k)
+    }
+
+    /// Whether the case counts operations (the cost tables have a row for it).
+    pub fn has_ops(self) -> bool {
+        !matches!(self, Case::Memory | Case::BulkToGuest | Case::BulkToHost)
     }
 
     /// What one "operation" is, for CPU time per operation.
@@ -121,6 +145,8 @@ impl Case {
             Case::PipeRead => "READ",
             Case::PipeWrite => "WRITE",
             Case::FdPipeToGuest | Case::FdPipeToHost | Case::FdMemfd => "message",
+            // Four transfers of different message sizes: no one operation.
+            Case::BulkToGuest | Case::BulkToHost => "-",
             Case::Memory => "-",
         }
     }
@@ -167,6 +193,57 @@ impl Case {
                 "msg/s",
                 true,
             )],
+            Case::BulkToGuest => {
+                let mib = p.bulk_bytes >> 20;
+                vec![
+                    m(
+                        format!("bulk host→guest stream (RECEIVE) {mib} MiB, 4 KiB ring"),
+                        "MB/s",
+                        true,
+                    ),
+                    m(
+                        format!("bulk host→guest stream (RECEIVE) {mib} MiB, 1 MiB ring"),
+                        "MB/s",
+                        true,
+                    ),
+                    m(
+                        format!("bulk host→guest pipe (READ) {mib} MiB, 4 KiB ring"),
+                        "MB/s",
+                        true,
+                    ),
+                    m(
+                        format!("bulk host→guest pipe (READ) {mib} MiB, 1 MiB ring"),
+                        "MB/s",
+                        true,
+                    ),
+                ]
+            }
+            Case::BulkToHost => {
+                let mib = p.bulk_bytes >> 20;
+                let k = BULK_MSG >> 10;
+                vec![
+                    m(
+                        format!("bulk guest→host stream (SEND) {mib} MiB, {MSG} B SENDs"),
+                        "MB/s",
+                        true,
+                    ),
+                    m(
+                        format!("bulk guest→host stream (SEND) {mib} MiB, {k} KiB SENDs"),
+                        "MB/s",
+                        true,
+                    ),
+                    m(
+                        format!("bulk guest→host pipe (WRITE) {mib} MiB, {PIPE_CHUNK} B WRITEs"),
+                        "MB/s",
+                        true,
+                    ),
+                    m(
+                        format!("bulk guest→host pipe (WRITE) {mib} MiB, {k} KiB WRITEs"),
+                        "MB/s",
+                        true,
+                    ),
+                ]
+            }
             Case::Memory => vec![
                 m("RSS idle (VMM connected)".into(), "MiB", false),
                 m(format!("RSS with {RSS_CONTEXTS} contexts"), "MiB", false),

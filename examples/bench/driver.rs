@@ -232,11 +232,17 @@ pub struct Poll {
 
 impl Poll {
     pub fn new(vm: &mut TestVm, ctx: &CrossDomainContext) -> Poll {
+        Self::with_ring(vm, ctx, CD_RING_SIZE as usize)
+    }
+
+    /// A POLL whose channel ring has `size` bytes (a large ring: one guest range, as the
+    /// test frontend allocates a blob).
+    pub fn with_ring(vm: &mut TestVm, ctx: &CrossDomainContext, size: usize) -> Poll {
         let fence = Some((0, Some(CD_CHANNEL_RING)));
         Poll {
             req: Request::submit_3d(vm, ctx.ctx_id, &cd_poll(), fence),
             ring: ctx.channel_ring.gpa(),
-            buf: vec![0; CD_RING_SIZE as usize],
+            buf: vec![0; size],
         }
     }
 
@@ -261,7 +267,7 @@ impl Poll {
         if b[..8] == RING_POISON {
             return Ok(Msg::Untouched);
         }
-        let ring = CD_RING_SIZE as usize;
+        let ring = self.buf.len();
         match b[0] {
             CD_CMD_RECEIVE => {
                 read(&mut self.buf, CD_RW_HEADER, CD_SR_DATA)?;

@@ -34,6 +34,7 @@ pub fn run(
         Case::FdPipeToGuest => fd_pipe_to_guest(vm, ctx, host, p.fd_msgs),
         Case::FdPipeToHost => fd_pipe_to_host(vm, ctx, host, p.fd_msgs),
         Case::FdMemfd => fd_memfd(vm, ctx, host, p.memfd_msgs),
+        Case::BulkToGuest | Case::BulkToHost => unreachable!("see `bulk`"),
         Case::Memory => unreachable!("the memory case has no traffic"),
     }
 }
@@ -55,12 +56,23 @@ fn guest_to_host(
     host: UnixStream,
     n: usize,
 ) -> RepResult {
-    let total = (n * MSG) as u64;
+    sends(vm, ctx, host, n, MSG)
+}
+
+/// `n` pipelined SENDs of `size` bytes; a host thread drains the socket.
+fn sends(
+    vm: &mut TestVm,
+    ctx: &CrossDomainContext,
+    host: UnixStream,
+    n: usize,
+    size: usize,
+) -> RepResult {
+    let total = (n * size) as u64;
     let drain = service::spawn_drain(host, total);
     let mut win = window(
         vm,
         ctx,
-        &cd_send(&vec![0x5a; MSG], &[]),
+        &cd_send(&vec![0x5a; size], &[]),
         "unfenced SUBMIT_3D",
     );
     let allocs = alloc::Span::start();
@@ -157,11 +169,22 @@ fn pipe_read(
     host: UnixStream,
     bytes: usize,
 ) -> RepResult {
+    pipe_read_ring(vm, ctx, host, bytes, CD_RING_SIZE as usize)
+}
+
+/// [`pipe_read`] into a channel ring of `ring` bytes.
+fn pipe_read_ring(
+    vm: &mut TestVm,
+    ctx: &CrossDomainContext,
+    host: UnixStream,
+    bytes: usize,
+    ring: usize,
+) -> RepResult {
     let writer = service::spawn_pipe_filler(host, bytes);
     let id = CD_READ_PIPE_ID_BASE + 1;
     let cmd = cd_send(b"r", &[(id, CD_ID_TYPE_READ_PIPE)]);
     let mut send = Request::submit_3d(vm, ctx.ctx_id, &cmd, None);
-    let mut poll = Poll::new(vm, ctx);
+    let mut poll = Poll::with_ring(vm, ctx, ring);
     let allocs = alloc::Span::start();
     let t0 = Instant::now();
     send.offer(vm);
@@ -204,6 +227,17 @@ fn pipe_write(
     host: UnixStream,
     bytes: usize,
 ) -> RepResult {
+    pipe_write_sized(vm, ctx, host, bytes, PIPE_CHUNK)
+}
+
+/// [`pipe_write`] in pieces of `chunk` bytes.
+fn pipe_write_sized(
+    vm: &mut TestVm,
+    ctx: &CrossDomainContext,
+    host: UnixStream,
+    bytes: usize,
+    chunk: usize,
+) -> RepResult {
     let (r, w) = pipe();
     send_with_fds(&host, b"w", &[w.as_raw_fd()]);
     drop(w);
@@ -219,18 +253,18 @@ fn pipe_write(
     };
     poll.release(vm);
     let reader = std::thread::spawn(move || service::drain_to_eof(r));
-    let chunks = bytes.div_ceil(PIPE_CHUNK);
-    let mut win = window(vm, ctx, &cd_write(id, &[0x5a; PIPE_CHUNK], false), "WRITE");
+    let chunks = bytes.div_ceil(chunk);
+    let mut win = window(vm, ctx, &cd_write(id, &vec![0x5a; chunk], false), "WRITE");
     let allocs = alloc::Span::start();
     let t0 = Instant::now();
     for i in 0..chunks {
-        let len = PIPE_CHUNK.min(bytes - i * PIPE_CHUNK);
+        let len = chunk.min(bytes - i * chunk);
         let last = i + 1 == chunks;
         win.submit(vm, T, |vm, req| {
             if last {
                 // hang_up @12 of the WRITE; a shorter last piece changes the sizes too.
                 req.patch(CMDS + 12, &1u32.to_le_bytes());
-                if len != PIPE_CHUNK {
+                if len != chunk {
                     let size = CD_RW_HEADER + len;
                     req.patch(24, &(size as u32).to_le_bytes());
                     req.patch(CMDS + 2, &(size as u16).to_le_bytes());
@@ -400,4 +434,78 @@ fn fd_memfd(vm: &mut TestVm, ctx: &CrossDomainContext, host: UnixStream, n: usiz
     }
     poll.release(vm);
     Ok(Outcome::new(vec![n as f64 / secs], n).allocs(allocs))
+}
+
+/// The bulk cases on one context: `[stream, pipe]` in MB/s. Host→guest ([`Case::BulkToGuest`]):
+/// a host thread streams `bytes` over the channel, which the guest reads in RECEIVEs, then
+/// fills a read pipe, which the guest reads in READs; with `large` the context has a
+/// [`LARGE_RING`]-byte ring. Guest→host ([`Case::BulkToHost`]): pipelined SENDs, then WRITEs
+/// into a pipe the host passed, of [`MSG`] and [`PIPE_CHUNK`] bytes, or [`BULK_MSG`] with
+/// `large`.
+pub fn bulk(
+    vm: &mut TestVm,
+    ctx: &CrossDomainContext,
+    case: Case,
+    host: UnixStream,
+    bytes: usize,
+    large: bool,
+) -> Result<Vec<f64>, String> {
+    let dup = || host.try_clone().map_err(|e| format!("dup: {e}"));
+    let value = |r: RepResult| -> Result<f64, String> {
+        match r?.values.first() {
+            Some(Ok(v)) => Ok(*v),
+            _ => Err("no value".into()),
+        }
+    };
+    match case {
+        Case::BulkToGuest => {
+            let ring = if large {
+                LARGE_RING
+            } else {
+                CD_RING_SIZE as usize
+            };
+            let stream = stream_to_guest(vm, ctx, dup()?, bytes, ring)?;
+            let pipe = value(pipe_read_ring(vm, ctx, dup()?, bytes, ring))?;
+            Ok(vec![stream, pipe])
+        }
+        Case::BulkToHost => {
+            let (send, write) = if large {
+                (BULK_MSG, BULK_MSG)
+            } else {
+                (MSG, PIPE_CHUNK)
+            };
+            let stream = value(sends(vm, ctx, dup()?, bytes / send, send))?;
+            let pipe = value(pipe_write_sized(vm, ctx, dup()?, bytes, write))?;
+            Ok(vec![stream, pipe])
+        }
+        _ => Err(format!("{} is not a bulk case", case.key())),
+    }
+}
+
+/// A host thread writes `bytes` in 1 MiB writes; the guest POLLs and reads RECEIVEs from a
+/// `ring`-byte channel ring until all arrived.
+fn stream_to_guest(
+    vm: &mut TestVm,
+    ctx: &CrossDomainContext,
+    host: UnixStream,
+    bytes: usize,
+    ring: usize,
+) -> Result<f64, String> {
+    const CHUNK: usize = 1 << 20;
+    let writer = service::spawn_writer(host, vec![0x5a; CHUNK], bytes.div_ceil(CHUNK));
+    let total = (bytes.div_ceil(CHUNK) * CHUNK) as u64;
+    let mut poll = Poll::with_ring(vm, ctx, ring);
+    let t0 = Instant::now();
+    let mut got = 0u64;
+    while got < total {
+        poll.arm(vm);
+        match poll.wait(vm, T)? {
+            Msg::Receive { data, .. } if !data.is_empty() => got += data.len() as u64,
+            other => return Err(unexpected("RECEIVE with data", &other)),
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    service::join(writer, "host writer")?;
+    poll.release(vm);
+    Ok(mb_per_s(total, secs))
 }

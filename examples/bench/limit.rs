@@ -26,6 +26,8 @@ pub fn run(case: Case, p: &Params) -> RepResult {
         Case::FdPipeToGuest => fd_pipe_to_guest(p.fd_msgs),
         Case::FdPipeToHost => fd_pipe_to_host(p.fd_msgs),
         Case::FdMemfd => fd_memfd(p.memfd_msgs),
+        Case::BulkToGuest => bulk_to_guest(p.bulk_bytes),
+        Case::BulkToHost => bulk_to_host(p.bulk_bytes),
         Case::Memory => {
             let mut o = Outcome::new(Vec::new(), 0);
             o.values = vec![Err("n/a (no process of its own)".into()); 4];
@@ -258,4 +260,95 @@ fn fd_memfd(n: usize) -> RepResult {
     let secs = t0.elapsed().as_secs_f64();
     service::join(sender, "sender")?;
     Ok(Outcome::new(vec![n as f64 / secs], n))
+}
+
+/// The bulk host→guest limits, in the order of the case's metrics: a socketpair streamed by a
+/// writer thread and read in pieces of what one RECEIVE carries (a 4 KiB ring, then a 1 MiB
+/// one), and a pipe read in pieces of what one READ carries (the second with a 1 MiB buffer,
+/// as the daemon gives a large-ring context's read pipes).
+fn bulk_to_guest(bytes: usize) -> RepResult {
+    let mut values = Vec::new();
+    for read in [MSG, LARGE_RING - 352] {
+        let (a, mut b) = UnixStream::pair().map_err(err("socketpair"))?;
+        const CHUNK: usize = 1 << 20;
+        let writer = service::spawn_writer(a, vec![0x5a; CHUNK], bytes.div_ceil(CHUNK));
+        let total = (bytes.div_ceil(CHUNK) * CHUNK) as u64;
+        let mut buf = vec![0u8; read];
+        let t0 = Instant::now();
+        let mut got = 0u64;
+        while got < total {
+            match b.read(&mut buf).map_err(err("read"))? {
+                0 => return Err("unexpected EOF".into()),
+                k => got += k as u64,
+            }
+        }
+        values.push(mb_per_s(total, t0.elapsed().as_secs_f64()));
+        service::join(writer, "writer")?;
+    }
+    for read in [PIPE_CHUNK, LARGE_RING - 24] {
+        let (mut r, w) = pipe();
+        if read > PIPE_CHUNK {
+            // As the daemon does for a large-ring context's read pipe: a buffer the size of
+            // the ring, so that the comparison is with the same pipe.
+            // SAFETY: F_SETPIPE_SZ takes an int, no pointer; `r` is an open pipe.
+            let set = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETPIPE_SZ, LARGE_RING as i32) };
+            if set < 0 {
+                return Err(format!("F_SETPIPE_SZ: {}", std::io::Error::last_os_error()));
+            }
+        }
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut w = w;
+            w.write_all(&vec![0x5au8; bytes])
+        });
+        let mut buf = vec![0u8; read];
+        let t0 = Instant::now();
+        let mut got = 0usize;
+        loop {
+            match r.read(&mut buf).map_err(err("read"))? {
+                0 => break,
+                k => got += k,
+            }
+        }
+        values.push(mb_per_s(bytes as u64, t0.elapsed().as_secs_f64()));
+        service::join(writer, "writer")?;
+        if got != bytes {
+            return Err(format!("read {got} of {bytes} bytes"));
+        }
+    }
+    Ok(Outcome::new(values, 0))
+}
+
+/// The bulk guest→host limits: writes of [`MSG`] and [`BULK_MSG`] bytes into a socketpair a
+/// reader thread drains, and of [`PIPE_CHUNK`] and [`BULK_MSG`] bytes into a pipe.
+fn bulk_to_host(bytes: usize) -> RepResult {
+    let mut values = Vec::new();
+    for size in [MSG, BULK_MSG] {
+        let (mut a, b) = UnixStream::pair().map_err(err("socketpair"))?;
+        let n = bytes / size;
+        let total = (n * size) as u64;
+        let reader = service::spawn_drain(b, total);
+        let msg = vec![0x5au8; size];
+        let t0 = Instant::now();
+        for _ in 0..n {
+            a.write_all(&msg).map_err(err("write"))?;
+        }
+        let t1 = service::join(reader, "reader")?;
+        values.push(mb_per_s(total, (t1 - t0).as_secs_f64()));
+    }
+    for size in [PIPE_CHUNK, BULK_MSG] {
+        let (r, mut w) = pipe();
+        let reader = std::thread::spawn(move || service::drain_to_eof(r));
+        let data = vec![0x5au8; bytes];
+        let t0 = Instant::now();
+        for c in data.chunks(size) {
+            w.write_all(c).map_err(err("write"))?;
+        }
+        drop(w);
+        let (got, t1) = service::join(reader, "reader")?;
+        if got != bytes as u64 {
+            return Err(format!("read {got} of {bytes} bytes"));
+        }
+        values.push(mb_per_s(bytes as u64, (t1 - t0).as_secs_f64()));
+    }
+    Ok(Outcome::new(values, 0))
 }

@@ -53,6 +53,9 @@ pub struct Ours {
     daemon: Daemon,
     vm: TestVm,
     listener: UnixListener,
+    /// The daemon also serves [`LARGE_CHANNEL`] with `ring=1M` (started so for the bulk
+    /// cases only, so that other daemons, without the option, can be measured too).
+    large: bool,
 }
 
 /// Requests submitted without waiting, collected (and checked) once more than [`WINDOW`] are
@@ -115,13 +118,19 @@ fn err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-fn spawn_daemon(bin: &Path) -> (Daemon, UnixListener) {
+fn spawn_daemon(bin: &Path, large: bool) -> (Daemon, UnixListener) {
     let dir = temp_dir();
     let (path, listener) = channel_listener(dir.path());
-    let daemon = Daemon::builder()
-        .bin(bin)
-        .dir(dir)
-        .channel(CHANNEL, &path)
+    let mut daemon = Daemon::builder().bin(bin).dir(dir).channel(CHANNEL, &path);
+    if large {
+        // The same host listener, with large rings (docs/protocol.md, "Large channel rings").
+        daemon = daemon.arg("--channel").arg(format!(
+            "{LARGE_CHANNEL}:{},ring={}K",
+            path.display(),
+            LARGE_RING >> 10
+        ));
+    }
+    let daemon = daemon
         .rust_log("warn")
         .socket_timeout(Duration::from_secs(60))
         .spawn();
@@ -138,7 +147,11 @@ fn connect(daemon: &Daemon) -> TestVm {
 impl Ours {
     /// Starts the daemon (inheriting this thread's CPU affinity) and connects a VM.
     pub fn start(bin: &Path, driver: Driver) -> Ours {
-        let (daemon, listener) = spawn_daemon(bin);
+        Self::start_with(bin, driver, false)
+    }
+
+    fn start_with(bin: &Path, driver: Driver, large: bool) -> Ours {
+        let (daemon, listener) = spawn_daemon(bin, large);
         let vm = connect(&daemon);
         Ours {
             bin: bin.to_owned(),
@@ -146,7 +159,69 @@ impl Ours {
             daemon,
             vm,
             listener,
+            large,
         }
+    }
+
+    /// Opens a context on [`LARGE_CHANNEL`] with a [`LARGE_RING`]-byte channel ring, asking
+    /// for large rings in INIT (bit 0 of the header's padding word).
+    fn open_large(&mut self) -> Result<(CrossDomainContext, UnixStream), String> {
+        let vm = &mut self.vm;
+        let id = vm.next_ctx_id();
+        check_ok(&vm.ctx_create(id, CAPSET_CROSS_DOMAIN), "CTX_CREATE")?;
+        let q = vm.next_resource_id();
+        let query_ring = vm.create_guest_blob(q, CD_RING_SIZE);
+        check_ok(&vm.ctx_attach(id, q), "CTX_ATTACH_RESOURCE")?;
+        let c = vm.next_resource_id();
+        // One guest range, as the lean driver's POLL reads the ring (a guest kernel maps the
+        // pages contiguously for the program anyway).
+        vm.set_blob_pieces(1);
+        let channel_ring = vm.create_guest_blob(c, LARGE_RING as u64);
+        vm.set_blob_pieces(2);
+        check_ok(&vm.ctx_attach(id, c), "CTX_ATTACH_RESOURCE")?;
+        let ctx = CrossDomainContext {
+            ctx_id: id,
+            query_ring,
+            channel_ring,
+        };
+        let mut init = cd_init(q, c, LARGE_CHANNEL);
+        init[4..8].copy_from_slice(&1u32.to_le_bytes());
+        check_ok(&ctx.submit(vm, &init), "INIT (large ring)")?;
+        let host = accept_timeout(&self.listener, T).ok_or("the daemon did not connect")?;
+        host.set_nonblocking(false)
+            .map_err(err("set_nonblocking"))?;
+        Ok((ctx, host))
+    }
+
+    /// The bulk cases: each transfer with 4 KiB-ring (or protocol-sized) messages on a
+    /// context of [`CHANNEL`], then with large ones on a context of [`LARGE_CHANNEL`].
+    fn bulk(&mut self, case: Case, p: &Params) -> RepResult {
+        if self.driver != Driver::Lean {
+            return Err("n/a (the bulk cases have the lean driver only)".into());
+        }
+        if !self.large {
+            *self = Self::start_with(&self.bin.clone(), self.driver, true);
+        }
+        let span = counters::Span::start(self.daemon.pid(), p.count_syscalls);
+        let mut values = Vec::new();
+        for large in [false, true] {
+            let (ctx, host) = if large {
+                self.open_large()?
+            } else {
+                self.open()?
+            };
+            let keep = host.try_clone().map_err(err("dup"))?;
+            let r = crate::lean::bulk(&mut self.vm, &ctx, case, host, p.bulk_bytes, large);
+            self.close(ctx)?;
+            drop(keep);
+            values.extend(r?);
+        }
+        let costs = span.stop();
+        // Stream and pipe, small then large: reorder to the metrics' order.
+        let v = |i: usize| values[i];
+        let mut o = Outcome::new(vec![v(0), v(2), v(1), v(3)], 0);
+        o.costs = Some(costs);
+        Ok(o)
     }
 
     /// Opens a context on the channel and accepts the daemon's connection to the host service.
@@ -176,6 +251,9 @@ impl Ours {
         }
         if !self.daemon.is_running() {
             return Err("the daemon exited".into());
+        }
+        if matches!(case, Case::BulkToGuest | Case::BulkToHost) {
+            return self.bulk(case, p);
         }
         let (ctx, host) = self.open()?;
         // The host service threads drop their end when done; this copy keeps the channel open
@@ -223,7 +301,7 @@ impl Ours {
             Case::FdPipeToGuest => self.fd_pipe_to_guest(ctx, host, p.fd_msgs),
             Case::FdPipeToHost => self.fd_pipe_to_host(ctx, host, p.fd_msgs),
             Case::FdMemfd => self.fd_memfd(ctx, host, p.memfd_msgs),
-            Case::Memory => unreachable!(),
+            Case::BulkToGuest | Case::BulkToHost | Case::Memory => unreachable!(),
         }
     }
 
@@ -503,7 +581,7 @@ impl Ours {
 /// A fresh daemon: VmRSS once the VMM is connected, and with RSS_CONTEXTS contexts connected
 /// to the host service, each with a POLL pending (as sommelier keeps one).
 fn memory(bin: &Path) -> RepResult {
-    let (mut daemon, listener) = spawn_daemon(bin);
+    let (mut daemon, listener) = spawn_daemon(bin, false);
     let mut vm = connect(&daemon);
     // Let the daemon finish the handshake's work before reading /proc.
     std::thread::sleep(Duration::from_millis(50));

@@ -248,6 +248,9 @@ impl Peer {
         if case == Case::Memory {
             return self.memory();
         }
+        if matches!(case, Case::BulkToGuest | Case::BulkToHost) {
+            return Err("n/a (bulk cases: the limit and ours only)".into());
+        }
         let (ctx, host) = self.open()?;
         // The host service threads drop their end when done; this copy keeps the channel open
         // until the context is gone, so no channel hang-up overtakes the guest's last message.
@@ -261,7 +264,7 @@ impl Peer {
             Case::FdPipeToGuest => self.fd_pipe_to_guest(&ctx, host, p.fd_msgs),
             Case::FdPipeToHost => self.fd_pipe_to_host(&ctx, host, p.fd_msgs),
             Case::FdMemfd => self.fd_memfd(&ctx, host, p.memfd_msgs),
-            Case::Memory => unreachable!(),
+            Case::BulkToGuest | Case::BulkToHost | Case::Memory => unreachable!(),
         };
         self.close(ctx)?;
         drop(keep);

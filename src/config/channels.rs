@@ -2,9 +2,10 @@
 //!
 //! This file owns [`ChannelTable`] (channel type → host Unix socket, with its invariants: no
 //! reserved type, each type once, a non-empty path that fits a socket address) and the parsers
-//! of `--channel TYPE:PATH[,fds=LIST]` and `--wayland-sock PATH[,name=NAME]`. Per-channel
-//! options (`TYPE:PATH,OPTION…`; today only `fds=`, the channel's [`FdPolicy`]) belong here
-//! too, next to the syntax they extend. It must never look at the file system: whether a socket
+//! of `--channel TYPE:PATH[,fds=LIST][,ring=SIZE]` and `--wayland-sock PATH[,name=NAME]`.
+//! Per-channel options (`TYPE:PATH,OPTION…`: `fds=`, the channel's [`FdPolicy`]; `ring=`, the
+//! most of a large channel ring a message fills) belong here too, next to the syntax they
+//! extend. It must never look at the file system: whether a socket
 //! exists is for the connection, not for the table.
 
 use std::collections::BTreeMap;
@@ -30,6 +31,8 @@ pub struct ChannelTable {
     paths: BTreeMap<u32, PathBuf>,
     /// The policies given with `fds=`, only for types in `paths`.
     fds: BTreeMap<u32, FdPolicy>,
+    /// The ring sizes given with `ring=`, only for types in `paths`.
+    rings: BTreeMap<u32, usize>,
 }
 
 impl ChannelTable {
@@ -82,6 +85,9 @@ impl ChannelTable {
         if let Some(policy) = spec.fds {
             self.fds.insert(spec.channel_type, policy);
         }
+        if let Some(size) = spec.ring {
+            self.rings.insert(spec.channel_type, size);
+        }
         Ok(())
     }
 
@@ -104,6 +110,26 @@ impl ChannelTable {
             .get(&channel_type)
             .copied()
             .unwrap_or_else(|| FdPolicy::default_for(channel_type))
+    }
+
+    /// The most of a channel ring one RECEIVE or READ of channel `channel_type` may fill for a
+    /// context that asks for large rings (`ring=`): `None` when the channel offers none, and
+    /// every context gets the 4096-byte messages of every peer.
+    pub fn large_ring(&self, channel_type: u32) -> Option<usize> {
+        self.rings.get(&channel_type).copied()
+    }
+
+    /// True when some channel offers large rings (the capset then has its fifth word).
+    pub fn has_large_rings(&self) -> bool {
+        !self.rings.is_empty()
+    }
+
+    /// The capset's `large_ring_channels` word: bit `t` set for every type `t < 32` with `ring=`.
+    pub fn large_ring_mask(&self) -> u32 {
+        self.rings
+            .keys()
+            .filter_map(|&t| 1u32.checked_shl(t))
+            .fold(0, |mask, bit| mask | bit)
     }
 
     /// The capset's `supported_channels` word: bit `t` set for every configured type `t < 32`.
@@ -185,7 +211,7 @@ pub fn parse_channel_spec(s: &str) -> Result<(u32, PathBuf), ConfigError> {
     Ok((channel_type, PathBuf::from(path)))
 }
 
-/// One `--channel TYPE:PATH[,fds=LIST]` argument, parsed; whether its type is already taken is
+/// One `--channel TYPE:PATH[,fds=LIST][,ring=SIZE]` argument, parsed; whether its type is already taken is
 /// checked when it is added to a table ([`ChannelTable::add_spec`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelSpec {
@@ -195,19 +221,52 @@ pub struct ChannelSpec {
     pub path: PathBuf,
     /// The policy `fds=` gives, if given.
     pub fds: Option<FdPolicy>,
+    /// The ring size `ring=` gives, if given (within [`MIN_RING`]..=[`MAX_RING`]).
+    pub ring: Option<usize>,
     /// The argument as given, for messages.
     pub arg: String,
 }
 
 /// What starts the options of a `--channel` value: see [`ChannelSpec::parse`].
 const FDS_OPTION: &str = "fds=";
+/// The large-ring option.
+const RING_OPTION: &str = "ring=";
+/// The smallest `ring=`: the ring every peer fills (4096 bytes).
+pub const MIN_RING: usize = crate::cross_domain::protocol::CHANNEL_RING_MIN_SIZE;
+/// The largest `ring=` (1 MiB), which bounds what one message may take of guest memory.
+pub const MAX_RING: usize = crate::cross_domain::protocol::LARGE_RING_MAX_SIZE;
+
+/// Parses a `ring=` size: bytes, or a number with `K` or `M` (KiB, MiB), within
+/// [`MIN_RING`]..=[`MAX_RING`].
+pub fn parse_ring_size(s: &str) -> Result<usize, String> {
+    let (digits, unit) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("ring size '{s}' is not a number of bytes (or of K or M)"))?;
+    match n.checked_mul(unit) {
+        Some(size) if (MIN_RING..=MAX_RING).contains(&size) => Ok(size),
+        _ => Err(format!(
+            "ring size '{s}' is outside {MIN_RING} bytes to 1M (the ring every peer fills, \
+             and the most one message may take)"
+        )),
+    }
+}
 
 impl ChannelSpec {
-    /// Parses a `--channel TYPE:PATH[,fds=LIST]` value. The path ends at the first `,fds=`;
-    /// the options follow, `,`-separated ([`ChannelSpec::with_options`]). A path that contains
-    /// `,` but no `,fds=` is taken whole, as it always was (see [`parse_channel_spec`]).
+    /// Parses a `--channel TYPE:PATH[,fds=LIST][,ring=SIZE]` value. The path ends at the
+    /// first `,fds=` or `,ring=`; the options follow, `,`-separated
+    /// ([`ChannelSpec::with_options`]). A path that contains `,` but neither is taken whole,
+    /// as it always was (see [`parse_channel_spec`]).
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        let (channel, options) = match s.find(&format!(",{FDS_OPTION}")) {
+        let first = [FDS_OPTION, RING_OPTION]
+            .iter()
+            .filter_map(|o| s.find(&format!(",{o}")))
+            .min();
+        let (channel, options) = match first {
             Some(comma) => (&s[..comma], Some(&s[comma + 1..])),
             None => (s, None),
         };
@@ -227,15 +286,32 @@ impl ChannelSpec {
             channel_type,
             path,
             fds: None,
+            ring: None,
             arg: arg.to_owned(),
         })
     }
 
     /// This channel with the `,`-separated `options` (the text after the path's `,`): `fds=LIST`
-    /// at most once. Any other option is refused.
+    /// and `ring=SIZE`, each at most once. Any other option is refused.
     pub fn with_options(mut self, options: &str) -> Result<Self, ConfigError> {
         let (flag, value) = (CHANNEL_FLAG, self.arg.clone());
         for option in options.split(',') {
+            if let Some(size) = option.strip_prefix(RING_OPTION) {
+                if self.ring.is_some() {
+                    return Err(ConfigError::RepeatedChannelOption {
+                        flag,
+                        value,
+                        option: RING_OPTION,
+                    });
+                }
+                let size = parse_ring_size(size).map_err(|reason| ConfigError::InvalidRing {
+                    flag,
+                    value: value.clone(),
+                    reason,
+                })?;
+                self.ring = Some(size);
+                continue;
+            }
             let Some(list) = option.strip_prefix(FDS_OPTION) else {
                 return Err(ConfigError::UnknownChannelOption {
                     flag,

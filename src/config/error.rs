@@ -97,6 +97,14 @@ pub enum ConfigError {
         reason: FdPolicyError,
     },
 
+    /// `--channel TYPE:PATH,ring=SIZE` with a SIZE that is not one, or out of bounds.
+    #[error("{flag} '{value}': {reason}")]
+    InvalidRing {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+
     /// `--wayland-sock PATH,name=NAME` with a name.
     #[error(
         "{flag} '{value}': a named socket (name={name}) belongs to crosvm's virtio-wl device; \
@@ -259,6 +267,7 @@ impl ConfigError {
             | Self::UnknownChannelOption { flag, value, .. }
             | Self::RepeatedChannelOption { flag, value, .. }
             | Self::InvalidFds { flag, value, .. }
+            | Self::InvalidRing { flag, value, .. }
             | Self::NamedWaylandSock { flag, value, .. }
             | Self::WaylandSockOption { flag, value, .. }
             | Self::SocketGroupWithoutPath { flag, value, .. } => {

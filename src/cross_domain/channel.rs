@@ -20,21 +20,22 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use log::info;
-use nix::sys::epoll::{Epoll, EpollEvent};
+use nix::sys::epoll::{EpollEvent, EpollFlags};
 
 use super::backlog::HoldToken;
-use super::delivery::{token, Turn, CHANNEL_TOKEN, SOURCE_EVENTS};
+use super::delivery::{token, Turn, CHANNEL_EVENTS, CHANNEL_TOKEN};
 use super::env::{Connector, Env, Submission};
 use super::error::CtxError;
 use super::eventfds::Eventfd;
+use super::hostpoll::HostPoll;
 use super::io::{self as cdio, FdKind, Received};
 use super::items::{Item, ItemTable, MAX_ITEMS};
 use super::peer::{Peer, PeerError};
 use super::pipes::WritePipe;
 use super::policy::{FdClass, FdPolicy};
 use super::protocol::{
-    SendReceive, CMD_RECEIVE, ID_TYPE_SOCKET, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE,
-    MAX_IDENTIFIERS, MAX_RECEIVE_DATA,
+    SendReceive, CHANNEL_RING_MIN_SIZE, CMD_RECEIVE, ID_TYPE_SOCKET, ID_TYPE_VIRTGPU_BLOB,
+    ID_TYPE_WRITE_PIPE, MAX_IDENTIFIERS,
 };
 use super::sockets::{Parked, SocketUuid};
 use crate::counters::{self, ChannelCounters, OpenContext};
@@ -55,8 +56,13 @@ pub(super) struct Channel {
     origin: u32,
     /// The identifier type an eventfd gets in RECEIVE (docs/protocol.md §8.2).
     eventfd_type: u32,
-    /// Epoll reported it readable and it has not returned `EAGAIN` since.
+    /// Epoll reported it readable and it has not been found drained since (`EAGAIN`, or a
+    /// short read that [`Channel::drained_by`] trusts).
     readable: bool,
+    /// Read until `EAGAIN`: a short read may leave bytes behind (see
+    /// [`Channel::drained_by`]). Set for an adopted socket, which may pass credentials, and
+    /// for good once epoll reported out-of-band data, a hang-up or an error.
+    read_to_eagain: bool,
     /// The service hung up (or the socket failed, or the daemon hung up); nothing more is read.
     eof: bool,
     /// The daemon hung the channel up (a message it could not deliver whole): SENDs fail.
@@ -143,7 +149,7 @@ impl Channel {
     /// carries the fds `policy` names.
     pub fn connect(
         connector: &dyn Connector,
-        epoll: &Epoll,
+        epoll: &HostPoll,
         ctx_id: u32,
         channel_type: u32,
         path: &Path,
@@ -173,7 +179,7 @@ impl Channel {
     /// Make the parked socket `parked`, adopted under `uuid` by a 36-byte INIT of context
     /// `ctx_id`, its channel (type 0xFFFFFFFF), carrying what its first channel carried.
     pub fn adopt(
-        epoll: &Epoll,
+        epoll: &HostPoll,
         ctx_id: u32,
         channel_type: u32,
         uuid: SocketUuid,
@@ -194,11 +200,15 @@ impl Channel {
             parked.policy,
         )?;
         chan.origin = parked.origin;
+        // Its maker may have turned credential passing on (or may do so later, through a
+        // copy it kept), and asking costs a `getsockopt` the sandbox does not allow: read it
+        // until EAGAIN.
+        chan.read_to_eagain = true;
         Ok(chan)
     }
 
     fn watch(
-        epoll: &Epoll,
+        epoll: &HostPoll,
         ctx_id: u32,
         sock: OwnedFd,
         channel_type: u32,
@@ -208,16 +218,19 @@ impl Channel {
     ) -> Result<Self, CtxError> {
         let tok = token(ctx_id, CHANNEL_TOKEN);
         epoll
-            .add(&sock, EpollEvent::new(SOURCE_EVENTS, tok))
+            .add(&sock, EpollEvent::new(CHANNEL_EVENTS, tok))
             .map_err(|e| CtxError::HostIo(e.into()))?;
         Ok(Channel {
-            peer: Peer::socket(sock, tok, SOURCE_EVENTS),
+            peer: Peer::socket(sock, tok, CHANNEL_EVENTS),
             channel_type,
             host,
             policy,
             origin: channel_type,
             eventfd_type,
             readable: true,
+            // The daemon's own sockets never pass credentials; a parked socket may (the host
+            // service made it, and may still hold it): see `adopt`.
+            read_to_eagain: false,
             eof: false,
             closed_here: false,
             stats: counters::for_type(channel_type).open(),
@@ -297,10 +310,39 @@ impl Channel {
         }
     }
 
+    /// Epoll's event mask for the socket, before [`Channel::on_event`]: out-of-band data
+    /// (`EPOLLPRI`), a hang-up or an error make short reads untrustworthy for good.
+    pub fn note_events(&mut self, events: EpollFlags) {
+        if events.intersects(
+            EpollFlags::EPOLLPRI
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLHUP
+                | EpollFlags::EPOLLERR,
+        ) {
+            self.read_to_eagain = true;
+        }
+    }
+
+    /// Whether a `recvmsg` that returned `len` bytes of a buffer of `cap`, with `fds` fds,
+    /// left the socket empty, so that the next read would only find `EAGAIN` and the channel
+    /// can wait for epoll's next edge instead.
+    ///
+    /// A Unix stream `recvmsg` returns less than asked while bytes remain queued only when it
+    /// stops at a message boundary the kernel keeps: after a message that carried fds (then
+    /// `fds` is not empty, or the fds were cut off), before another sender's credentials (only
+    /// on a socket that passes credentials), or at an out-of-band mark (reported as
+    /// `EPOLLPRI`). Outside those cases a short read consumed everything queued when it ran,
+    /// and anything queued later raises a new edge-triggered event: no byte waits unseen.
+    fn drained_by(&self, len: usize, cap: usize, fds: usize, truncated: bool) -> bool {
+        !self.read_to_eagain && len < cap && fds == 0 && !truncated
+    }
+
     /// Its turn in the rotation: `recvmsg` one message straight into the channel `ring` as a
     /// RECEIVE, its fds stored in `items`. At end of file (or on an error, or when the message
     /// cannot be delivered whole) the RECEIVE is the one empty message of docs/protocol.md
-    /// §4.5 and the channel is done.
+    /// §4.5 and the channel is done. The message fills at most a 4096-byte ring, as every
+    /// peer's: [`Channel::deliver_up_to`] for a large ring.
+    #[cfg(test)]
     pub fn deliver(
         &mut self,
         env: &mut Env<'_>,
@@ -308,12 +350,25 @@ impl Channel {
         items: &mut ItemTable,
         ring: &SgList,
     ) -> Turn {
+        self.deliver_up_to(env, who, items, ring, CHANNEL_RING_MIN_SIZE)
+    }
+
+    /// [`Channel::deliver`] into at most `limit` bytes of the ring (a context with a large
+    /// ring, docs/protocol.md "Large channel rings"; never less than 4096).
+    pub fn deliver_up_to(
+        &mut self,
+        env: &mut Env<'_>,
+        who: Who<'_>,
+        items: &mut ItemTable,
+        ring: &SgList,
+        limit: usize,
+    ) -> Turn {
         let ctx_id = who.ctx_id;
         if !self.readable || self.eof {
             return Turn::Idle;
         }
         let hdr_len = std::mem::size_of::<SendReceive>();
-        let cap = MAX_RECEIVE_DATA.min(ring.len() - hdr_len);
+        let cap = ring.len().min(limit.max(CHANNEL_RING_MIN_SIZE)) - hdr_len;
         let scratch = &mut *env.scratch;
         scratch.iov.clear();
         if let Err(e) = ring.iovecs(env.mem, hdr_len, cap, &mut scratch.iov) {
@@ -336,6 +391,10 @@ impl Channel {
                 return Turn::Idle;
             }
             Ok(Received::Data { len, truncated_fds }) => {
+                if self.drained_by(len, cap, env.scratch.fds.len(), truncated_fds) {
+                    // Saves the `recvmsg` that would only return EAGAIN at the next POLL.
+                    self.readable = false;
+                }
                 let mut fds = std::mem::take(&mut env.scratch.fds);
                 let admitted = self.admit(env, ctx_id, items, &mut msg, &mut fds, truncated_fds);
                 // Whatever was not admitted closes here.
@@ -365,7 +424,9 @@ impl Channel {
                 Turn::ServedLast
             }
         };
-        msg.hdr.cmd_size = (hdr_len + msg.opaque_data_size as usize) as u16;
+        // Past 64 KiB (large rings only) `cmd_size` saturates: `opaque_data_size` counts.
+        msg.hdr.cmd_size =
+            u16::try_from(hdr_len + msg.opaque_data_size as usize).unwrap_or(u16::MAX);
         if let Err(e) = ring.write_obj(env.mem, 0, &msg) {
             guest_warn!(env.limiter, "ctx {ctx_id}: channel ring write failed: {e}");
         }
@@ -485,7 +546,7 @@ impl Channel {
     }
 
     /// Stop watching the socket and drop what waits for it (it closes when dropped).
-    pub fn close(&mut self, epoll: &Epoll, released: &mut Vec<HoldToken>, who: Who<'_>) {
+    pub fn close(&mut self, epoll: &HostPoll, released: &mut Vec<HoldToken>, who: Who<'_>) {
         self.peer.close(epoll, released);
         info!(
             "ctx {} ({}): closing channel {:#x} ({})",

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 
 use cross_domain_protocol::channel::CHANNEL_TYPE_INTERNAL_SOCKET;
 use log::{debug, info};
-use nix::sys::epoll::{Epoll, EpollFlags};
+use nix::sys::epoll::EpollFlags;
 use vm_memory::ByteValued;
 
 use super::backlog::HoldToken;
@@ -23,6 +23,7 @@ use super::delivery::{Rotation, Source, Turn, CHANNEL_TOKEN};
 use super::env::{Env, Lookup, ResourceView, Submission};
 use super::error::CtxError;
 use super::eventfds;
+use super::hostpoll::HostPoll;
 use super::items::{next_read_pipe_id, Item, ItemTable, MAX_ITEMS};
 use super::peer::PeerError;
 use super::pipes::ReadPipe;
@@ -85,6 +86,10 @@ struct Connection {
     query_ring: SgList,
     /// Receives RECEIVE and READ messages (the query ring again for a query-only context).
     channel_ring: SgList,
+    /// The most of `channel_ring` one message fills: 4096 bytes, as every peer, unless the
+    /// guest asked for a large ring and the channel offers one (docs/protocol.md "Large
+    /// channel rings").
+    ring_limit: usize,
     channel: Option<Channel>,
 }
 
@@ -262,6 +267,8 @@ impl Context {
             }
             _ => return Err(cmd.bad_size()),
         };
+        let hdr: CmdHeader = cmd.read(env)?;
+        let large = hdr.pad & INIT_FLAG_LARGE_RING != 0;
         let query_ring = ring(res, query_id, std::mem::size_of::<ImageRequirements>())?;
         if channel_type == 0 {
             info!(
@@ -271,6 +278,7 @@ impl Context {
             self.conn = Some(Connection {
                 channel_ring: query_ring.clone(),
                 query_ring,
+                ring_limit: CHANNEL_RING_MIN_SIZE,
                 channel: None,
             });
             return Ok(());
@@ -304,8 +312,21 @@ impl Context {
                 policy,
             )?
         };
+        // The guest asks in the header's padding word; the channel (the one the socket came
+        // from, for an adopted socket) must offer it; the ring's size bounds it.
+        let ring_limit = match (large, env.channels.large_ring(channel.origin())) {
+            (true, Some(max)) => max.min(channel_ring.len()).max(CHANNEL_RING_MIN_SIZE),
+            _ => CHANNEL_RING_MIN_SIZE,
+        };
+        let ring_note = if ring_limit > CHANNEL_RING_MIN_SIZE {
+            format!(", large ring: {ring_limit} bytes")
+        } else if large {
+            ", large ring asked for, not offered".to_owned()
+        } else {
+            String::new()
+        };
         info!(
-            "ctx {} ({}): INIT channel {:#x} -> {} (fds: {})",
+            "ctx {} ({}): INIT channel {:#x} -> {} (fds: {}{ring_note})",
             self.id,
             self.name,
             channel_type,
@@ -315,6 +336,7 @@ impl Context {
         self.conn = Some(Connection {
             query_ring,
             channel_ring,
+            ring_limit,
             channel: Some(channel),
         });
         self.pages = env.partial_pages;
@@ -395,6 +417,7 @@ impl Context {
         let Some(conn) = self.conn.as_mut() else {
             return Err(CtxError::NotInitialized);
         };
+        let ring_limit = conn.ring_limit;
         let Some(chan) = conn.channel.as_mut() else {
             return Err(CtxError::NoChannel);
         };
@@ -421,7 +444,7 @@ impl Context {
                         return Err(CtxError::TooManyItems);
                     }
                     last_pipe = expected;
-                    let (r, w) = ReadPipe::create()?;
+                    let (r, w) = ReadPipe::create_for_ring(ring_limit)?;
                     fds.push(w);
                     pipes.push((id, r));
                 }
@@ -511,7 +534,7 @@ impl Context {
     }
 
     /// Remove item `id`, take it out of the rotation, stop watching it and close it.
-    fn remove_item(&mut self, epoll: &Epoll, id: u32, released: &mut Vec<HoldToken>) {
+    fn remove_item(&mut self, epoll: &HostPoll, id: u32, released: &mut Vec<HoldToken>) {
         if let Some(item) = self.items.remove(id) {
             if let Some(src) = item.source(id) {
                 self.delivery.remove(src);
@@ -548,6 +571,7 @@ impl Context {
         let ctx_id = self.id;
         if src == CHANNEL_TOKEN {
             if let Some(chan) = self.conn.as_mut().and_then(|c| c.channel.as_mut()) {
+                chan.note_events(events);
                 chan.on_event(env, ctx_id, readable, writable);
             }
             return;
@@ -586,12 +610,15 @@ impl Context {
         let mut finished_pipe = None;
         let served = self.delivery.serve(|src| match src {
             Source::Channel => match conn.channel.as_mut() {
-                Some(chan) => chan.deliver(env, who, items, &conn.channel_ring),
+                Some(chan) => {
+                    chan.deliver_up_to(env, who, items, &conn.channel_ring, conn.ring_limit)
+                }
                 None => Turn::Idle,
             },
             Source::ReadPipe(id) => match items.get_mut(id) {
                 Some(Item::ReadPipe(pipe)) => {
-                    let turn = pipe.deliver(env, &conn.channel_ring, who.ctx_id, id);
+                    let ring = &conn.channel_ring;
+                    let turn = pipe.deliver_up_to(env, ring, conn.ring_limit, who.ctx_id, id);
                     if turn == Turn::ServedLast {
                         finished_pipe = Some(id);
                     }
@@ -616,7 +643,7 @@ impl Context {
     /// output go to `released`. Stored image requirements stay (they hold no host resource)
     /// for [`Context::image_count`], which the device reads afterwards to return them to the
     /// VM's budget.
-    pub fn teardown(&mut self, epoll: &Epoll, released: &mut Vec<HoldToken>) -> Option<u64> {
+    pub fn teardown(&mut self, epoll: &HostPoll, released: &mut Vec<HoldToken>) -> Option<u64> {
         if let Some(conn) = self.conn.take() {
             if let Some(mut chan) = conn.channel {
                 chan.close(epoll, released, self.who());
@@ -634,7 +661,7 @@ impl Context {
 
 /// Stop watching a removed item and close it (its queued output is dropped, releasing the
 /// requests it held).
-fn close_item(mut item: Item, epoll: &Epoll, released: &mut Vec<HoldToken>) {
+fn close_item(mut item: Item, epoll: &HostPoll, released: &mut Vec<HoldToken>) {
     match &mut item {
         Item::WritePipe(pipe) => pipe.close(epoll, released),
         Item::ReadPipe(pipe) => pipe.close(epoll),

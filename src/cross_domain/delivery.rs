@@ -33,6 +33,10 @@ pub(super) const SOURCE_EVENTS: EpollFlags = EpollFlags::EPOLLIN
     .union(EpollFlags::EPOLLRDHUP)
     .union(EpollFlags::EPOLLET);
 
+/// The events the channel socket is watched for: those of every source, and out-of-band data
+/// (`EPOLLPRI`), at whose mark a read stops short (see `Channel::drained_by`).
+pub(super) const CHANNEL_EVENTS: EpollFlags = SOURCE_EVENTS.union(EpollFlags::EPOLLPRI);
+
 /// The epoll token of source `src` (the channel's [`CHANNEL_TOKEN`] or an item id) of
 /// context `ctx_id`.
 pub(super) fn token(ctx_id: u32, src: u32) -> u64 {

@@ -12,10 +12,9 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags};
-
 use super::backlog::{Backlog, Flush, HoldToken};
 use super::blobs::PartialPages;
+use super::hostpoll::HostPoll;
 use super::io::CmsgBuf;
 use super::policy::FdPolicy;
 use super::sockets::ParkedSockets;
@@ -69,7 +68,7 @@ unsafe impl Send for Scratch {}
 /// [`Shared::env`], so that every operation sees the same device-wide pieces.
 pub struct Env<'a> {
     pub(super) mem: &'a GuestMem,
-    pub(super) epoll: &'a Epoll,
+    pub(super) epoll: &'a HostPoll,
     pub(super) channels: &'a ChannelTable,
     pub(super) connector: &'a dyn Connector,
     pub(super) scratch: &'a mut Scratch,
@@ -102,7 +101,7 @@ pub struct Submission {
 /// time as an [`Env`]: the epoll set of host fds, the channel table, the [`Connector`], the
 /// VMM's [`PartialPages`] behaviour, the VM's [`ParkedSockets`] and the scratch buffers.
 pub struct Shared {
-    epoll: Epoll,
+    epoll: HostPoll,
     channels: ChannelView,
     connector: Arc<dyn Connector>,
     partial_pages: PartialPages,
@@ -119,7 +118,7 @@ impl Shared {
         partial_pages: PartialPages,
     ) -> stdio::Result<Self> {
         Ok(Shared {
-            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            epoll: HostPoll::new()?,
             channels: channels.into(),
             connector,
             partial_pages,
@@ -139,8 +138,8 @@ impl Shared {
         self.parked.purge();
     }
 
-    /// The epoll set of every context's host fds; its events carry `token_parts` tokens.
-    pub fn epoll(&self) -> &Epoll {
+    /// The registry of every context's host fds; its events carry `token_parts` tokens.
+    pub fn epoll(&self) -> &HostPoll {
         &self.epoll
     }
 
@@ -241,7 +240,7 @@ impl TestEnv {
             .env(&self.mem, &mut self.limiter, &mut self.released)
     }
 
-    pub fn epoll(&self) -> &Epoll {
+    pub fn epoll(&self) -> &HostPoll {
         self.shared.epoll()
     }
 

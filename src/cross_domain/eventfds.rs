@@ -22,12 +22,13 @@ use std::io as stdio;
 use std::os::fd::{AsFd, OwnedFd};
 
 use log::debug;
-use nix::sys::epoll::{Epoll, EpollEvent};
+use nix::sys::epoll::EpollEvent;
 
 use super::context::Cmd;
 use super::delivery::{token, Rotation, Source, Turn, SOURCE_EVENTS};
 use super::env::Env;
 use super::error::CtxError;
+use super::hostpoll::HostPoll;
 use super::io as cdio;
 use super::items::{Item, ItemTable};
 use super::protocol::{CmdHeader, ReadEventfd, ReadWrite, CMD_READ};
@@ -136,7 +137,7 @@ impl Eventfd {
     }
 
     /// Start watching it as item `id` of context `ctx_id` (once; again is a no-op).
-    fn watch(&mut self, epoll: &Epoll, ctx_id: u32, id: u32) -> Result<(), CtxError> {
+    fn watch(&mut self, epoll: &HostPoll, ctx_id: u32, id: u32) -> Result<(), CtxError> {
         if self.watched {
             return Ok(());
         }
@@ -150,7 +151,7 @@ impl Eventfd {
     }
 
     /// Stop watching it (it closes when dropped).
-    pub fn close(&mut self, epoll: &Epoll) {
+    pub fn close(&mut self, epoll: &HostPoll) {
         if self.watched {
             let _ = epoll.delete(&self.fd);
             self.watched = false;

@@ -153,6 +153,20 @@ pub fn shutdown(sock: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Ask for a pipe buffer of `size` bytes (`F_SETPIPE_SZ`; the kernel rounds up to a power of
+/// two of pages and refuses more than `/proc/sys/fs/pipe-max-size` to an unprivileged process).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<()> {
+    let size =
+        libc::c_int::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: F_SETPIPE_SZ takes an int argument, no pointer; `fd` is a valid descriptor
+    // (borrowed) and a failure leaves the pipe as it was.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Put an fd in non-blocking mode.
 ///
 /// One `ioctl(FIONBIO)`, which sets `O_NONBLOCK` alone on the open file description and leaves

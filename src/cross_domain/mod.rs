@@ -12,7 +12,7 @@
 //! peer), `backlog.rs` (its queue), `items.rs` (the item table and id ranges), `pipes.rs`
 //! (READ and WRITE), `eventfds.rs` (eventfds: commands 11 and 12, their READ and WRITE),
 //! `sockets.rs` (received sockets, command 13 and the VM's parked sockets), `policy.rs` (which
-//! kinds of fd a channel carries),
+//! kinds of fd a channel carries), `hostpoll.rs` (where host fds are watched),
 //! `blobs.rs` (blob memory, image requirements), `delivery.rs` (the rotation over sources,
 //! epoll tokens), `env.rs` (what the device lends a context), `unserved.rs` (what the daemon
 //! cannot serve, logged once per context), `error.rs`, and the leaf modules [`image`], [`io`],
@@ -26,6 +26,7 @@ mod delivery;
 mod env;
 mod error;
 mod eventfds;
+mod hostpoll;
 pub mod image;
 pub mod io;
 mod items;
@@ -43,6 +44,7 @@ pub use context::{capabilities, Context};
 pub use delivery::token_parts;
 pub use env::{Connector, Env, Lookup, ResourceView, Shared, Submission};
 pub use error::CtxError;
+pub use hostpoll::{HostEvent, HostPoll};
 pub use items::MAX_ITEMS;
 pub use peer::{MAX_BACKLOG_BYTES, MAX_HELD_PER_PEER};
 pub use policy::{FdClass, FdPolicy, FdPolicyError};

@@ -14,11 +14,12 @@
 use std::io as stdio;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::epoll::{EpollEvent, EpollFlags};
 
 use super::backlog::{Backlog, Flush, HoldToken};
 use super::env::{Env, Submission};
 use super::error::CtxError;
+use super::hostpoll::HostPoll;
 use super::io as cdio;
 use crate::guest_mem::SgList;
 
@@ -228,7 +229,7 @@ impl Peer {
         }
     }
 
-    fn arm(&mut self, epoll: &Epoll) -> Result<(), CtxError> {
+    fn arm(&mut self, epoll: &HostPoll) -> Result<(), CtxError> {
         let r = match self.idle {
             Some(idle) => {
                 let mut ev = EpollEvent::new(idle | EpollFlags::EPOLLOUT, self.token);
@@ -244,7 +245,7 @@ impl Peer {
         Ok(())
     }
 
-    fn disarm(&mut self, epoll: &Epoll) {
+    fn disarm(&mut self, epoll: &HostPoll) {
         if !self.armed {
             return;
         }
@@ -262,7 +263,7 @@ impl Peer {
 
     /// The fd will not be read any more (the channel hung up): keep it registered only while
     /// output waits.
-    pub fn stop_reading(&mut self, epoll: &Epoll) {
+    pub fn stop_reading(&mut self, epoll: &HostPoll) {
         if self.idle.take().is_some() && !self.armed {
             let _ = epoll.delete(&self.fd);
         }
@@ -270,7 +271,7 @@ impl Peer {
 
     /// Drop what waits (its held requests are released) and stop watching the fd. The fd
     /// itself closes when the peer is dropped.
-    pub fn close(&mut self, epoll: &Epoll, released: &mut Vec<HoldToken>) {
+    pub fn close(&mut self, epoll: &HostPoll, released: &mut Vec<HoldToken>) {
         self.out.discard(released);
         if self.registered() {
             let _ = epoll.delete(&self.fd);

@@ -13,13 +13,14 @@ use std::io as stdio;
 use std::os::fd::{AsFd, OwnedFd};
 
 use log::debug;
-use nix::sys::epoll::{Epoll, EpollEvent};
+use nix::sys::epoll::EpollEvent;
 
 use super::backlog::Flush;
 use super::backlog::HoldToken;
 use super::delivery::{token, Turn, SOURCE_EVENTS};
 use super::env::{Env, Submission};
 use super::error::CtxError;
+use super::hostpoll::HostPoll;
 use super::io as cdio;
 use super::peer::{Peer, PeerError};
 use super::protocol::{CmdHeader, ReadWrite, CHANNEL_RING_MIN_SIZE, CMD_READ};
@@ -85,7 +86,7 @@ impl WritePipe {
     }
 
     /// Drop what waits and stop watching the pipe (it closes when dropped).
-    pub fn close(&mut self, epoll: &Epoll, released: &mut Vec<HoldToken>) {
+    pub fn close(&mut self, epoll: &HostPoll, released: &mut Vec<HoldToken>) {
         self.peer.close(epoll, released);
     }
 }
@@ -106,8 +107,23 @@ impl ReadPipe {
         Ok((r, w))
     }
 
+    /// [`ReadPipe::create`] for a context whose READs fill up to `ring_limit` bytes of its
+    /// ring: past the 4096 bytes of every peer (a large ring), the pipe's buffer is asked to
+    /// hold as much, so that one READ can carry it, where a default pipe holds 64 KiB. Best
+    /// effort: the host's limits (`pipe-max-size`, the user's pipe quota) may refuse it, and
+    /// the pipe then works as any other.
+    pub fn create_for_ring(ring_limit: usize) -> Result<(OwnedFd, OwnedFd), CtxError> {
+        let (r, w) = Self::create()?;
+        if ring_limit > CHANNEL_RING_MIN_SIZE {
+            if let Err(e) = cdio::set_pipe_size(r.as_fd(), ring_limit) {
+                debug!("read pipe buffer of {ring_limit} bytes refused: {e}");
+            }
+        }
+        Ok((r, w))
+    }
+
     /// Start watching the read end `fd` of item `id` of context `ctx_id`.
-    pub fn watch(epoll: &Epoll, ctx_id: u32, id: u32, fd: OwnedFd) -> Result<Self, CtxError> {
+    pub fn watch(epoll: &HostPoll, ctx_id: u32, id: u32, fd: OwnedFd) -> Result<Self, CtxError> {
         epoll
             .add(&fd, EpollEvent::new(SOURCE_EVENTS, token(ctx_id, id)))
             .map_err(|e| CtxError::HostIo(e.into()))?;
@@ -117,13 +133,28 @@ impl ReadPipe {
     /// Its turn in the rotation: read what the pipe holds into the channel `ring` as one READ
     /// for item `id`. A pipe that is empty (`EAGAIN`) stays idle until epoll says otherwise; at
     /// end of file (or on an error) it writes the READ with `hang_up` and is done.
+    #[cfg(test)]
     pub fn deliver(&mut self, env: &mut Env<'_>, ring: &SgList, ctx_id: u32, id: u32) -> Turn {
+        self.deliver_up_to(env, ring, CHANNEL_RING_MIN_SIZE, ctx_id, id)
+    }
+
+    /// [`ReadPipe::deliver`] into at most `limit` bytes of the ring (a context with a large
+    /// ring, docs/protocol.md "Large channel rings"; never less than 4096).
+    pub fn deliver_up_to(
+        &mut self,
+        env: &mut Env<'_>,
+        ring: &SgList,
+        limit: usize,
+        ctx_id: u32,
+        id: u32,
+    ) -> Turn {
         if !self.readable {
             return Turn::Idle;
         }
         let hdr_len = std::mem::size_of::<ReadWrite>();
-        // A READ fills at most a minimum-size ring, whatever the ring's real size.
-        let cap = (ring.len() - hdr_len).min(CHANNEL_RING_MIN_SIZE - hdr_len);
+        // A READ fills at most a minimum-size ring, whatever the ring's real size, unless the
+        // context has a large ring.
+        let cap = ring.len().min(limit.max(CHANNEL_RING_MIN_SIZE)) - hdr_len;
         let scratch = &mut *env.scratch;
         scratch.iov.clear();
         if let Err(e) = ring.iovecs(env.mem, hdr_len, cap, &mut scratch.iov) {
@@ -149,7 +180,8 @@ impl ReadPipe {
             hdr: CmdHeader {
                 cmd: CMD_READ,
                 ring_idx: 0,
-                cmd_size: (hdr_len + len) as u16,
+                // Past 64 KiB (large rings only) `cmd_size` saturates.
+                cmd_size: u16::try_from(hdr_len + len).unwrap_or(u16::MAX),
                 pad: 0,
             },
             identifier: id,
@@ -168,7 +200,7 @@ impl ReadPipe {
     }
 
     /// Stop watching the pipe (it closes when dropped).
-    pub fn close(&mut self, epoll: &Epoll) {
+    pub fn close(&mut self, epoll: &HostPoll) {
         let _ = epoll.delete(&self.fd);
     }
 }

@@ -130,6 +130,8 @@ const FCNTL_COMMANDS: &[u64] = &[
     libc::F_DUPFD_CLOEXEC as u64,
     // Write seals of memory fds from host services (mapped read-only if sealed).
     libc::F_GET_SEALS as u64,
+    // The buffer of read pipes of contexts with large rings (`ReadPipe::create_for_ring`).
+    libc::F_SETPIPE_SZ as u64,
 ];
 
 /// `ioctl` requests the daemon uses.
@@ -395,8 +397,8 @@ pub fn daemon_syscalls() -> Vec<Syscall> {
             "fcntl",
             libc::SYS_fcntl,
             When::OneOf(1, FCNTL_COMMANDS),
-            "F_GETFL, F_SETFL, F_GETFD, F_DUPFD_CLOEXEC, F_GET_SEALS only: fd flags, duplicates, \
-             memfd seals",
+            "F_GETFL, F_SETFL, F_GETFD, F_DUPFD_CLOEXEC, F_GET_SEALS, F_SETPIPE_SZ only: fd \
+             flags, duplicates, memfd seals, large read pipes",
         ),
         allow_if(
             "ioctl",

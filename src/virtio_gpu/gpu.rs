@@ -12,7 +12,9 @@
 use std::sync::Arc;
 
 use log::{debug, info};
-use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
+use std::os::fd::OwnedFd;
+
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
 
 use super::chain;
 use super::command::{self, Command, Queue};
@@ -26,7 +28,7 @@ use super::response::{response_size, Resp};
 use super::scanouts::{check_rect, Scanouts};
 use super::{Limits, ShmMapper};
 use crate::config::ChannelView;
-use crate::cross_domain::{self, image, protocol as cd, Connector, Shared, Submission};
+use crate::cross_domain::{self, image, protocol as cd, Connector, HostEvent, Shared, Submission};
 use crate::guest_mem::{GuestMem, SgList};
 use crate::guest_warn;
 use crate::ratelimit::GuestLog;
@@ -45,6 +47,8 @@ pub struct Gpu {
     /// the connector, scratch buffers.
     cd: Shared,
     events: Vec<EpollEvent>,
+    /// Events of directly watched host fds that waited while the device was stopped.
+    deferred: Vec<HostEvent>,
     limiter: GuestLog,
     req: SgList,
     resp: SgList,
@@ -52,6 +56,11 @@ pub struct Gpu {
     held: HeldRequests,
     /// Image requirements stored by all contexts (see `MAX_IMAGE_REQUIREMENTS_PER_VM`).
     images: usize,
+    /// Whether the capset has its fifth word (`large_ring_channels`): fixed when the device is
+    /// made, from the channels configured then, because a guest sizes its capset buffer once
+    /// (GET_CAPSET_INFO at probe). A reload that adds `ring=` to a device made without one
+    /// takes effect for contexts that ask, but cannot be advertised.
+    large_ring_capset: bool,
 }
 
 impl Gpu {
@@ -64,13 +73,17 @@ impl Gpu {
         shm_size: u64,
         limits: Limits,
     ) -> std::io::Result<Self> {
+        let mut cd = Shared::new(channels, connector, limits.partial_pages)?;
+        let large_ring_capset = cd.channels().has_large_rings();
         Ok(Gpu {
+            large_ring_capset,
             resources: Resources::new(shm_size, image::host_page_size(), limits),
             contexts: Contexts::new(limits),
             scanouts: Scanouts::new(num_scanouts),
             fences: Fences::default(),
-            cd: Shared::new(channels, connector, limits.partial_pages)?,
+            cd,
             events: vec![EpollEvent::empty(); EVENTS_PER_POLL],
+            deferred: Vec::new(),
             limiter: GuestLog::new(limits.max_contexts),
             req: SgList::new(),
             resp: SgList::new(),
@@ -90,10 +103,65 @@ impl Gpu {
         self.held.set_queue_size(size);
     }
 
-    /// The epoll fd of host sources (channel sockets, pipes); readable when
+    /// The device's own epoll set of host sources (channel sockets, pipes): those not watched
+    /// directly by the event loop (see [`Gpu::attach_event_loop`]). Readable when
     /// [`Gpu::handle_host_events`] has work.
     pub fn epoll(&self) -> &Epoll {
-        self.cd.epoll()
+        self.cd.epoll().nested()
+    }
+
+    /// Watch host fds registered from now on directly in the event loop's epoll set `epoll`
+    /// (a duplicate of its fd), under event ids `first..=u16::MAX`; their events come to
+    /// [`Gpu::handle_host_slot`]. Saves the second `epoll_wait` a nested set costs per wake-up.
+    pub fn attach_event_loop(&mut self, epoll: OwnedFd, first: u16) {
+        self.cd.epoll().attach(epoll, first);
+    }
+
+    /// Readiness `events` of the directly watched host fd under event id `slot`: as
+    /// [`Gpu::handle_host_events`] does for the nested set's events.
+    pub fn handle_host_slot(&mut self, mem: &GuestMem, slot: u16, events: EpollFlags) {
+        // A slot freed since the event loop took this event from epoll: nothing to do.
+        if let Some(token) = self.cd.epoll().token(slot) {
+            self.host_event(mem, token, events);
+            self.settle_released();
+        }
+    }
+
+    /// Keep the events of direct `slot` until [`Gpu::handle_deferred`] (the device is
+    /// stopped: no guest memory may be written).
+    pub fn defer_host_slot(&mut self, slot: u16, events: EpollFlags) {
+        self.cd.epoll().defer(slot, events);
+    }
+
+    /// Whether [`Gpu::handle_deferred`] has work.
+    pub fn has_deferred(&self) -> bool {
+        self.cd.epoll().has_deferred()
+    }
+
+    /// Handle the events kept while the device was stopped.
+    pub fn handle_deferred(&mut self, mem: &GuestMem) {
+        let mut evs = std::mem::take(&mut self.deferred);
+        self.cd.epoll().take_deferred(&mut evs);
+        for &(token, events) in &evs {
+            self.host_event(mem, token, events);
+        }
+        evs.clear();
+        self.deferred = evs;
+        self.settle_released();
+    }
+
+    /// One readiness event of the host source with `token`: the context takes note, then
+    /// delivers a message if a POLL waits.
+    fn host_event(&mut self, mem: &GuestMem, token: u64, events: EpollFlags) {
+        let (ctx_id, src) = cross_domain::token_parts(token);
+        let Some(ctx) = self.contexts.get_mut(ctx_id) else {
+            return;
+        };
+        let mut env = self.cd.env(mem, &mut self.limiter, self.held.released());
+        ctx.cd.on_event(&mut env, src, events);
+        if let Some(f) = ctx.cd.try_deliver(&mut env) {
+            self.fences.signal((ctx_id, cd::CHANNEL_RING), f);
+        }
     }
 
     /// Number of live contexts.
@@ -185,7 +253,10 @@ impl Gpu {
             Ok(h) => h,
             Err(_) => return Some(0),
         };
-        let need = response_size(hdr.type_);
+        let mut need = response_size(hdr.type_);
+        if hdr.type_ == CMD_GET_CAPSET && self.large_ring_capset {
+            need += cd::CAPSET_SIZE_LARGE_RINGS - std::mem::size_of::<cd::Capabilities>();
+        }
         // Only SUBMIT_3D queues output. It may be held unless it is fenced on a context ring,
         // whose timeline fixes when it completes. Unfenced (Linux >= 6.6) and globally fenced
         // (older kernels fence every execbuffer) ones may: a global fence is signalled at once
@@ -285,15 +356,7 @@ impl Gpu {
             };
             for i in 0..n {
                 let ev = self.events[i];
-                let (ctx_id, src) = cross_domain::token_parts(ev.data());
-                let Some(ctx) = self.contexts.get_mut(ctx_id) else {
-                    continue;
-                };
-                let mut env = self.cd.env(mem, &mut self.limiter, self.held.released());
-                ctx.cd.on_event(&mut env, src, ev.events());
-                if let Some(f) = ctx.cd.try_deliver(&mut env) {
-                    self.fences.signal((ctx_id, cd::CHANNEL_RING), f);
-                }
+                self.host_event(mem, ev.data(), ev.events());
             }
             self.settle_released();
             if n < self.events.len() {
@@ -358,7 +421,11 @@ impl Gpu {
                 Ok(Resp::CapsetInfo(RespCapsetInfo {
                     capset_id: CAPSET_CROSS_DOMAIN,
                     capset_max_version: 0,
-                    capset_max_size: std::mem::size_of::<cd::Capabilities>() as u32,
+                    capset_max_size: if self.large_ring_capset {
+                        cd::CAPSET_SIZE_LARGE_RINGS as u32
+                    } else {
+                        std::mem::size_of::<cd::Capabilities>() as u32
+                    },
                     ..Default::default()
                 }))
             }
@@ -366,7 +433,10 @@ impl Gpu {
                 if b.capset_id != CAPSET_CROSS_DOMAIN {
                     return Err(GpuError::InvalidParameter("unknown capset id"));
                 }
-                Ok(Resp::Capset(cross_domain::capabilities(self.cd.channels())))
+                let large = self.large_ring_capset;
+                let channels = self.cd.channels();
+                let mask = large.then(|| channels.large_ring_mask());
+                Ok(Resp::Capset(cross_domain::capabilities(channels), mask))
             }
             Command::ResourceAssignUuid(b) => {
                 self.resources.check_exists(b.resource_id)?;

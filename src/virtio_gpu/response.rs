@@ -16,7 +16,8 @@ pub(super) enum Resp {
     NoData,
     DisplayInfo,
     CapsetInfo(RespCapsetInfo),
-    Capset(cd::Capabilities),
+    /// The capset, and its fifth word `large_ring_channels` where the capset has one.
+    Capset(cd::Capabilities, Option<u32>),
     Uuid([u8; 16]),
     MapInfo(u32),
 }
@@ -28,7 +29,7 @@ impl Resp {
             Resp::NoData => RESP_OK_NODATA,
             Resp::DisplayInfo => RESP_OK_DISPLAY_INFO,
             Resp::CapsetInfo(_) => RESP_OK_CAPSET_INFO,
-            Resp::Capset(_) => RESP_OK_CAPSET,
+            Resp::Capset(..) => RESP_OK_CAPSET,
             Resp::Uuid(_) => RESP_OK_RESOURCE_UUID,
             Resp::MapInfo(_) => RESP_OK_MAP_INFO,
         }
@@ -81,10 +82,16 @@ impl Resp {
                 out.write_obj(mem, 0, &r)?;
                 size_of::<RespCapsetInfo>()
             }
-            Resp::Capset(caps) => {
+            Resp::Capset(caps, large_rings) => {
                 out.write_obj(mem, 0, &hdr)?;
                 out.write_obj(mem, h, caps)?;
-                h + size_of::<cd::Capabilities>()
+                match large_rings {
+                    Some(mask) => {
+                        out.write_obj(mem, h + size_of::<cd::Capabilities>(), mask)?;
+                        h + cd::CAPSET_SIZE_LARGE_RINGS
+                    }
+                    None => h + size_of::<cd::Capabilities>(),
+                }
             }
             Resp::Uuid(uuid) => {
                 let r = RespResourceUuid { hdr, uuid: *uuid };

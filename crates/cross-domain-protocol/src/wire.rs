@@ -54,6 +54,16 @@ pub const READ_PIPE_ID_BASE: u32 = 0x8000_0000;
 /// Size of the channel ring message the guest must be able to hold.
 pub const CHANNEL_RING_MIN_SIZE: usize = 4096;
 
+/// Project extension (`docs/protocol.md`, "Large channel rings"): bit 0 of INIT's header `pad`
+/// word asks that RECEIVE and READ fill the whole channel ring, up to [`LARGE_RING_MAX_SIZE`]
+/// bytes, where the host's channel offers it. Every known guest sends 0 there.
+pub const INIT_FLAG_LARGE_RING: u32 = 1;
+/// The largest channel ring a host fills under [`INIT_FLAG_LARGE_RING`]: 1 MiB.
+pub const LARGE_RING_MAX_SIZE: usize = 1 << 20;
+/// Size of the capset when the host offers large rings on some channel: the four words of
+/// [`Capabilities`] and `large_ring_channels` (bit `t`: channel type `t` offers them).
+pub const CAPSET_SIZE_LARGE_RINGS: usize = std::mem::size_of::<Capabilities>() + 4;
+
 /// Accepted INIT sizes: legacy (single ring), crosvm/sommelier, libkrun/muvm, magma.
 pub const INIT_SIZE_LEGACY: usize = 16;
 pub const INIT_SIZE_V1: usize = 20;

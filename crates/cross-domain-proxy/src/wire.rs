@@ -24,6 +24,9 @@ use cross_domain_protocol::wire::{
 
 /// Size of each ring (a guest blob of one 4096-byte page, as every guest uses).
 pub const RING_SIZE: usize = 4096;
+/// Size of the channel ring on a channel that offers large rings (docs/protocol.md, "Large
+/// channel rings"): the most the host fills.
+pub const LARGE_RING_SIZE: usize = cross_domain_protocol::wire::LARGE_RING_MAX_SIZE;
 /// SEND/RECEIVE header with 28 identifiers.
 pub const SEND_HEADER: usize = size_of::<SendReceive>();
 /// Most data bytes per SEND: what fits a 4096-byte ring after the header (the host reads
@@ -84,8 +87,23 @@ fn header(cmd: u8, size: usize) -> Result<CmdHeader, WireError> {
 
 /// INIT in the 20-byte form: query ring, channel ring, channel type.
 pub fn init(query_ring: u32, channel_ring: u32, channel_type: u32) -> Vec<u8> {
+    init_with(query_ring, channel_ring, channel_type, false)
+}
+
+/// [`init`], asking for large rings when `large_ring` (bit 0 of the header's padding word,
+/// docs/protocol.md "Large channel rings"): the host then fills the whole channel ring.
+pub fn init_with(
+    query_ring: u32,
+    channel_ring: u32,
+    channel_type: u32,
+    large_ring: bool,
+) -> Vec<u8> {
+    let mut hdr = fixed_header(CMD_INIT, size_of::<Init>() as u16);
+    if large_ring {
+        hdr.pad = cross_domain_protocol::wire::INIT_FLAG_LARGE_RING;
+    }
     let cmd = Init {
-        hdr: fixed_header(CMD_INIT, size_of::<Init>() as u16),
+        hdr,
         query_ring_id: query_ring,
         channel_ring_id: channel_ring,
         channel_type,
@@ -287,6 +305,22 @@ fn payload(
             size,
             ring: ring.len(),
         })
+}
+
+/// How many bytes from the start of a `ring_len`-byte channel ring the message whose first
+/// [`SEND_HEADER`] bytes (or fewer, in a smaller ring) are `head` spans, as its header says,
+/// at most `ring_len`: what a large ring's reader copies out, rather than the whole ring.
+pub fn message_len(head: &[u8], ring_len: usize) -> usize {
+    let word = |off: usize| {
+        head.get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let len = match head.first() {
+        Some(&CMD_RECEIVE) => word(12).map(|n| SEND_HEADER.saturating_add(n)),
+        Some(&CMD_READ) => word(16).map(|n| RW_HEADER.saturating_add(n)),
+        _ => None,
+    };
+    len.unwrap_or(head.len()).max(head.len()).min(ring_len)
 }
 
 /// Decodes the channel ring (the whole ring, `ring.len()` bytes).
@@ -552,5 +586,44 @@ mod tests {
         assert_eq!(ids.next_id(), u32::MAX);
         assert_eq!(ids.next_id(), 0x8000_0000, "wraps back to the base");
         assert_eq!(ids.next_id(), 0x8000_0001);
+    }
+
+    #[test]
+    fn init_asks_for_large_rings_in_the_header_padding() {
+        let plain = init(3, 4, 2);
+        assert_eq!(init_with(3, 4, 2, false), plain);
+        let large = init_with(3, 4, 2, true);
+        assert_eq!(large.len(), plain.len());
+        assert_eq!(large[4..8], 1u32.to_le_bytes());
+        assert_eq!(large[..4], plain[..4]);
+        assert_eq!(large[8..], plain[8..]);
+    }
+
+    #[test]
+    fn message_len_follows_the_header_within_the_ring() {
+        let mut head = vec![0u8; SEND_HEADER];
+        head[0] = CMD_RECEIVE;
+        head[12..16].copy_from_slice(&100_000u32.to_le_bytes());
+        assert_eq!(message_len(&head, LARGE_RING_SIZE), SEND_HEADER + 100_000);
+        head[12..16].copy_from_slice(&10u32.to_le_bytes());
+        assert_eq!(message_len(&head, LARGE_RING_SIZE), SEND_HEADER + 10);
+        head[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            message_len(&head, LARGE_RING_SIZE),
+            LARGE_RING_SIZE,
+            "bounded by the ring"
+        );
+        head[0] = CMD_READ;
+        head[16..20].copy_from_slice(&70_000u32.to_le_bytes());
+        assert_eq!(message_len(&head, LARGE_RING_SIZE), RW_HEADER + 70_000);
+        head[16..20].copy_from_slice(&5u32.to_le_bytes());
+        assert_eq!(
+            message_len(&head, LARGE_RING_SIZE),
+            SEND_HEADER,
+            "never less than read"
+        );
+        head[0] = 0;
+        assert_eq!(message_len(&head, LARGE_RING_SIZE), SEND_HEADER);
+        assert_eq!(message_len(&head[..8], 8), 8);
     }
 }

@@ -414,3 +414,38 @@ fn fds_option_errors_name_the_whole_argument() {
         "{e}"
     );
 }
+
+#[test]
+fn ring_option_sizes_and_errors() {
+    let t = table(&[
+        "2:/a,ring=64K",
+        "3:/b,fds=pipe,ring=1M",
+        "4:/c,ring=8192,fds=none",
+    ])
+    .unwrap();
+    assert_eq!(t.get(3), Some(Path::new("/b")));
+    assert_eq!(t.large_ring(2), Some(64 << 10));
+    assert_eq!(t.large_ring(3), Some(1 << 20));
+    assert_eq!(t.large_ring(4), Some(8192));
+    assert_eq!(t.policy(4), FdPolicy::NONE);
+    assert_eq!(t.large_ring_mask(), 0b1_1100);
+    assert!(t.has_large_rings());
+    let plain = table(&["2:/a", "5:/with,comma"]).unwrap();
+    assert!(!plain.has_large_rings() && plain.large_ring(2).is_none());
+    assert_eq!(plain.get(5), Some(Path::new("/with,comma")));
+    let err = |s: &str| table(&[s]).unwrap_err().to_string();
+    assert_eq!(
+        err("2:/a,ring=2K"),
+        "--channel '2:/a,ring=2K': ring size '2K' is outside 4096 bytes to 1M (the ring every \
+         peer fills, and the most one message may take)"
+    );
+    assert!(err("2:/a,ring=2M").contains("outside 4096 bytes to 1M"));
+    assert_eq!(
+        err("2:/a,ring=big"),
+        "--channel '2:/a,ring=big': ring size 'big' is not a number of bytes (or of K or M)"
+    );
+    assert_eq!(
+        err("2:/a,ring=4K,ring=8K"),
+        "--channel '2:/a,ring=4K,ring=8K': the option 'ring=' is given twice"
+    );
+}

@@ -331,3 +331,48 @@ fn a_kind_the_policy_does_not_carry_hangs_the_channel_up() {
         assert_hung_up(&mut t, &mut chan, &host, turn, &items, 0);
     }
 }
+
+#[test]
+fn a_short_read_without_fds_waits_for_the_next_edge_and_oob_data_turns_that_off() {
+    let mut t = TestEnv::new();
+    let (mut chan, mut host) = connected(&t);
+    let ring = t.sg(RING, &[0u8; 4096]);
+    let mut items = ItemTable::default();
+    host.write_all(b"one").unwrap();
+    chan.on_event(&mut t.env(), 3, true, false);
+    assert_eq!(
+        chan.deliver(&mut t.env(), WHO, &mut items, &ring),
+        Turn::Served
+    );
+    assert!(
+        !chan.readable,
+        "a short read without fds drained the socket"
+    );
+    // Bytes that arrive later raise a new edge; without it the channel does not read.
+    host.write_all(b"two").unwrap();
+    assert_eq!(
+        chan.deliver(&mut t.env(), WHO, &mut items, &ring),
+        Turn::Idle
+    );
+    assert!(!t.ready().is_empty(), "the new bytes raised an edge");
+    chan.on_event(&mut t.env(), 3, true, false);
+    assert_eq!(
+        chan.deliver(&mut t.env(), WHO, &mut items, &ring),
+        Turn::Served
+    );
+    assert_eq!(received(&t).1, b"two");
+    // Out-of-band data (or a hang-up) makes short reads untrustworthy for good.
+    chan.note_events(EpollFlags::EPOLLIN | EpollFlags::EPOLLPRI);
+    host.write_all(b"three").unwrap();
+    chan.on_event(&mut t.env(), 3, true, false);
+    assert_eq!(
+        chan.deliver(&mut t.env(), WHO, &mut items, &ring),
+        Turn::Served
+    );
+    assert!(chan.readable, "read until EAGAIN from now on");
+    assert_eq!(
+        chan.deliver(&mut t.env(), WHO, &mut items, &ring),
+        Turn::Idle
+    );
+    assert!(!chan.readable);
+}

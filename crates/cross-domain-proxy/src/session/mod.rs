@@ -3,7 +3,9 @@
 //!
 //! Setup follows what sommelier and muvm do (docs/protocol.md §9): feature checks, the capset,
 //! CONTEXT_INIT (capset 5, two rings, ring 1 polled), two one-page guest blobs as query and
-//! channel ring, then INIT. The loop then waits with `poll(2)` on the client socket, the DRM file
+//! channel ring, then INIT. Where the capset's fifth word says the channel offers large rings
+//! (a project extension, docs/protocol.md "Large channel rings"), the channel ring is 1 MiB
+//! and INIT asks for it, so that each POLL brings up to 1 MiB instead of 3744 bytes. The loop then waits with `poll(2)` on the client socket, the DRM file
 //! (fence events), the pipes it relays and the eventfds the client may signal, and keeps exactly
 //! one POLL outstanding whenever it can take a message: a message is copied out of the channel
 //! ring before the next POLL lets the host overwrite it, and the next POLL waits until the
@@ -139,6 +141,17 @@ pub struct DeviceInfo {
     pub capset_ids: u64,
     /// The cross-domain capset.
     pub capabilities: Capabilities,
+    /// The capset's fifth word, `large_ring_channels` (docs/protocol.md, "Large channel
+    /// rings"): bit `t` when channel type `t` offers large rings; 0 from a host without it.
+    pub large_ring_channels: u32,
+}
+
+impl DeviceInfo {
+    /// Whether `channel_type` offers large rings.
+    pub fn large_ring(&self, channel_type: u32) -> bool {
+        1u32.checked_shl(channel_type)
+            .is_some_and(|bit| self.large_ring_channels & bit != 0)
+    }
 }
 
 /// Checks that the device can carry the configured channel (docs/protocol.md §9.1 steps 2–3).
@@ -157,8 +170,14 @@ pub fn probe<D: VirtGpuDevice>(dev: &mut D, cfg: &ProxyConfig) -> Result<DeviceI
     if capset_ids & (1 << CAPSET_CROSS_DOMAIN) == 0 {
         return Err(SessionError::NoCrossDomainCapset(capset_ids));
     }
+    // Room for the fifth word: the kernel copies what the host's capset has (16 bytes from a
+    // host without large rings), and the rest stays zero.
+    let mut caps = [0u8; cross_domain_protocol::wire::CAPSET_SIZE_LARGE_RINGS];
+    dev.get_caps(CAPSET_CROSS_DOMAIN, 0, &mut caps)?;
     let mut capabilities = Capabilities::default();
-    dev.get_caps(CAPSET_CROSS_DOMAIN, 0, capabilities.as_mut_slice())?;
+    let (four, fifth) = caps.split_at(capabilities.as_slice().len());
+    capabilities.as_mut_slice().copy_from_slice(four);
+    let large_ring_channels = u32::from_le_bytes([fifth[0], fifth[1], fifth[2], fifth[3]]);
     if !cfg.skip_capset_check {
         let t = cfg.channel_type;
         if t >= 32 {
@@ -175,6 +194,7 @@ pub fn probe<D: VirtGpuDevice>(dev: &mut D, cfg: &ProxyConfig) -> Result<DeviceI
         host_visible,
         capset_ids,
         capabilities,
+        large_ring_channels,
     })
 }
 
@@ -311,8 +331,15 @@ impl<D: VirtGpuDevice> Session<D> {
             (context_param::NUM_RINGS, 2),
             (context_param::POLL_RINGS_MASK, 1 << CHANNEL_RING),
         ])?;
-        let query = Self::ring(&mut dev)?;
-        let channel = Self::ring(&mut dev)?;
+        let query = Self::ring(&mut dev, wire::RING_SIZE)?;
+        // A large channel ring where the host offers it on the channel: its RECEIVEs and
+        // READs then carry up to 1 MiB per POLL instead of 3744 and 4072 bytes.
+        let channel_size = if info.large_ring(cfg.channel_type) {
+            wire::LARGE_RING_SIZE
+        } else {
+            wire::RING_SIZE
+        };
+        let channel = Self::ring(&mut dev, channel_size)?;
         Ok(Prepared {
             dev,
             info,
@@ -336,8 +363,9 @@ impl<D: VirtGpuDevice> Session<D> {
             query,
             channel,
         } = prepared;
+        let large_ring = channel.map.len() > wire::RING_SIZE;
         let init = match adopt {
-            None => wire::init(query.res, channel.res, cfg.channel_type),
+            None => wire::init_with(query.res, channel.res, cfg.channel_type, large_ring),
             Some(uuid) => wire::init_adopt(query.res, channel.res, uuid),
         };
         dev.execbuffer(&init, None, &[])?;
@@ -388,14 +416,14 @@ impl<D: VirtGpuDevice> Session<D> {
         Ok(())
     }
 
-    fn ring(dev: &mut D) -> Result<Ring<D::Mapping>, DeviceError> {
+    fn ring(dev: &mut D, size: usize) -> Result<Ring<D::Mapping>, DeviceError> {
         let blob = dev.create_blob(&BlobCreate {
             blob_mem: BLOB_MEM_GUEST,
             blob_flags: BLOB_FLAG_USE_MAPPABLE,
-            size: wire::RING_SIZE as u64,
+            size: size as u64,
             blob_id: 0,
         })?;
-        let map = dev.map(blob.bo_handle, wire::RING_SIZE)?;
+        let map = dev.map(blob.bo_handle, size)?;
         Ok(Ring {
             bo: blob.bo_handle,
             res: blob.res_handle,

@@ -61,8 +61,17 @@ impl<D: VirtGpuDevice> Session<D> {
     /// Copies the message out of the channel ring (the host may overwrite it after the next
     /// POLL) and hands it on.
     fn on_channel_message(&mut self) -> Result<(), SessionError> {
-        let mut ring = vec![0u8; wire::RING_SIZE];
+        // The header first, then only as much of the ring as the message takes: a large ring
+        // is 1 MiB, and most messages are small.
+        let ring_len = self.channel.map.len();
+        let mut ring = vec![0u8; wire::SEND_HEADER.min(ring_len)];
         self.channel.map.read(0, &mut ring)?;
+        let len = wire::message_len(&ring, ring_len);
+        if len > ring.len() {
+            let head = ring.len();
+            ring.resize(len, 0);
+            self.channel.map.read(head, &mut ring[head..])?;
+        }
         match wire::decode_channel(&ring)? {
             ChannelMessage::Nothing => {
                 return Err(SessionError::PollWithoutMessage(self.cfg.channel_type))
