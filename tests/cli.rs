@@ -434,8 +434,8 @@ fn channel_fds_option_errors() {
         ),
         (
             "2:/run/x.sock,fds=none,mode=0600",
-            "unknown channel option 'mode=0600' (the one option is fds=LIST; a path that \
-             contains ',' can only be given with --channel)",
+            "unknown channel option 'mode=0600' (the options are fds=LIST and ring=SIZE; a \
+             path that contains ',' can only be given with --channel)",
         ),
     ];
     for (value, reason) in cases {

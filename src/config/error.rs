@@ -72,8 +72,8 @@ pub enum ConfigError {
 
     /// `--channel TYPE:PATH,OPTION` with an option other than `fds=`.
     #[error(
-        "{flag} '{value}': unknown channel option '{option}' (the one option is fds=LIST; a \
-         path that contains ',' can only be given with --channel)"
+        "{flag} '{value}': unknown channel option '{option}' (the options are fds=LIST and \
+         ring=SIZE; a path that contains ',' can only be given with --channel)"
     )]
     UnknownChannelOption {
         flag: &'static str,

@@ -393,8 +393,8 @@ fn fds_option_errors_name_the_whole_argument() {
     );
     assert_eq!(
         err("2:/a,fds=pipe,mode=0"),
-        "--channel '2:/a,fds=pipe,mode=0': unknown channel option 'mode=0' (the one option is \
-         fds=LIST; a path that contains ',' can only be given with --channel)"
+        "--channel '2:/a,fds=pipe,mode=0': unknown channel option 'mode=0' (the options are \
+         fds=LIST and ring=SIZE; a path that contains ',' can only be given with --channel)"
     );
     assert_eq!(
         err("2:/a,fds="),

@@ -92,8 +92,8 @@ fn options_give_the_fd_policy_and_nothing_else() {
     );
     assert_eq!(
         error(&s, "2:/a,x"),
-        "/etc/vucd/vm1.channels:1: '2:/a,x': unknown channel option 'x' (the one option is \
-         fds=LIST; a path that contains ',' can only be given with --channel)"
+        "/etc/vucd/vm1.channels:1: '2:/a,x': unknown channel option 'x' (the options are \
+         fds=LIST and ring=SIZE; a path that contains ',' can only be given with --channel)"
     );
     assert!(error(&s, "2:/a,fds=pipe,x").contains("unknown channel option 'x'"));
     assert!(error(&s, "2:/a,").contains("unknown channel option ''"));
