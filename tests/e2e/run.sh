@@ -7,6 +7,8 @@
 #         PipeWire (null sink) + WirePlumber ◀─ 0x10 ─────┘
 #   guest (initramfs): e2e_guest_client, dbus-send, pw-cat ─▶ cross-domain-proxy ×4
 #
+# Channel 2 runs with large rings (ring=1M), which the proxy takes up (check q).
+#
 # Stages: a Debian trixie chroot with QEMU 11 from trixie-backports (debootstrap), guest kernels
 # unpacked from Debian packages, builds (the daemon with cargo; cross-domain-proxy with cargo,
 # statically linked; the guest client, static too, and the host service with plain rustc), one
@@ -566,7 +568,7 @@ boot() {
     local services=()
     [ "$BOOT_ONLY" = 1 ] || start_real_services "$logs" "$run_in"
     RUST_LOG=${RUST_LOG:-info} "$DAEMON" --socket-path "$RUN/vgpu.sock" \
-        --channel "2:$RUN/c2-host.sock" --channel "0x13:$RUN/c13-host.sock" "${services[@]}" \
+        --channel "2:$RUN/c2-host.sock,ring=1M" --channel "0x13:$RUN/c13-host.sock" "${services[@]}" \
         --partial-pages auto --shm-size 1G >"$logs/daemon.log" 2>&1 9>&- &
     local daemon_pid=$!
     PIDS+=("$daemon_pid")
@@ -661,7 +663,14 @@ boot() {
             result FAIL "$tag $id: no verdict from the host service (log: $logs/host-service.log)"
         fi
     done
-    [ "$BOOT_ONLY" = 1 ] || real_service_checks "$tag" "$logs"
+    # (q) channel 2 is configured with large rings (ring=1M): the guest's proxy must have asked
+    # for one, so that check (a)'s 1 MiB echo crossed in messages of up to 1 MiB.
+    if grep -q 'INIT channel 0x2 -> .*large ring: 1048576 bytes' "$logs/daemon.log"; then
+        result PASS "$tag q: channel 2 ran with a 1 MiB ring (ring=1M; the proxy asked for it)"
+    else
+        result FAIL "$tag q: channel 2's context did not get a large ring (log: $logs/daemon.log)"
+    fi
+    real_service_checks "$tag" "$logs"
     # (k) QEMU's stop/cont was a pause to the daemon: it kept its state, no guest reset.
     if grep -q 'restarted where it stopped' "$logs/daemon.log" &&
         ! grep -q 'restarted anew' "$logs/daemon.log"; then
