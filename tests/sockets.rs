@@ -471,6 +471,38 @@ fn bytes_and_fds_cross_an_adopted_socket_both_ways() {
     drop(host);
 }
 
+/// A context on an adopted socket counts as the channel the socket came from (SIGUSR1's
+/// per-channel counters), never under the internal-socket type 0xffffffff.
+#[test]
+fn an_adopted_socket_counts_as_the_channel_it_came_from() {
+    let mut fx = setup();
+    let (ctx, host) = fx.open(1, DBUS);
+    let (theirs, remote) = socket_pair();
+    let ids = pass(&mut fx, &ctx, &host, b"remote", &[theirs.as_raw_fd()]);
+    drop(theirs);
+    assert_eq!(ids, [(2, CD_ID_TYPE_SOCKET, 0)]);
+    assert_ok(&fx.assign(&ctx, uuid(3), 2), "ASSIGN");
+    let (pw, r) = fx.adopt(2, uuid(3));
+    assert_ok(&r, "adopt");
+    pw.send(&mut fx.vm, &pattern(1234, 5), &[]);
+    let (got, _) = recv_with_fds(&remote, 4096, T);
+    assert_eq!(got.len(), 1234);
+    fx.daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    let line = "counters: channel 18 (0x12, dbus-session): contexts 2 opened, 2 open; guest to \
+                host 1 messages, 1234 bytes";
+    assert!(
+        fx.daemon.wait_for_log(line, T),
+        "no '{line}' in the log:\n{}",
+        fx.daemon.log()
+    );
+    assert!(
+        !fx.daemon.log().contains("counters: channel 4294967295"),
+        "counted under the internal-socket type:\n{}",
+        fx.daemon.log()
+    );
+    drop((host, remote));
+}
+
 /// A daemon whose channel 2 has the policy `fds`, given as `--channel 2:PATH,fds=LIST`, and one
 /// context on it with its host end.
 fn with_policy(fds: &str) -> (Daemon, TestVm, CrossDomainContext, UnixStream) {

@@ -172,7 +172,7 @@ impl Channel {
             channel_type,
             host,
             eventfd_type,
-            policy,
+            (channel_type, policy),
         )
     }
 
@@ -190,6 +190,8 @@ impl Channel {
         // path needs a non-blocking one, as the connector's are.
         cdio::set_nonblocking(parked.fd.as_fd()).map_err(CtxError::HostIo)?;
         let host = format!("internal socket {uuid} from channel {:#x}", parked.origin);
+        // Counted, and served, as the channel the socket came from: the internal-socket type
+        // is the same for every adopted socket and says nothing about its traffic.
         let mut chan = Self::watch(
             epoll,
             ctx_id,
@@ -197,9 +199,8 @@ impl Channel {
             channel_type,
             host,
             eventfd_type,
-            parked.policy,
+            (parked.origin, parked.policy),
         )?;
-        chan.origin = parked.origin;
         // Its maker may have turned credential passing on (or may do so later, through a
         // copy it kept), and asking costs a `getsockopt` the sandbox does not allow: read it
         // until EAGAIN.
@@ -214,7 +215,7 @@ impl Channel {
         channel_type: u32,
         host: String,
         eventfd_type: u32,
-        policy: FdPolicy,
+        (origin, policy): (u32, FdPolicy),
     ) -> Result<Self, CtxError> {
         let tok = token(ctx_id, CHANNEL_TOKEN);
         epoll
@@ -225,7 +226,7 @@ impl Channel {
             channel_type,
             host,
             policy,
-            origin: channel_type,
+            origin,
             eventfd_type,
             readable: true,
             // The daemon's own sockets never pass credentials; a parked socket may (the host
@@ -233,7 +234,7 @@ impl Channel {
             read_to_eagain: false,
             eof: false,
             closed_here: false,
-            stats: counters::for_type(channel_type).open(),
+            stats: counters::for_type(origin).open(),
         })
     }
 
