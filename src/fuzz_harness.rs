@@ -34,6 +34,9 @@ const STREAM_B: u64 = MEM_BASE + 0x4_0000;
 const QUERY_RING: u64 = MEM_BASE + 0x10_0000;
 const CHANNEL_RING: u64 = MEM_BASE + 0x11_0000;
 const SMALL_RING: u64 = MEM_BASE + 0x12_0000;
+/// A 64 KiB channel ring (resource 6), for the large-ring channel [`PAIR_CHANNEL`].
+const LARGE_RING: u64 = MEM_BASE + 0x14_0000;
+const LARGE_RING_SIZE: usize = 64 << 10;
 
 fn new_memory() -> GuestMem {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(MEM_BASE), MEM_SIZE)])
@@ -80,10 +83,14 @@ fn channels() -> Arc<ChannelTable> {
                 std::env::temp_dir().join("vucd-fuzz-nobody-listens.sock"),
             );
             // Never connected by path: `DirectConnector` makes socket pairs for them.
-            let _ = t.insert(
-                PAIR_CHANNEL,
-                std::env::temp_dir().join("vucd-fuzz-socket-pair.sock"),
-            );
+            // With large rings (`ring=64K`), so that INITs asking for them reach that path.
+            t.add_channel_arg(&format!(
+                "{PAIR_CHANNEL}:{},ring=64K",
+                std::env::temp_dir()
+                    .join("vucd-fuzz-socket-pair.sock")
+                    .display()
+            ))
+            .unwrap_or_else(|e| panic!("fuzz harness: {e}"));
             let _ = t.insert(
                 PAIR_DBUS_CHANNEL,
                 std::env::temp_dir().join("vucd-fuzz-socket-pair-dbus.sock"),
@@ -213,11 +220,13 @@ fn host_eventfd(bytes: &[u8], host_efds: &[OwnedFd]) {
 }
 
 /// Resources as one context sees them: 1 query ring, 2 channel ring, 3 a 1 KiB ring, 4 a
-/// resource without backing, 5 a host memfd blob; everything else is not attached.
+/// resource without backing, 5 a host memfd blob, 6 a 64 KiB ring; everything else is not
+/// attached.
 struct FuzzView {
     query: SgList,
     channel: SgList,
     small: SgList,
+    large: SgList,
     memfd: OwnedFd,
 }
 
@@ -229,6 +238,7 @@ impl ResourceView for FuzzView {
             3 => Lookup::Guest(&self.small),
             4 => Lookup::Unbacked,
             5 => Lookup::Host(self.memfd.as_fd()),
+            6 => Lookup::Guest(&self.large),
             _ => Lookup::NotAttached,
         }
     }
@@ -262,6 +272,11 @@ fn cd_fixture() -> CdFixture {
             // A channel ring split in two pieces, out of order, as Linux may hand it out.
             channel: sg(&[(CHANNEL_RING + 2048, 2048), (CHANNEL_RING, 2048)]),
             small: sg(&[(SMALL_RING, 1024)]),
+            // In two pieces, like the channel ring.
+            large: sg(&[
+                (LARGE_RING + LARGE_RING_SIZE as u64 / 2, LARGE_RING_SIZE / 2),
+                (LARGE_RING, LARGE_RING_SIZE / 2),
+            ]),
             memfd,
         },
         limiter: GuestLog::new(1),

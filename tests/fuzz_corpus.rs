@@ -191,6 +191,20 @@ fn cd_seeds() -> Vec<Vec<u8>> {
             op(0, &cd_assign_socket_uuid([0x44; 16], 3)),
         ]
         .concat(),
+        // Channel 4 offers large rings (`ring=64K`): an INIT that asks for one (flag bit 0 of
+        // the header's padding word) on the 64 KiB ring, resource 6; host messages and POLLs.
+        [
+            op(0, &{
+                let mut init = cd_init(1, 6, 4);
+                init[4..8].copy_from_slice(&1u32.to_le_bytes());
+                init
+            }),
+            op(4, &[3, 0, b'e']),
+            op(1, &[]),
+            op(4, &[2, 0b0001_1011, b'm']),
+            op(1, &[]),
+        ]
+        .concat(),
     ]
 }
 
