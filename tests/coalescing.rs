@@ -187,3 +187,63 @@ fn a_context_destroyed_in_the_same_pass_sends_its_gathered_bytes_first() {
     wait_ok(&mut s.vm, &heads, "SENDs and CTX_DESTROY");
     assert_eq!(read_to_end_timeout(&mut host, T), msgs.concat());
 }
+
+/// A socket the host hands over may keep message boundaries (`SOCK_SEQPACKET`): adopted as a
+/// channel, SENDs of one pass still reach it one message each.
+#[test]
+fn an_adopted_seqpacket_socket_gets_one_message_per_send() {
+    use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    const DBUS: u32 = 0x12;
+    let dir = temp_dir();
+    let (path, listener) = channel_listener(dir.path());
+    let daemon = Daemon::builder().dir(dir).channel(DBUS, &path).spawn();
+    let mut vm = TestVm::builder()
+        .queue_size(256)
+        .connect(daemon.socket_path());
+    let ctx = CrossDomainContext::open(&mut vm, 1, DBUS);
+    let host = accept_timeout(&listener, T).expect("channel");
+    host.set_nonblocking(false).unwrap();
+    let (theirs, remote) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    send_with_fds(&host, b"here", &[theirs.as_raw_fd()]);
+    drop(theirs);
+    let id = match ctx.recv(&mut vm, T) {
+        ChannelMsg::Receive { ids, .. } => {
+            assert_eq!(ids.len(), 1);
+            assert_eq!(ids[0].1, CD_ID_TYPE_SOCKET);
+            ids[0].0
+        }
+        other => panic!("expected RECEIVE, got {other:?}"),
+    };
+    let uuid = [0x33u8; 16];
+    assert_ok(
+        &ctx.submit(&mut vm, &cd_assign_socket_uuid(uuid, id)),
+        "ASSIGN",
+    );
+    let adopted = CrossDomainContext::create(&mut vm, 2);
+    let init = cd_init_36(
+        adopted.query_ring.res_id,
+        adopted.channel_ring.res_id,
+        CD_CHANNEL_INTERNAL_SOCKET,
+        uuid,
+    );
+    assert_ok(&adopted.submit(&mut vm, &init), "adopt");
+    let msgs: Vec<Vec<u8>> = (0..8).map(|i| numbered(i, 10 + i as usize)).collect();
+    let heads = vm.batch(CONTROLQ, |vm| {
+        msgs.iter()
+            .map(|m| vm.submit_3d(2, &cd_send(m, &[]), None))
+            .collect::<Vec<_>>()
+    });
+    wait_ok(&mut vm, &heads, "SEND on an adopted seqpacket socket");
+    for m in &msgs {
+        let mut buf = [0u8; 256];
+        let n = recv(remote.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        assert_eq!(&buf[..n], &m[..], "one message per SEND");
+    }
+}
