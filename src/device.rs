@@ -379,6 +379,16 @@ impl Backend {
                     used = true;
                 }
             }
+            if !cursor {
+                // SENDs gathered in this pass go out now; those sent complete in it.
+                st.gpu.end_pass(&mem);
+                if st.gpu.has_completions() {
+                    for (h, l) in st.gpu.take_completions() {
+                        let _ = vr.add_used(h, l);
+                    }
+                    used = true;
+                }
+            }
             if !event_idx {
                 break;
             }

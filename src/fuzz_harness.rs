@@ -385,6 +385,8 @@ pub fn cross_domain_commands(data: &[u8]) {
                         held_chunks: 0,
                         // Small, so that the VM-wide refusal is reached too.
                         images_left: 64,
+                        coalesce: false,
+                        coalesced: false,
                     };
                     let _ = ctx.submit(&mut env, &mut sub, &fx.view, &stream, 0, bytes.len());
                     assert!(

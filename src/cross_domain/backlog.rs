@@ -13,6 +13,9 @@
 //!   not possible (fenced submissions, whose completion order the fence timeline fixes) and
 //!   beyond the per-peer budget of held requests; bounded by the caller (`MAX_BACKLOG_BYTES`).
 //!
+//! On a stream socket a flush sends up to [`MAX_GATHER`] consecutive fd-less chunks in one
+//! `sendmsg`; a chunk with fds always goes alone.
+//!
 //! Every chunk that holds a request hands its token back in the `released` list when it is
 //! sent completely or discarded; the virtio-gpu layer completes the request once all chunks
 //! that hold it are released. The token means nothing here: it only travels.
@@ -61,6 +64,14 @@ struct Chunk {
     holds: Option<HoldToken>,
 }
 
+/// Most chunks one gathered `sendmsg` carries.
+pub const MAX_GATHER: usize = 64;
+/// A gathered `sendmsg` takes no further chunk once it carries this many bytes.
+pub const MAX_GATHER_BYTES: usize = 1 << 20;
+/// A gathered `sendmsg` takes no further chunk once it has this many iovecs (the kernel's
+/// `IOV_MAX` is 1024; one chunk may add several).
+const MAX_GATHER_IOVECS: usize = 512;
+
 /// Outcome of flushing a backlog.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flush {
@@ -78,6 +89,8 @@ pub struct Backlog {
     owned_bytes: usize,
     /// Chunks that hold a guest request.
     held: usize,
+    /// Several fd-less chunks may go out in one call (see [`Backlog::set_gather`]).
+    gather: bool,
 }
 
 impl Backlog {
@@ -155,9 +168,18 @@ impl Backlog {
         }
     }
 
+    /// Let [`Backlog::flush`] gather consecutive fd-less chunks into one `sendmsg` (a stream
+    /// socket only: on a datagram or seqpacket socket every chunk is one message).
+    pub fn set_gather(&mut self, gather: bool) {
+        self.gather = gather;
+    }
+
     /// Send as much as the peer takes, with `sendmsg` (sockets, fds attached) or `writev`
     /// (pipes). Guest chunks are read from `mem` afresh (the memory table may have changed
     /// since they were queued); a chunk whose guest memory is gone is dropped and logged.
+    /// With [`Backlog::set_gather`], up to [`MAX_GATHER`] fd-less chunks (at most
+    /// [`MAX_GATHER_BYTES`]) go out in one call; a chunk with fds always goes alone, so its fds
+    /// arrive with its bytes only, as they would on their own.
     pub fn flush(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -167,26 +189,56 @@ impl Backlog {
         cmsg: &mut CmsgBuf,
         released: &mut Vec<HoldToken>,
     ) -> io::Result<Flush> {
-        while let Some(chunk) = self.chunks.front_mut() {
-            let rest = chunk.len - chunk.sent;
+        while !self.chunks.is_empty() {
             iov.clear();
-            match &chunk.bytes {
-                Bytes::Owned(data) => iov.push(libc::iovec {
-                    iov_base: data[chunk.sent..].as_ptr() as *mut libc::c_void,
-                    iov_len: rest,
-                }),
-                Bytes::Guest { sg, start } => {
-                    if let Err(e) = sg.iovecs(mem, start + chunk.sent, rest, iov) {
-                        log::warn!("dropping {rest} queued bytes: guest memory changed: {e}");
-                        self.pop_front(released);
-                        continue;
+            // Chunks in this call, their bytes, and whether the first one's memory is gone.
+            let mut count = 0;
+            let mut bytes = 0;
+            let mut gone = None;
+            for chunk in &self.chunks {
+                if count > 0
+                    && (!self.gather
+                        || !chunk.fds.is_empty()
+                        || count >= MAX_GATHER
+                        || bytes >= MAX_GATHER_BYTES
+                        || iov.len() >= MAX_GATHER_IOVECS)
+                {
+                    break;
+                }
+                let rest = chunk.len - chunk.sent;
+                let before = iov.len();
+                match &chunk.bytes {
+                    Bytes::Owned(data) => iov.push(libc::iovec {
+                        iov_base: data[chunk.sent..].as_ptr() as *mut libc::c_void,
+                        iov_len: rest,
+                    }),
+                    Bytes::Guest { sg, start } => {
+                        if let Err(e) = sg.iovecs(mem, start + chunk.sent, rest, iov) {
+                            iov.truncate(before);
+                            if count == 0 {
+                                gone = Some((rest, e));
+                            }
+                            // A later chunk is dropped when it comes first.
+                            break;
+                        }
                     }
                 }
+                count += 1;
+                bytes += rest;
+                if !chunk.fds.is_empty() {
+                    break;
+                }
             }
+            if let Some((rest, e)) = gone {
+                log::warn!("dropping {rest} queued bytes: guest memory changed: {e}");
+                self.pop_front(released);
+                continue;
+            }
+            let first_fds = self.chunks.front().map_or(&[][..], |c| &c.fds[..]);
             let res = if socket {
                 let mut raw: [RawFd; MAX_FDS] = [-1; MAX_FDS];
-                let n = chunk.fds.len().min(MAX_FDS);
-                for (slot, f) in raw.iter_mut().zip(&chunk.fds) {
+                let n = first_fds.len().min(MAX_FDS);
+                for (slot, f) in raw.iter_mut().zip(first_fds) {
                     *slot = f.as_raw_fd();
                 }
                 match cdio::send_with_fds(fd, iov, &raw[..n], cmsg) {
@@ -210,23 +262,34 @@ impl Backlog {
             let Some(n) = res else {
                 return Ok(Flush::Pending);
             };
-            if n > 0 || rest == 0 {
-                chunk.fds.clear();
-            }
-            chunk.sent += n;
-            if matches!(chunk.bytes, Bytes::Owned(_)) {
-                self.owned_bytes -= n;
-            }
-            if chunk.sent >= chunk.len {
+            // Hand the `n` bytes taken to the chunks in order; release the complete ones.
+            let mut left = n;
+            for i in 0..count {
+                let Some(chunk) = self.chunks.front_mut() else {
+                    break;
+                };
+                if i == 0 && (n > 0 || chunk.len == chunk.sent) {
+                    // The fds went out with the first byte.
+                    chunk.fds.clear();
+                }
+                let take = left.min(chunk.len - chunk.sent);
+                chunk.sent += take;
+                left -= take;
+                if matches!(chunk.bytes, Bytes::Owned(_)) {
+                    self.owned_bytes -= take;
+                }
+                if chunk.sent < chunk.len {
+                    break;
+                }
                 // `forget` must not count the sent bytes again: they are already subtracted.
-                let chunk = self.chunks.pop_front();
-                if let Some(c) = chunk {
+                if let Some(c) = self.chunks.pop_front() {
                     if let Some(token) = c.holds {
                         self.held -= 1;
                         released.push(token);
                     }
                 }
-            } else if n == 0 {
+            }
+            if n == 0 && bytes > 0 {
                 return Ok(Flush::Pending);
             }
         }
@@ -362,5 +425,94 @@ mod tests {
         q.discard(&mut rel);
         assert_eq!(vals(&rel), [9]);
         assert_eq!(q.owned_bytes(), 0);
+    }
+
+    #[test]
+    fn gathered_chunks_cut_anywhere_keep_order_and_accounting() {
+        let m = mem();
+        let pattern: Vec<u8> = (0..0x4000u32).map(|i| (i % 253) as u8).collect();
+        m.write_slice(&pattern, GuestAddress(0x1000)).unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = Backlog::default();
+        q.set_gather(true);
+        let mut expected = Vec::new();
+        for head in 0..150u16 {
+            let (start, len) = (usize::from(head) * 7, 0x4000 - usize::from(head) * 11);
+            let mut sg = SgList::new();
+            sg.push(GuestAddress(0x1000), 0x4000);
+            q.push_held(sg, start, len - start, Vec::new(), tok(head));
+            expected.extend_from_slice(&pattern[start..len]);
+            let owned = vec![head as u8; usize::from(head) + 1];
+            expected.extend_from_slice(&owned);
+            q.push_owned(owned, Vec::new());
+        }
+        let total = expected.len();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; total];
+            b.read_exact(&mut got).unwrap();
+            got
+        });
+        let (mut iov, mut cmsg, mut rel) = (Vec::new(), CmsgBuf::default(), Vec::new());
+        let mut rounds = 0;
+        while q
+            .flush(a.as_fd(), true, &m, &mut iov, &mut cmsg, &mut rel)
+            .unwrap()
+            == Flush::Pending
+        {
+            rounds += 1;
+            assert!(rounds < 100_000, "never drained");
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        assert_eq!(
+            vals(&rel),
+            (0..150).collect::<Vec<_>>(),
+            "each once, in order"
+        );
+        assert!(q.is_empty() && q.held() == 0 && q.owned_bytes() == 0);
+        assert!(
+            reader.join().unwrap() == expected,
+            "bytes reordered or lost"
+        );
+    }
+
+    #[test]
+    fn a_chunk_with_fds_goes_alone_even_when_gathering() {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let m = mem();
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut q = Backlog::default();
+        q.set_gather(true);
+        q.push_owned(b"a".to_vec(), Vec::new());
+        q.push_owned(b"b".to_vec(), vec![r]);
+        q.push_owned(b"c".to_vec(), Vec::new());
+        q.push_owned(b"d".to_vec(), Vec::new());
+        let (mut iov, mut cmsg, mut rel) = (Vec::new(), CmsgBuf::default(), Vec::new());
+        let r = q.flush(a.as_fd(), true, &m, &mut iov, &mut cmsg, &mut rel);
+        assert_eq!(r.unwrap(), Flush::Done);
+        // A read stops right after the bytes that carried fds: those of "b" alone.
+        let mut reads = Vec::new();
+        for _ in 0..2 {
+            let mut buf = [0u8; 16];
+            let mut space = nix::cmsg_space!([RawFd; 4]);
+            let mut v = [std::io::IoSliceMut::new(&mut buf)];
+            let msg =
+                recvmsg::<()>(b.as_raw_fd(), &mut v, Some(&mut space), MsgFlags::empty()).unwrap();
+            let mut fds = 0;
+            for c in msg.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(v) = c {
+                    for fd in &v {
+                        // SAFETY: the kernel just installed it for us; closed once here.
+                        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(*fd) });
+                    }
+                    fds += v.len();
+                }
+            }
+            let n = msg.bytes;
+            reads.push((buf[..n].to_vec(), fds));
+        }
+        assert_eq!(reads, [(b"ab".to_vec(), 1), (b"cd".to_vec(), 0)]);
     }
 }

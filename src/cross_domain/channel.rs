@@ -205,6 +205,7 @@ impl Channel {
         // copy it kept), and asking costs a `getsockopt` the sandbox does not allow: read it
         // until EAGAIN.
         chan.read_to_eagain = true;
+        chan.peer.keep_boundaries();
         Ok(chan)
     }
 
@@ -293,6 +294,23 @@ impl Channel {
                 );
                 Err(CtxError::HostIo(e))
             }
+        }
+    }
+
+    /// The end of a pass of the control queue: send the SENDs gathered in it (see
+    /// [`Peer::send`]). A failure is logged as a failed flush of a slow peer's output is: the
+    /// requests were already answered, and the hang-up is read from the socket.
+    pub fn flush_coalesced(&mut self, env: &mut Env<'_>, who: Who<'_>) {
+        match self.peer.flush_batch(env) {
+            Ok(()) => {}
+            Err(PeerError::Broken(e)) => info!(
+                "ctx {} ({}): channel {:#x} ({}) hung up while sending: {e}",
+                who.ctx_id, who.name, self.channel_type, self.host
+            ),
+            Err(PeerError::Refused(e)) => info!(
+                "ctx {} ({}): channel {:#x} ({}): gathered SENDs dropped: {e}",
+                who.ctx_id, who.name, self.channel_type, self.host
+            ),
         }
     }
 
@@ -467,6 +485,8 @@ impl Channel {
         } else {
             guest_warn!(env.limiter, "{what}");
         }
+        // SENDs gathered in this pass came before: they go first, as they would have.
+        let _ = self.peer.flush_batch(env);
         self.hung_up(who, format_args!("hung up by the daemon"));
         if let Err(e) = cdio::shutdown(self.peer.fd()) {
             info!("ctx {ctx_id}: shutdown of channel {}: {e}", self.host);

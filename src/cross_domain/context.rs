@@ -638,6 +638,18 @@ impl Context {
         served.and_then(|_| self.poll_fence.take())
     }
 
+    /// The end of a pass of the control queue after a submission that set
+    /// [`Submission::coalesced`]: send the SENDs gathered on the channel.
+    pub fn flush_coalesced(&mut self, env: &mut Env<'_>) {
+        let who = Who {
+            ctx_id: self.id,
+            name: &self.name,
+        };
+        if let Some(chan) = self.conn.as_mut().and_then(|c| c.channel.as_mut()) {
+            chan.flush_coalesced(env, who);
+        }
+    }
+
     /// Stop watching everything and close all host fds. Returns the pending POLL fence, which
     /// the caller completes so the guest does not hang; the tokens of requests held for unsent
     /// output go to `released`. Stored image requirements stay (they hold no host resource)

@@ -95,6 +95,13 @@ pub struct Submission {
     /// How many more image requirements the VM may store (a VM-wide budget kept by the
     /// device); the context takes one for every one it stores.
     pub images_left: usize,
+    /// Lent by the device: fd-less SENDs to a stream channel may be gathered until the end
+    /// of the control queue's pass (the device then calls
+    /// [`Context::flush_coalesced`](super::Context::flush_coalesced)). False where no one
+    /// ends the pass: every SEND is then written at once.
+    pub coalesce: bool,
+    /// Set by the context: it has output or state to settle at the end of the pass.
+    pub coalesced: bool,
 }
 
 /// What every context of a device shares, owned by the device and lent to one context at a
@@ -276,5 +283,7 @@ pub(super) fn submission(hold: Option<u64>) -> Submission {
         hold: hold.map(HoldToken::new),
         held_chunks: 0,
         images_left: 0,
+        coalesce: false,
+        coalesced: false,
     }
 }

@@ -7,6 +7,12 @@
 //!    here: [`MAX_HELD_PER_PEER`], [`MAX_BACKLOG_BYTES`]; the queue is [`Backlog`]),
 //! 4. watch the fd for `EPOLLOUT` while anything waits, and stop once it is flushed.
 //!
+//! On a stream socket, fd-less messages of one pass of the control queue after the first are
+//! gathered (held, as a slow peer's are) and go out in one `sendmsg` at the end of the pass
+//! ([`Peer::flush_batch`]), or before the next message that cannot join them: one system
+//! call for a burst of SENDs instead of one each. A message with fds is never gathered with
+//! others, and a socket that may keep message boundaries never gathers.
+//!
 //! This module owns the fd's output side and its epoll registration. It never reads from the
 //! fd and never decides that the peer is gone: it reports [`PeerError::Broken`] and the
 //! caller closes the channel or the pipe.
@@ -16,7 +22,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 
-use super::backlog::{Backlog, Flush, HoldToken};
+use super::backlog::{Backlog, Flush, HoldToken, MAX_GATHER, MAX_GATHER_BYTES};
 use super::env::{Env, Submission};
 use super::error::CtxError;
 use super::hostpoll::HostPoll;
@@ -30,6 +36,13 @@ pub const MAX_BACKLOG_BYTES: usize = 8 << 20;
 /// Keeps one stalled host service from occupying the whole control queue, which every context
 /// of the VM shares.
 pub const MAX_HELD_PER_PEER: usize = 64;
+
+/// A socket's queue, which gathers fd-less messages into one `sendmsg`.
+fn gathering() -> Backlog {
+    let mut out = Backlog::default();
+    out.set_gather(true);
+    out
+}
 
 /// Why bytes did not reach a peer.
 #[derive(Debug)]
@@ -60,6 +73,14 @@ pub(super) struct Peer {
     out: Backlog,
     /// Registered for `EPOLLOUT`.
     armed: bool,
+    /// A stream socket: fd-less messages may be gathered into one `sendmsg`.
+    coalesce: bool,
+    /// A message went out directly in this pass of the control queue: the next fd-less ones
+    /// are gathered until the end of the pass.
+    primed: bool,
+    /// `out` holds only messages gathered in this pass, not yet tried (and the fd is not
+    /// armed for them); their bytes so far.
+    batch: Option<usize>,
 }
 
 impl Peer {
@@ -70,9 +91,20 @@ impl Peer {
             socket: true,
             token,
             idle: Some(idle),
-            out: Backlog::default(),
+            out: gathering(),
             armed: false,
+            coalesce: true,
+            primed: false,
+            batch: None,
         }
+    }
+
+    /// Never gather messages on this socket (one the host made, which may keep message
+    /// boundaries: `SOCK_SEQPACKET`); asking its type costs a `getsockopt` the sandbox does
+    /// not allow.
+    pub fn keep_boundaries(&mut self) {
+        self.coalesce = false;
+        self.out.set_gather(false);
     }
 
     /// A pipe peer, not registered with epoll until something waits.
@@ -84,6 +116,9 @@ impl Peer {
             idle: None,
             out: Backlog::default(),
             armed: false,
+            coalesce: false,
+            primed: false,
+            batch: None,
         }
     }
 
@@ -103,6 +138,12 @@ impl Peer {
 
     /// Send `[off, off + len)` of the request `stream` of submission `sub`, with `fds`
     /// attached to its first byte (sockets only; `fds` is emptied either way).
+    ///
+    /// Gathering (stream sockets, when `sub.coalesce`): once a message went out directly in
+    /// this pass of the control queue, the next fd-less ones of requests that may be held are
+    /// queued, held, and sent together by [`Peer::flush_batch`] at the end of the pass (or
+    /// before the next message that cannot join them). The first one of a pass is always
+    /// written at once, so a peer that is gone is reported for it as without gathering.
     pub fn send(
         &mut self,
         env: &mut Env<'_>,
@@ -112,6 +153,27 @@ impl Peer {
         len: usize,
         fds: &mut Vec<OwnedFd>,
     ) -> Result<(), PeerError> {
+        let joins = self.coalesce
+            && sub.coalesce
+            && fds.is_empty()
+            && len > 0
+            && self.out.held() < MAX_HELD_PER_PEER;
+        if let (true, Some(token)) = (joins, sub.hold) {
+            let open = match self.batch {
+                Some(bytes) => self.out.held() < MAX_GATHER && bytes + len <= MAX_GATHER_BYTES,
+                None => self.primed && self.out.is_empty(),
+            };
+            if open {
+                self.out
+                    .push_held(stream.clone(), off, len, Vec::new(), token);
+                sub.held_chunks += 1;
+                sub.coalesced = true;
+                self.batch = Some(self.batch.unwrap_or(0) + len);
+                return Ok(());
+            }
+        }
+        // Anything else goes the one ordinary way, behind a batch (tried now) if one waits.
+        self.batch = None;
         if !self.out.is_empty() {
             if let Err(e) = env.flush(&mut self.out, self.fd.as_fd(), self.socket) {
                 self.out.discard(env.released);
@@ -125,6 +187,12 @@ impl Peer {
             }
         } else if len > 0 {
             let sent = self.write_direct(env, stream, off, len, fds)?;
+            if sent == len && self.coalesce && sub.coalesce {
+                // Later fd-less messages of this pass may be gathered; the device ends the
+                // pass with `flush_batch`, which unprimes.
+                self.primed = true;
+                sub.coalesced = true;
+            }
             if sent < len {
                 // The fds went out with the first byte, if any byte went out.
                 let fds = if sent == 0 {
@@ -141,6 +209,36 @@ impl Peer {
             self.arm(env.epoll)?;
         }
         Ok(())
+    }
+
+    /// The end of a pass of the control queue: send the messages gathered in it (what the
+    /// peer does not take waits, armed for `EPOLLOUT`, as any slow peer's output does).
+    /// On `Err` the batch was discarded (its held requests released) as a failed flush's is.
+    pub fn flush_batch(&mut self, env: &mut Env<'_>) -> Result<(), PeerError> {
+        self.primed = false;
+        if self.batch.take().is_none() || self.out.is_empty() {
+            return Ok(());
+        }
+        match env.flush(&mut self.out, self.fd.as_fd(), self.socket) {
+            Ok(Flush::Done) => Ok(()),
+            Ok(Flush::Pending) => {
+                if self.armed {
+                    return Ok(());
+                }
+                if let Err(e) = self.arm(env.epoll) {
+                    // Unwatched, the rest would never go: drop it rather than hold the
+                    // requests forever.
+                    self.out.discard(env.released);
+                    return Err(PeerError::Refused(e));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.out.discard(env.released);
+                self.disarm(env.epoll);
+                Err(PeerError::Broken(e))
+            }
+        }
     }
 
     /// One `sendmsg`/`writev` of the bytes straight from guest memory; the number taken.
@@ -215,6 +313,8 @@ impl Peer {
         if !self.armed {
             return Ok(Flush::Done);
         }
+        // A batch of this pass, if any, goes now.
+        self.batch = None;
         match env.flush(&mut self.out, self.fd.as_fd(), self.socket) {
             Ok(Flush::Pending) => Ok(Flush::Pending),
             Ok(Flush::Done) => {
@@ -273,6 +373,8 @@ impl Peer {
     /// itself closes when the peer is dropped.
     pub fn close(&mut self, epoll: &HostPoll, released: &mut Vec<HoldToken>) {
         self.out.discard(released);
+        self.batch = None;
+        self.primed = false;
         if self.registered() {
             let _ = epoll.delete(&self.fd);
         }
@@ -461,5 +563,85 @@ mod tests {
             &mut Vec::new(),
         );
         assert!(matches!(r, Err(PeerError::Broken(_))), "{r:?}");
+    }
+
+    /// `sub` of a request that may be held, in a pass that gathers.
+    fn gathering_sub(head: u64) -> Submission {
+        let mut sub = submission(Some(head));
+        sub.coalesce = true;
+        sub
+    }
+
+    #[test]
+    fn after_a_direct_send_fd_less_sends_of_the_pass_go_out_together_at_its_end() {
+        let mut t = TestEnv::new();
+        let (mut peer, mut other) = socket_peer(&t, 7);
+        other.set_nonblocking(true).unwrap();
+        let stream = t.sg(0x1_0000, b"abcdefghij");
+        let mut first = gathering_sub(1);
+        peer.send(&mut t.env(), &mut first, &stream, 0, 2, &mut Vec::new())
+            .unwrap();
+        assert!(first.coalesced && first.held_chunks == 0, "written at once");
+        let mut subs = [gathering_sub(2), gathering_sub(3)];
+        for (k, sub) in subs.iter_mut().enumerate() {
+            peer.send(&mut t.env(), sub, &stream, 2 + 4 * k, 4, &mut Vec::new())
+                .unwrap();
+            assert_eq!(sub.held_chunks, 1, "held until the end of the pass");
+        }
+        let mut got = [0u8; 16];
+        assert_eq!(other.read(&mut got).unwrap(), 2, "only the first is out");
+        assert!(!peer.armed, "a batch is not a slow peer");
+        peer.flush_batch(&mut t.env()).unwrap();
+        assert_eq!(other.read(&mut got).unwrap(), 8);
+        assert_eq!(&got[..8], b"cdefghij");
+        assert_eq!(t.released(), [2, 3]);
+        assert!(!peer.has_backlog() && !peer.primed);
+        // The next pass starts with a direct write again.
+        let mut next = gathering_sub(4);
+        peer.send(&mut t.env(), &mut next, &stream, 0, 1, &mut Vec::new())
+            .unwrap();
+        assert_eq!(next.held_chunks, 0);
+        assert_eq!(other.read(&mut got).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_socket_that_keeps_boundaries_never_gathers() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let mut t = TestEnv::new();
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        t.epoll()
+            .add(&a, EpollEvent::new(EpollFlags::EPOLLIN, 7))
+            .unwrap();
+        let mut peer = Peer::socket(a, 7, EpollFlags::EPOLLIN);
+        peer.keep_boundaries();
+        let stream = t.sg(0x1_0000, b"abcdefghij");
+        for k in 0..3 {
+            let mut sub = gathering_sub(k);
+            peer.send(
+                &mut t.env(),
+                &mut sub,
+                &stream,
+                3 * k as usize,
+                3,
+                &mut Vec::new(),
+            )
+            .unwrap();
+            assert!(
+                sub.held_chunks == 0 && !sub.coalesced,
+                "message {k} sent alone"
+            );
+        }
+        peer.flush_batch(&mut t.env()).unwrap();
+        for want in [&b"abc"[..], b"def", b"ghi"] {
+            let mut got = [0u8; 16];
+            let n = nix::unistd::read(&b, &mut got).unwrap();
+            assert_eq!(&got[..n], want, "one message per SEND");
+        }
     }
 }

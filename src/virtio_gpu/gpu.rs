@@ -56,6 +56,9 @@ pub struct Gpu {
     held: HeldRequests,
     /// Image requirements stored by all contexts (see `MAX_IMAGE_REQUIREMENTS_PER_VM`).
     images: usize,
+    /// Contexts with SENDs gathered in this pass of the control queue (see
+    /// [`Gpu::end_pass`]); a few at most, so a list.
+    coalesced: Vec<u32>,
     /// Whether the capset has its fifth word (`large_ring_channels`): fixed when the device is
     /// made, from the channels configured then, because a guest sizes its capset buffer once
     /// (GET_CAPSET_INFO at probe). A reload that adds `ring=` to a device made without one
@@ -89,6 +92,7 @@ impl Gpu {
             resp: SgList::new(),
             held: HeldRequests::default(),
             images: 0,
+            coalesced: Vec::new(),
         })
     }
 
@@ -253,6 +257,10 @@ impl Gpu {
             Ok(h) => h,
             Err(_) => return Some(0),
         };
+        if hdr.type_ != CMD_SUBMIT_3D {
+            // Whatever it does (destroy a context, reset), SENDs gathered so far came first.
+            self.end_pass(mem);
+        }
         let mut need = response_size(hdr.type_);
         if hdr.type_ == CMD_GET_CAPSET && self.large_ring_capset {
             need += cd::CAPSET_SIZE_LARGE_RINGS - std::mem::size_of::<cd::Capabilities>();
@@ -334,6 +342,26 @@ impl Gpu {
         }
         self.settle_released();
         None
+    }
+
+    /// The end of a pass of the control queue (and before any request other than SUBMIT_3D):
+    /// send the SENDs each context gathered since (see `cross_domain::Peer::send`); requests
+    /// whose bytes all went out complete (see [`Gpu::take_completions`]), the rest stay held
+    /// for their slow peer as any held request.
+    pub fn end_pass(&mut self, mem: &GuestMem) {
+        if self.coalesced.is_empty() {
+            return;
+        }
+        let mut ids = std::mem::take(&mut self.coalesced);
+        for &id in &ids {
+            if let Some(ctx) = self.contexts.get_mut(id) {
+                let mut env = self.cd.env(mem, &mut self.limiter, self.held.released());
+                ctx.cd.flush_coalesced(&mut env);
+            }
+        }
+        ids.clear();
+        self.coalesced = ids;
+        self.settle_released();
     }
 
     /// Account released chunks; requests with none left are completed.
@@ -558,6 +586,8 @@ impl Gpu {
             hold: self.held.current(),
             held_chunks: 0,
             images_left: cross_domain::MAX_IMAGE_REQUIREMENTS_PER_VM.saturating_sub(self.images),
+            coalesce: true,
+            coalesced: false,
         };
         let mut env = self.cd.env(mem, &mut self.limiter, self.held.released());
         let images_before = ctx.cd.image_count();
@@ -565,6 +595,9 @@ impl Gpu {
             .cd
             .submit(&mut env, &mut sub, &view, &self.req, start, len);
         self.held.add_refs(sub.held_chunks);
+        if sub.coalesced && !self.coalesced.contains(&hdr.ctx_id) {
+            self.coalesced.push(hdr.ctx_id);
+        }
         // Submissions only add image requirements; destruction and reset remove them.
         self.images += ctx.cd.image_count().saturating_sub(images_before);
         res?;

@@ -256,6 +256,8 @@ pub struct VirtQueue {
     call: EventFd,
     event_idx: bool,
     always_kick: bool,
+    /// Publish without kicking until [`VirtQueue::kick`] (see [`VirtQueue::hold_kicks`]).
+    kicks_held: bool,
     stats: QueueStats,
     /// State of fixed chains by head slot (see [`FixedChain`]).
     fixed: Vec<FixedState>,
@@ -299,6 +301,7 @@ impl VirtQueue {
             call: new_eventfd(),
             event_idx,
             always_kick,
+            kicks_held: false,
             stats: QueueStats::default(),
             fixed: vec![FixedState::None; usize::from(size)],
         }
@@ -531,12 +534,20 @@ impl VirtQueue {
             );
             flags & VIRTQ_USED_F_NO_NOTIFY == 0
         };
-        if need_kick || self.always_kick {
+        if self.kicks_held {
+            self.stats.kicks_suppressed += 1;
+        } else if need_kick || self.always_kick {
             self.kick.write(1).expect("kick");
             self.stats.kicks += 1;
         } else {
             self.stats.kicks_suppressed += 1;
         }
+    }
+
+    /// While `on`, publish chains without kicking, so that the device finds all of them in
+    /// one pass at the next [`VirtQueue::kick`].
+    pub fn hold_kicks(&mut self, on: bool) {
+        self.kicks_held = on;
     }
 
     /// Kicks unconditionally (e.g. to poke a device after re-enabling a queue).

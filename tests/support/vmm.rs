@@ -1279,6 +1279,16 @@ impl TestVm {
         self.queues[queue].submit(&self.mem, readable, writable)
     }
 
+    /// Publishes the chains submitted to `queue` from now on without kicking, then all at
+    /// once with one kick: the device processes them in one pass.
+    pub fn batch<R>(&mut self, queue: usize, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.queues[queue].hold_kicks(true);
+        let r = f(self);
+        self.queues[queue].hold_kicks(false);
+        self.queues[queue].kick();
+        r
+    }
+
     /// Lays out an arbitrary (possibly malformed) chain; see [`RawDesc`].
     pub fn submit_descs(&mut self, queue: usize, descs: &[RawDesc]) -> u16 {
         self.queues[queue].submit_descs(&self.mem, descs)
