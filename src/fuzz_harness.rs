@@ -337,6 +337,10 @@ pub fn cross_domain_commands(data: &[u8]) {
         let mut released = Vec::new();
         let mut next_head = 0u16;
         let mut host_efds = Vec::new();
+        // Contexts with SENDs gathered in the current "pass" (SUBMITs in a row): any other
+        // operation on the context ends the pass first, as the device ends it before any other
+        // request and before host events.
+        let mut gathered = [false; 2];
         while rest.len() >= 3 {
             let op = rest[0];
             let len = usize::from(u16_of(&rest[1..3]));
@@ -369,6 +373,10 @@ pub fn cross_domain_commands(data: &[u8]) {
                 }
             }
             let mut env = fx.shared.env(&fx.mem, &mut fx.limiter, &mut released);
+            if op % 6 != 0 && gathered[which] {
+                gathered[which] = false;
+                ctx.flush_coalesced(&mut env);
+            }
             match op % 6 {
                 0 => {
                     let half = bytes.len() / 2;
@@ -385,10 +393,12 @@ pub fn cross_domain_commands(data: &[u8]) {
                         held_chunks: 0,
                         // Small, so that the VM-wide refusal is reached too.
                         images_left: 64,
-                        coalesce: false,
+                        // Half of the holdable ones may be gathered into the pass's batch.
+                        coalesce: next_head % 4 == 1,
                         coalesced: false,
                     };
                     let _ = ctx.submit(&mut env, &mut sub, &fx.view, &stream, 0, bytes.len());
+                    gathered[which] |= sub.coalesced;
                     assert!(
                         sub.hold.is_some() || sub.held_chunks == 0,
                         "unholdable request held"
@@ -423,7 +433,11 @@ pub fn cross_domain_commands(data: &[u8]) {
             }
             settle(&mut held, &mut released);
         }
-        for ctx in &mut ctxs {
+        for (ctx, gathered) in ctxs.iter_mut().zip(gathered) {
+            if gathered {
+                let mut env = fx.shared.env(&fx.mem, &mut fx.limiter, &mut released);
+                ctx.flush_coalesced(&mut env);
+            }
             ctx.teardown(fx.shared.epoll(), &mut released);
         }
         fx.shared.purge_parked_sockets();
