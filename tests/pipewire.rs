@@ -243,6 +243,77 @@ const ROUNDS: u64 = 5000;
 /// thousands of rounds the host changes it and wakes the guest, the guest reads the value
 /// through its mapping, changes it and wakes the host, which reads the guest's value from its
 /// own memfd. Never grown, never copied.
+/// As muvm's bridge does with the activation record (item `mem_id`): a mappable HOST3D blob of
+/// one page from it, mapped at `base` of the host-visible region, writable, holding the record
+/// as the host wrote it. Returns the resource id.
+fn map_record(fx: &mut Fx, mem_id: u32, base: u64, what: &str) -> u32 {
+    let res = fx.vm.next_resource_id();
+    assert_ok(
+        &fx.vm.create_host_blob(
+            fx.ctx.ctx_id,
+            res,
+            mem_id.into(),
+            PAGE,
+            BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
+        ),
+        "CREATE_BLOB from the activation record",
+    );
+    assert_resp(&fx.vm.resource_map_blob(res, base), RESP_OK_MAP_INFO, what);
+    let m = fx.vm.shm_mapping_at(base).expect("mapped");
+    assert_eq!((m.len, m.writable), (PAGE, true));
+    assert_eq!(
+        fx.vm.shm_read(base, ACTIVATION_SIZE),
+        pattern(ACTIVATION_SIZE, 3)
+    );
+    res
+}
+
+/// [`ROUNDS`] rounds of PipeWire's pattern on the record mapped at `base`: the server writes
+/// [`SLOT`] of its memfd and signals `readfd` (watched by the guest as `read_id`); the guest
+/// reads the value in place, answers in place and signals `write_id` (the host's `writefd`);
+/// the server reads the answer from its own memfd. Both sides must see every write.
+fn coherent_rounds(
+    fx: &mut Fx,
+    record: &std::fs::File,
+    (readfd, writefd): (&OwnedFd, &OwnedFd),
+    (read_id, write_id): (u32, u32),
+    base: u64,
+) {
+    watch(fx, read_id);
+    for round in 1..=ROUNDS {
+        // The server changes the record and wakes the client ...
+        let value = round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        record.write_all_at(&value.to_le_bytes(), SLOT).unwrap();
+        nix::unistd::write(readfd, &1u64.to_ne_bytes()).unwrap();
+        match fx.ctx.recv(&mut fx.vm, T) {
+            ChannelMsg::Read { id, hang_up, data } => {
+                assert_eq!((id, hang_up), (read_id, false), "round {round}");
+                assert_eq!(data, 1u64.to_le_bytes(), "round {round}");
+            }
+            other => panic!("round {round}: expected READ, got {other:?}"),
+        }
+        // ... which reads the server's value in place, answers in place and wakes the server ...
+        let seen = u64::from_le_bytes(fx.vm.shm_read(base + SLOT, 8).try_into().unwrap());
+        assert_eq!(
+            seen, value,
+            "round {round}: the guest sees the host's write"
+        );
+        let answer = value.wrapping_add(1);
+        fx.vm.shm_write(base + SLOT, &answer.to_le_bytes());
+        fx.ctx
+            .write(&mut fx.vm, write_id, &1u64.to_le_bytes(), false);
+        // ... which reads the client's answer from its own memfd.
+        assert_eq!(counter(writefd), Some(1), "round {round}");
+        let mut got = [0u8; 8];
+        record.read_exact_at(&mut got, SLOT).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(got),
+            answer,
+            "round {round}: the host sees the guest's write"
+        );
+    }
+}
+
 #[test]
 fn the_activation_record_is_shared_both_ways_under_crosvm_with_partial_pages_map() {
     let mut fx = setup_with(VmmKind::Crosvm, &["--partial-pages", "map"]);
@@ -264,69 +335,22 @@ fn the_activation_record_is_shared_both_ways_under_crosvm_with_partial_pages_map
     assert_eq!(transport, [(4, EVENTFD, 0), (5, EVENTFD, 0)]);
     let (mem_id, read_id, write_id) = (2u32, 4u32, 5u32);
     // As muvm's bridge: a mappable HOST3D blob of whole pages from the record, mapped.
-    let res = fx.vm.next_resource_id();
-    assert_ok(
-        &fx.vm.create_host_blob(
-            fx.ctx.ctx_id,
-            res,
-            mem_id.into(),
-            PAGE,
-            BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
-        ),
-        "CREATE_BLOB from the activation record",
-    );
     let base = 3 * PAGE;
-    assert_resp(
-        &fx.vm.resource_map_blob(res, base),
-        RESP_OK_MAP_INFO,
-        "MAP_BLOB of the activation record",
-    );
-    let m = fx.vm.shm_mapping_at(base).expect("mapped");
-    assert_eq!((m.len, m.writable), (PAGE, true));
+    let res = map_record(&mut fx, mem_id, base, "MAP_BLOB of the activation record");
     // The guest sees the record as the host wrote it, and zeros after its end.
-    assert_eq!(
-        fx.vm.shm_read(base, ACTIVATION_SIZE),
-        pattern(ACTIVATION_SIZE, 3)
-    );
     let tail = (PAGE as usize) - ACTIVATION_SIZE;
     assert_eq!(
         fx.vm.shm_read(base + ACTIVATION_SIZE as u64, tail),
         vec![0; tail]
     );
-    watch(&mut fx, read_id);
     let start = Instant::now();
-    for round in 1..=ROUNDS {
-        // The server changes the record and wakes the client ...
-        let value = round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        record.write_all_at(&value.to_le_bytes(), SLOT).unwrap();
-        nix::unistd::write(&readfd, &1u64.to_ne_bytes()).unwrap();
-        match fx.ctx.recv(&mut fx.vm, T) {
-            ChannelMsg::Read { id, hang_up, data } => {
-                assert_eq!((id, hang_up), (read_id, false), "round {round}");
-                assert_eq!(data, 1u64.to_le_bytes(), "round {round}");
-            }
-            other => panic!("round {round}: expected READ, got {other:?}"),
-        }
-        // ... which reads the server's value in place, answers in place and wakes the server ...
-        let seen = u64::from_le_bytes(fx.vm.shm_read(base + SLOT, 8).try_into().unwrap());
-        assert_eq!(
-            seen, value,
-            "round {round}: the guest sees the host's write"
-        );
-        let answer = value.wrapping_add(1);
-        fx.vm.shm_write(base + SLOT, &answer.to_le_bytes());
-        fx.ctx
-            .write(&mut fx.vm, write_id, &1u64.to_le_bytes(), false);
-        // ... which reads the client's answer from its own memfd.
-        assert_eq!(counter(&writefd), Some(1), "round {round}");
-        let mut got = [0u8; 8];
-        record.read_exact_at(&mut got, SLOT).unwrap();
-        assert_eq!(
-            u64::from_le_bytes(got),
-            answer,
-            "round {round}: the host sees the guest's write"
-        );
-    }
+    coherent_rounds(
+        &mut fx,
+        &record,
+        (&readfd, &writefd),
+        (read_id, write_id),
+        base,
+    );
     let took = start.elapsed();
     eprintln!("{ROUNDS} coherent rounds in {took:?}");
     // The rest of the record is as the host made it: only the slot changed.
@@ -460,63 +484,20 @@ fn the_activation_record_is_shared_both_ways_under_qemu_through_a_udmabuf() {
     );
     assert_eq!(transport, [(3, EVENTFD, 0), (4, EVENTFD, 0)]);
     let (mem_id, read_id, write_id) = (2u32, 3u32, 4u32);
-    let res = fx.vm.next_resource_id();
-    assert_ok(
-        &fx.vm.create_host_blob(
-            fx.ctx.ctx_id,
-            res,
-            mem_id.into(),
-            PAGE,
-            BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
-        ),
-        "CREATE_BLOB from the activation record",
-    );
     let base = 5 * PAGE;
-    assert_resp(
-        &fx.vm.resource_map_blob(res, base),
-        RESP_OK_MAP_INFO,
+    let res = map_record(
+        &mut fx,
+        mem_id,
+        base,
         "MAP_BLOB of the activation record (a udmabuf QEMU accepts)",
     );
-    let m = fx.vm.shm_mapping_at(base).expect("mapped");
-    assert_eq!((m.len, m.writable), (PAGE, true));
-    assert_eq!(
-        fx.vm.shm_read(base, ACTIVATION_SIZE),
-        pattern(ACTIVATION_SIZE, 3)
+    coherent_rounds(
+        &mut fx,
+        &record,
+        (&readfd, &writefd),
+        (read_id, write_id),
+        base,
     );
-    watch(&mut fx, read_id);
-    for round in 1..=ROUNDS {
-        // Host → guest: the server writes its memfd and wakes the client ...
-        let value = round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        record.write_all_at(&value.to_le_bytes(), SLOT).unwrap();
-        nix::unistd::write(&readfd, &1u64.to_ne_bytes()).unwrap();
-        match fx.ctx.recv(&mut fx.vm, T) {
-            ChannelMsg::Read { id, hang_up, data } => {
-                assert_eq!(
-                    (id, hang_up, data),
-                    (read_id, false, 1u64.to_le_bytes().to_vec())
-                );
-            }
-            other => panic!("round {round}: expected READ, got {other:?}"),
-        }
-        let seen = u64::from_le_bytes(fx.vm.shm_read(base + SLOT, 8).try_into().unwrap());
-        assert_eq!(
-            seen, value,
-            "round {round}: the guest sees the host's write"
-        );
-        // ... guest → host: the client answers in place and wakes the server.
-        let answer = value.wrapping_add(1);
-        fx.vm.shm_write(base + SLOT, &answer.to_le_bytes());
-        fx.ctx
-            .write(&mut fx.vm, write_id, &1u64.to_le_bytes(), false);
-        assert_eq!(counter(&writefd), Some(1), "round {round}");
-        let mut got = [0u8; 8];
-        record.read_exact_at(&mut got, SLOT).unwrap();
-        assert_eq!(
-            u64::from_le_bytes(got),
-            answer,
-            "round {round}: the host sees the guest's write"
-        );
-    }
     assert_eq!(
         record.metadata().unwrap().len(),
         ACTIVATION_SIZE as u64,
